@@ -1,0 +1,62 @@
+# Every target works from a fresh clone: `setup` installs what the others need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Python 3.13: pyenv's if there is one, else python3.13 on PATH. sam build finds the
+# runtime's interpreter on PATH, so its directory goes first.
+PY313 ?= $(shell PYENV_VERSION=3.13.0 pyenv which python3.13 2>/dev/null || command -v python3.13)
+export PATH := $(dir $(PY313)):$(CURDIR)/.venv/bin:$(PATH)
+export AWS_DEFAULT_REGION ?= us-east-1
+export SAM_CLI_TELEMETRY := 0
+# The SAM CLI pins its own boto3 and click, so it lives in its own environment.
+SAM := $(CURDIR)/.tools/sam/bin/sam
+SAM_VERSION := 1.170.0
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/uv/bin/uv)
+PYTEST_ARGS ?=
+
+.PHONY: help setup run test lint format validate build unit integration clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv $(CURDIR)/.tools/uv && $(CURDIR)/.tools/uv/bin/pip install -q uv
+
+.venv/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PY313) --compile-bytecode
+	touch $@
+
+$(SAM): | $(UV)
+	$(UV) venv -q --seed --python $(PY313) .tools/sam
+	$(UV) pip install -q --compile-bytecode --python .tools/sam/bin/python aws-sam-cli==$(SAM_VERSION)
+
+setup: .venv/.installed $(SAM) ## install the project and the SAM CLI (uv, Python 3.13)
+
+run: setup ## the main job, offline: generate files, run them through the stack, print the summary
+	.venv/bin/sluice run
+
+lint: setup ## ruff lint and format check, cfn-lint, sam validate (plain and --lint)
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.tools/sam/bin/cfn-lint template.yaml
+	$(SAM) validate --template template.yaml
+	$(SAM) validate --lint --template template.yaml
+
+format: setup ## fix what ruff can
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+build: setup ## sam build (no container: needs python3.13 on PATH)
+	$(SAM) build --template template.yaml
+
+test: lint build ## everything CI checks: lint, validate, build, unit and integration tests with coverage
+	.venv/bin/pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+unit: setup ## unit tests only (fast, no sockets)
+	.venv/bin/pytest tests/unit $(PYTEST_ARGS)
+
+integration: setup ## integration tests only (the offline stack)
+	.venv/bin/pytest tests/integration $(PYTEST_ARGS)
+
+clean: ## remove build output and local state
+	rm -rf .aws-sam .sluice .pytest_cache .ruff_cache .coverage .coverage.* htmlcov

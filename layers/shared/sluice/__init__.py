@@ -1,0 +1,1 @@
+"""Code every Sluice function shares (the SharedLayer)."""

@@ -1,0 +1,1 @@
+"""Sluice command line and offline stack (not deployed)."""

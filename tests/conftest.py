@@ -39,7 +39,8 @@ def load_function(name: str) -> ModuleType:
     module_name = f"sluice_function_{name}"
     sys.modules.pop(module_name, None)
     spec = importlib.util.spec_from_file_location(module_name, FUNCTIONS / name / "app.py")
-    assert spec and spec.loader, f"no handler at functions/{name}/app.py"
+    assert spec, f"no handler at functions/{name}/app.py"
+    assert spec.loader, f"no loader for functions/{name}/app.py"
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)

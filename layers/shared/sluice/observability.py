@@ -6,11 +6,18 @@ set them too. Handlers decorate with these; domain modules log through `logger` 
 `metrics` without knowing which function they run in.
 """
 
+import os
+
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "sluice")
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Sluice")
+
+# Defaults as the template sets them, so that importing this module outside Lambda (a test, the
+# CLI) never yields a Metrics without a namespace, which fails at flush.
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(service=SERVICE, namespace=NAMESPACE)
 
 __all__ = ["MetricUnit", "logger", "metrics", "tracer"]

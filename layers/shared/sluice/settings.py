@@ -6,7 +6,7 @@ KeyError deep inside an invocation.
 """
 
 import os
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,6 +31,8 @@ class LeaseSettings(Settings):
     control_table: str
     max_rounds_per_execution: int = Field(default=50, ge=1)
     execution_time_budget_seconds: int = Field(default=840, ge=10)
+    # How long the lease outlives the budget: the round running at the deadline still has to finish.
+    lease_margin_seconds: int = Field(default=300, ge=0)
 
 
 class PlanSettings(Settings):
@@ -73,3 +75,80 @@ class ProcessSettings(Settings):
 
 class OutputSettings(Settings):
     processed_bucket: str
+
+
+class AlertSettings(Settings):
+    """AlertNotifier: AlertTopic → email through the central SMTP server."""
+
+    idempotency_table: str
+    smtp_host: str = Field(min_length=1)
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str = ""  # empty: no AUTH
+    smtp_password_secret: str = ""  # Secrets Manager ARN or name; the password itself is never in the env
+    smtp_sender: str = Field(min_length=3)
+    smtp_recipients: str = Field(min_length=3)  # comma separated
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    smtp_max_attempts: int = Field(default=4, ge=1, le=10)
+    smtp_backoff_base_seconds: float = Field(default=1.0, gt=0)
+    smtp_backoff_max_seconds: float = Field(default=8.0, gt=0)
+    smtp_ca_file: str = ""  # a private CA bundle for the SMTP server's certificate; empty: system trust
+    smtp_secret_max_age_seconds: int = Field(default=300, ge=0)  # Powertools parameters cache
+    alert_idempotency_ttl_seconds: int = Field(default=86400, ge=60)  # covers SNS + Lambda async retries
+    stack_name: str = ""  # named in the commands an alert suggests
+
+    @property
+    def recipients(self) -> list[str]:
+        return [address.strip() for address in self.smtp_recipients.split(",") if address.strip()]
+
+
+class RedriveSettings(Settings):
+    """Redrive: dead letters back to where they can be processed again."""
+
+    ingest_queue_url: str
+    ingest_dlq_url: str
+    ingest_rule_dlq_url: str = ""
+    failure_destination_queue_url: str = ""
+    dispatcher_state_machine_arn: str = ""
+    redrive_rate_per_second: int = Field(default=50, ge=1, le=500)  # StartMessageMoveTask's limit is 500
+    redrive_max_messages: int = Field(default=1000, ge=1)
+    redrive_move_task_wait_seconds: float = Field(default=60.0, ge=0)
+
+
+class ScaleSettings(Settings):
+    """ScaleConcurrency: the setting it writes, what it reads, and the policy's knobs (docs/scaling.md)."""
+
+    concurrency_parameter: str  # SSM parameter name; its value is a bare integer
+    concurrency_min: int = Field(ge=1)
+    concurrency_max: int = Field(ge=1)
+    ingest_queue_url: str
+    ingest_queue_name: str  # the QueueName dimension of the AWS/SQS metrics
+    metrics_namespace: str = "Sluice"  # where ProcessObject's ApiThrottles, ApiRetries, RowsDelivered go
+    powertools_service_name: str = "sluice"  # their `service` dimension (template Globals set it)
+    api_rate_limit: float = Field(default=50.0, ge=0)  # ProcessObject's stack-wide limit; 0: never saturated
+    files_per_worker: float = Field(default=1.0, gt=0)  # target = ceil(backlog / files_per_worker)
+    max_step_up: int = Field(default=4, ge=1)  # an increase adds max(max_step_up, step_up_ratio x current)
+    step_up_ratio: float = Field(default=0.5, ge=0)
+    max_step_down: int = Field(default=2, ge=1)  # a drain removes max(max_step_down, ratio x current)
+    step_down_ratio: float = Field(default=0.25, ge=0)
+    age_boost_seconds: float = Field(default=300.0, ge=0)  # oldest message this old: the step grows...
+    age_boost_factor: float = Field(default=2.0, ge=1)  # ...by this factor
+    min_attempts: int = Field(default=20, ge=1)  # fewer API attempts than this: no ratio is trusted
+    throttle_decrease_ratio: float = Field(default=0.05, gt=0, le=1)  # throttles / attempts: back off
+    throttle_decrease_factor: float = Field(default=0.5, gt=0, lt=1)
+    error_decrease_ratio: float = Field(default=0.10, gt=0, le=1)  # 5xx+timeouts / attempts: back off
+    error_decrease_factor: float = Field(default=0.75, gt=0, lt=1)
+    error_hold_ratio: float = Field(default=0.02, ge=0, le=1)  # errors this high, or a throttle: no increase
+    saturation_ratio: float = Field(default=0.9, gt=0)  # attempts/s >= this x api_rate_limit: no increase
+    backoff_cooldown_seconds: float = Field(default=60.0, ge=0)  # since the last change, before backing off
+    step_cooldown_seconds: float = Field(default=120.0, ge=0)  # since the last change, before a backlog step
+    down_hysteresis: int = Field(default=1, ge=0)  # drain only when current - target exceeds this
+    health_window_seconds: int = Field(default=300, ge=60)  # how far back the health metrics are read
+
+    def model_post_init(self, context: object) -> None:
+        # RuntimeError, not ValueError: pydantic would wrap a ValueError into a location-less error.
+        if self.concurrency_min > self.concurrency_max:
+            raise RuntimeError(
+                f"ScaleSettings: CONCURRENCY_MIN ({self.concurrency_min}) is above "
+                f"CONCURRENCY_MAX ({self.concurrency_max})"
+            )

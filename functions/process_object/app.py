@@ -1,0 +1,69 @@
+"""ProcessObject (Transform and deliver): one segment of a file per invocation.
+
+Input `{"object": OBJECT, "attempt": int, "segment": int}`; output `{"done", "segment" (the next
+one to run), "outcome", "rows_total", "rows_delivered", "rows_rejected"}` (docs/interfaces.md).
+Idempotent on (object.id, attempt, segment) with Powertools idempotency: a retried invocation of
+a segment gets the first one's answer, and a second one while the first runs is refused
+(IdempotencyAlreadyInProgressError, which the state machine retries). The work is
+sluice/delivery.py; the API client, the shared rate limiter and the simulated API are built here
+once per container.
+"""
+
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, Field
+from sluice.delivery import Segment, SegmentLimits
+from sluice.downstream import client_from_settings
+from sluice.metadata import MetadataStore
+from sluice.models import ObjectRef
+from sluice.observability import logger, metrics, tracer
+from sluice.results import PartWriter
+from sluice.schemas import get_schema
+from sluice.settings import ProcessSettings
+
+settings = ProcessSettings.from_env()
+schema = get_schema(settings.row_schema)
+s3 = boto3.client("s3")
+dynamodb = boto3.resource("dynamodb")
+store = MetadataStore(dynamodb.Table(settings.metadata_table))
+client = client_from_settings(settings, dynamodb.Table(settings.control_table))
+limits = SegmentLimits.from_settings(settings)
+persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
+idempotency = IdempotencyConfig(
+    event_key_jmespath="[object.id, attempt, segment]", raise_on_no_idempotency_key=True
+)
+
+
+class ProcessRequest(BaseModel):
+    object: ObjectRef
+    attempt: int = Field(ge=1)
+    segment: int = Field(ge=0)
+
+
+@logger.inject_lambda_context(correlation_id_path="object.id")
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+@idempotent(config=idempotency, persistence_store=persistence)  # registers the context itself
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = ProcessRequest.model_validate(event)
+    obj = request.object
+    tracer.put_annotation(key="object_id", value=obj.id)
+    logger.append_keys(attempt=request.attempt, segment=request.segment)
+    segment = Segment(
+        obj,
+        s3_client=s3,
+        store=store,
+        parts=PartWriter(s3, settings.processed_bucket, obj),
+        schema=schema,
+        client=client,
+        limits=limits,
+        remaining_ms=context.get_remaining_time_in_millis,
+    )
+    return segment.run(request.segment).model_dump(mode="json")

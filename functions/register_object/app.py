@@ -1,0 +1,62 @@
+"""RegisterObject (Ingest): parse the S3 Object Created event, register the object version.
+
+Input: a planned item's `message`; output `{"action": "process" | "skip" | "reject", "object":
+OBJECT | null, "reason": str | null, "attempt": int}` (docs/interfaces.md). A body that is not an
+S3 Object Created event is rejected with the reason (`attempt` 0: nothing was registered); the
+state machine moves it to the InvalidQueue, so nothing is lost.
+"""
+
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import Field
+from sluice.ingest import MalformedEvent, parse_object_created
+from sluice.metadata import MetadataStore
+from sluice.models import SqsMessage
+from sluice.observability import MetricUnit, logger, metrics, tracer
+from sluice.settings import RegisterSettings
+
+settings = RegisterSettings.from_env()
+store = MetadataStore(boto3.resource("dynamodb").Table(settings.metadata_table))
+
+
+class RegisterRequest(SqsMessage):
+    priority: int | None = Field(default=None, ge=0, le=9)  # optional: the plan's priority, kept on the item
+
+
+@logger.inject_lambda_context(correlation_id_path="message_id")
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = RegisterRequest.model_validate(event)
+    try:
+        obj = parse_object_created(request.body)
+    except MalformedEvent as error:
+        metrics.add_metric(name="MalformedEvents", unit=MetricUnit.Count, value=1)
+        logger.warning("Rejecting: not an S3 Object Created event", extra={"reason": str(error)})
+        return {"action": "reject", "object": None, "reason": str(error), "attempt": 0}
+
+    logger.set_correlation_id(obj.id)
+    tracer.put_annotation(key="object_id", value=obj.id)
+    registration = store.register(obj, priority=request.priority)
+    if registration.action == "skip":
+        metrics.add_metric(name="DuplicateEventsSkipped", unit=MetricUnit.Count, value=1)
+        reason = f"already {registration.state.value}"
+    else:
+        metrics.add_metric(
+            name="FilesReceived" if registration.attempt == 1 else "RetriesRegistered",
+            unit=MetricUnit.Count,
+            value=1,
+        )
+        reason = None
+    logger.info(
+        f"Object {registration.action}",
+        extra={"attempt": registration.attempt, "state": registration.state.value, "size": obj.size},
+    )
+    return {
+        "action": registration.action,
+        "object": obj.as_payload(),
+        "reason": reason,
+        "attempt": registration.attempt,
+    }

@@ -1,0 +1,44 @@
+"""ValidateObject (Validate): size, encoding, header and column count of one object version.
+
+Input `{"object": OBJECT}`; output `{"valid": bool, "header": [str] | null, "reason": str | null}`
+(docs/interfaces.md). On `valid: false` the version is already recorded INVALID with the reason.
+The checks and their rules are in sluice/filecheck.py.
+"""
+
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+from sluice.filecheck import check_object
+from sluice.metadata import MetadataStore
+from sluice.models import ObjectRef
+from sluice.observability import MetricUnit, logger, metrics, tracer
+from sluice.schemas import get_schema
+from sluice.settings import ValidateSettings
+
+settings = ValidateSettings.from_env()
+schema = get_schema(settings.row_schema)
+s3 = boto3.client("s3")
+store = MetadataStore(boto3.resource("dynamodb").Table(settings.metadata_table))
+
+
+class ValidateRequest(BaseModel):
+    object: ObjectRef
+
+
+@logger.inject_lambda_context(correlation_id_path="object.id")
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    obj = ValidateRequest.model_validate(event).object
+    tracer.put_annotation(key="object_id", value=obj.id)
+    check = check_object(s3, obj, schema, max_file_bytes=settings.max_file_bytes)
+    if check.valid:
+        metrics.add_metric(name="FilesValid", unit=MetricUnit.Count, value=1)
+        logger.info("File valid", extra={"header": check.header})
+    else:
+        store.mark_invalid(obj, check.reason or "invalid")
+        metrics.add_metric(name="FilesInvalid", unit=MetricUnit.Count, value=1)
+        logger.warning("File invalid", extra={"reason": check.reason})
+    return {"valid": check.valid, "header": check.header, "reason": check.reason}

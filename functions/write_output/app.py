@@ -1,0 +1,41 @@
+"""WriteOutput (Output): merge a finished file's parts into its results in ProcessedBucket.
+
+Input `{"object": OBJECT, "result": <ProcessObject's last answer>}`; output
+`{"accepted_key", "rejects_key", "summary_key"}` (docs/interfaces.md). Idempotent: a re-run
+overwrites the results, or only finishes the clean-up once summary.json exists (sluice/results.py).
+"""
+
+from dataclasses import asdict
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+from sluice.models import ObjectRef, ProcessResult
+from sluice.observability import MetricUnit, logger, metrics, tracer
+from sluice.results import merge_results
+from sluice.settings import OutputSettings
+
+settings = OutputSettings.from_env()
+s3 = boto3.client("s3")
+
+
+class OutputRequest(BaseModel):
+    object: ObjectRef
+    result: ProcessResult
+
+
+@logger.inject_lambda_context(correlation_id_path="object.id")
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = OutputRequest.model_validate(event)
+    if not request.result.done:
+        raise ValueError(
+            f"{request.object.id}: not done after segment {request.result.segment}, no output yet"
+        )
+    tracer.put_annotation(key="object_id", value=request.object.id)
+    keys = merge_results(s3, settings.processed_bucket, request.object, request.result)
+    metrics.add_metric(name="FilesWritten", unit=MetricUnit.Count, value=1)
+    logger.info("Results written", extra={**asdict(keys), "outcome": request.result.outcome})
+    return asdict(keys)

@@ -1,0 +1,265 @@
+"""Transform and deliver one segment of a file: as many rows as this invocation has time for.
+
+A segment resumes at the checkpoint on the metadata item (the next row and its byte offset),
+streams rows from there, validates and transforms each with the row schema, and POSTs the
+accepted ones downstream on `concurrency` threads. Rows are *committed* strictly in file order:
+a row counts as done only once it and every row before it are done, so the checkpoint is always
+"everything before byte N is delivered or rejected". Every `checkpoint_every` committed rows
+(and when the segment ends) the committed rows are flushed as a part (results.py) and THEN the
+checkpoint is saved: a crash between the two rewrites the same part next time.
+
+Bounded memory, whatever the file's size: at most `concurrency` requests in flight (a row is
+only handed to a worker when one is free, so nothing waits in the pool's queue), at most
+`window` rows delivered but not yet committed (a slow row at the head holds the rest back,
+then the reader waits), at most one part of rows before it is flushed.
+
+The segment stops taking rows when the invocation has less than `safety_seconds` left: the
+requests on the wire finish, but no new attempt starts (a row between two retries is abandoned,
+DeliveryAbandoned, rather than waited for through its backoff), then it flushes, checkpoints
+and answers `done: false`; the state machine runs the next segment. So `safety_seconds` must
+cover one request (API_TIMEOUT_SECONDS, or the simulated API's maximum latency) plus a flush.
+At the end of the file it answers `done: true` with the outcome.
+
+If a row fails for good (TransientDownstreamError after its retries) the segment stops the
+same way, flushes and checkpoints the committed prefix (which ends just before the failed row),
+then re-raises. The committed prefix also ends before an abandoned row. Rows after such a row
+that were delivered meanwhile are not committed: the next segment or attempt sends them again
+with the same Idempotency-Key, which is what the key is for. Otherwise each row is posted once.
+"""
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from sluice.csvstream import CsvStream, Row
+from sluice.downstream import Delivery, DeliveryAbandoned, DownstreamClient, add_metric, idempotency_key
+from sluice.metadata import MetadataStore
+from sluice.models import Checkpoint, FileState, ObjectRef, ProcessResult, RowCounts
+from sluice.observability import MetricUnit, logger
+from sluice.results import PartWriter, accepted_line
+from sluice.schemas import RowSchema
+from sluice.settings import ProcessSettings
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A row on its way: rejected already (`reason`), or posted downstream (`future`)."""
+
+    row: Row
+    reason: str | None = None
+    key: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+    future: "Future[Delivery] | None" = None
+
+    @property
+    def ready(self) -> bool:
+        return self.future is None or self.future.done()
+
+
+@dataclass(slots=True)
+class _Part:
+    """Committed rows not flushed yet."""
+
+    accepted: list[str] = field(default_factory=list)
+    rejects: list[tuple[int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.accepted) + len(self.rejects)
+
+
+@dataclass(frozen=True)
+class SegmentLimits:
+    concurrency: int = 16  # requests in flight
+    checkpoint_every: int = 500  # committed rows per part and checkpoint
+    safety_seconds: float = 30.0  # stop taking rows with this little time left
+    window: int = 0  # rows delivered but not committed yet; 0: 4 × concurrency
+
+    @property
+    def out_of_order(self) -> int:
+        return self.window or 4 * self.concurrency
+
+    @classmethod
+    def from_settings(cls, settings: ProcessSettings) -> "SegmentLimits":
+        return cls(
+            concurrency=settings.api_concurrency,
+            checkpoint_every=settings.checkpoint_every_rows,
+            safety_seconds=settings.segment_safety_seconds,
+        )
+
+
+class Segment:
+    """One ProcessObject invocation's work on one object version."""
+
+    def __init__(
+        self,
+        obj: ObjectRef,
+        *,
+        s3_client: Any,
+        store: MetadataStore,
+        parts: PartWriter,
+        schema: RowSchema,
+        client: DownstreamClient,
+        limits: SegmentLimits,
+        remaining_ms: Callable[[], int],
+    ):
+        self._obj = obj
+        self._s3 = s3_client
+        self._store = store
+        self._parts = parts
+        self._schema = schema
+        self._client = client
+        self._limits = limits
+        self._remaining_ms = remaining_ms
+        self._window: deque[_Entry] = deque()  # rows taken, in file order, not committed yet
+        self._in_flight: set[Future[Delivery]] = set()
+        self._part = _Part()
+        self._checkpoint = Checkpoint()
+        self._counts = RowCounts()
+        self._header: list[str] = []
+        self._failure: BaseException | None = None
+        self._stop = threading.Event()  # set when no new attempt should start: out of time, or failed
+
+    def run(self, segment: int) -> ProcessResult:
+        stream = self._open(segment)
+        before = self._counts.model_copy()  # what earlier segments did: the metrics count this one's rows
+        ended = False
+        try:
+            with stream, ThreadPoolExecutor(self._limits.concurrency, thread_name_prefix="deliver") as pool:
+                try:
+                    ended = self._take_rows(stream, pool)
+                except BaseException:
+                    self._stop.set()  # the reader broke (S3, a bug): keep what is committed, retry nothing
+                    raise
+                finally:
+                    wait(self._in_flight)  # what was sent is seen through, whatever happened
+                    self._commit(until_blocked=False)
+                    self._flush()
+        finally:
+            add_metric("RowsDelivered", MetricUnit.Count, self._counts.delivered - before.delivered)
+            add_metric("RowsRejected", MetricUnit.Count, self._counts.rejected - before.rejected)
+        if self._failure is not None:
+            raise self._failure
+        outcome = None
+        if ended:
+            outcome = FileState.SUCCEEDED_WITH_REJECTS if self._counts.rejected else FileState.SUCCEEDED
+        logger.info(
+            "file done" if ended else "segment paused",
+            extra={"segment": segment, "checkpoint": self._checkpoint.model_dump(exclude={"header"})},
+        )
+        return ProcessResult(
+            done=ended,
+            segment=segment + 1,  # the segment to run next (docs/interfaces.md)
+            outcome=outcome,
+            rows_total=self._counts.total,
+            rows_delivered=self._counts.delivered,
+            rows_rejected=self._counts.rejected,
+        )
+
+    def _open(self, segment: int) -> CsvStream:
+        """The row stream from the checkpoint. The first segment reads the header and enters PROCESSING."""
+        stream = None
+        if segment == 0:
+            stream = CsvStream.from_s3(self._s3, self._obj)
+            fresh = self._store.start_processing(self._obj, stream.header)
+            if fresh.byte_offset == 0 and fresh.parts == 0:
+                self._parts.reset()  # starting over: nothing of an earlier processing may be merged
+        self._checkpoint, self._counts = self._store.load_checkpoint(self._obj)
+        if stream is None or self._checkpoint.byte_offset > 0:
+            if stream is not None:
+                stream.close()  # only its header was needed: the stored checkpoint is further on
+            stream = CsvStream.from_s3(
+                self._s3,
+                self._obj,
+                start_offset=self._checkpoint.byte_offset,
+                first_row=self._checkpoint.next_row,
+                header=self._checkpoint.header,
+            )
+        self._header = stream.header
+        return stream
+
+    def _take_rows(self, stream: CsvStream, pool: ThreadPoolExecutor) -> bool:
+        """Hand rows to the workers until the file ends (True), time runs short or a row fails."""
+        safety_ms = self._limits.safety_seconds * 1000
+        for row in stream:
+            if self._remaining_ms() < safety_ms:
+                self._stop.set()
+                return False
+            entry = self._prepare(row)
+            if entry.reason is None:
+                self._wait_for_a_worker()
+                if self._failure is not None:
+                    return False
+                entry.future = pool.submit(self._client.deliver, entry.payload, entry.key, stop=self._stop)
+                self._in_flight.add(entry.future)
+            self._window.append(entry)
+            self._commit(until_blocked=True)
+            while len(self._window) > self._limits.out_of_order and not self._stop.is_set():
+                wait([self._window[0].future])  # type: ignore[list-item]  # the head is not ready: a future
+                self._commit(until_blocked=True)
+            if self._failure is not None:
+                return False
+        return True
+
+    def _prepare(self, row: Row) -> _Entry:
+        if row.fields is None:
+            return _Entry(row, reason=row.error or "unreadable row")
+        parsed = self._schema.parse(dict(zip(self._header, row.fields, strict=True)))
+        if parsed.payload is None:
+            return _Entry(row, reason=parsed.reason)
+        return _Entry(row, key=idempotency_key(self._obj, row.number), payload=parsed.payload)
+
+    def _wait_for_a_worker(self) -> None:
+        """Until fewer than `concurrency` requests are in flight; notes a row that failed."""
+        while True:
+            finished = {future for future in self._in_flight if future.done()}
+            self._in_flight -= finished
+            for future in finished:
+                self._note(future.exception())
+            if len(self._in_flight) < self._limits.concurrency:
+                return
+            wait(self._in_flight, return_when=FIRST_COMPLETED)
+
+    def _commit(self, *, until_blocked: bool) -> None:
+        """Commit rows from the head of the window while they are done (all of them at the end)."""
+        while self._window and (self._window[0].ready or not until_blocked):
+            entry = self._window[0]
+            if entry.future is not None and (error := entry.future.exception()) is not None:
+                self._note(error)
+                return  # the committed prefix ends just before this row
+            self._window.popleft()
+            self._record(entry)
+            if len(self._part) >= self._limits.checkpoint_every:
+                self._flush()
+
+    def _note(self, error: BaseException | None) -> None:
+        """A row that failed fails the segment (the first failure is raised); an abandoned one does not."""
+        if error is not None and not isinstance(error, DeliveryAbandoned):
+            self._failure = self._failure or error
+            self._stop.set()  # the others in retry give up too: the segment fails anyway
+
+    def _record(self, entry: _Entry) -> None:
+        number = entry.row.number
+        reason = entry.reason
+        if entry.future is not None:
+            delivery = entry.future.result()
+            if delivery.accepted:
+                self._part.accepted.append(accepted_line(number, entry.key, entry.payload, delivery.answer))
+            reason = delivery.reason
+        if reason is not None:
+            self._part.rejects.append((number, reason))
+        self._counts.total += 1
+        self._counts.delivered += reason is None
+        self._counts.rejected += reason is not None
+        self._checkpoint.next_row = number + 1
+        self._checkpoint.byte_offset = entry.row.end_offset
+
+    def _flush(self) -> None:
+        """Write the committed rows as the next part, THEN save the checkpoint that follows it."""
+        if self._part:
+            self._parts.write(self._checkpoint.parts, self._part.accepted, self._part.rejects)
+            self._checkpoint.parts += 1
+            self._part = _Part()
+        self._store.save_checkpoint(self._obj, self._checkpoint, self._counts)

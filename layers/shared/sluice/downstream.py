@@ -1,0 +1,283 @@
+"""The downstream API client: one POST per row, retried, paced by the shared rate limiter.
+
+Protocol (docs/interfaces.md): `POST {API_URL}` with the transformed row as JSON, headers
+`Content-Type: application/json` and `Idempotency-Key` (stable for a row of an object version,
+so every retry and every re-delivery after a crash carries the same key and the API can
+deduplicate). Answers:
+- 2xx: delivered; the JSON answer is kept with the row.
+- 429, 408, 5xx, timeouts, connection errors: retried with exponential backoff and full jitter
+  (a random wait in [0, min(max, base × 2^retry)]), never sooner than `Retry-After` says
+  (seconds or an HTTP-date), at most API_MAX_ATTEMPTS attempts in all. A Retry-After longer than
+  API_BACKOFF_MAX_SECONDS is not slept inside the Lambda: the row fails now and the state
+  machine retries the segment later. Exhausted or given up: TransientDownstreamError.
+- any other status: the row is rejected with "api {status}: {body}".
+
+Every attempt first takes a slot from the rate limiter. That is why the transports never retry
+on their own (urllib3 `retries=False`): a retry inside urllib3 would be a request the limiter
+never saw.
+
+Two transports answer `post(body, headers)`: `HttpTransport` (urllib3, pooled, thread-safe) and
+`SimulatedApi` (seed 002: latency uniform in [min, max] seconds, a failure rate answered as 503),
+used in-process when API_URL is empty.
+"""
+
+import email.utils
+import hashlib
+import json
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import urllib3
+
+from sluice.models import ObjectRef
+from sluice.observability import MetricUnit, logger, metrics
+from sluice.ratelimit import Clock, SystemClock, shared_limiter
+from sluice.settings import ProcessSettings
+
+RETRYABLE_STATUSES = frozenset({408, 429})
+BODY_SNIPPET_CHARS = 200
+
+# Powertools' Metrics is not thread-safe (add_metric reads, appends and may flush a shared dict);
+# worker threads add through this lock.
+_metrics_lock = threading.Lock()
+
+
+def add_metric(name: str, unit: MetricUnit, value: float) -> None:
+    with _metrics_lock:
+        metrics.add_metric(name=name, unit=unit, value=value)
+
+
+def idempotency_key(obj: ObjectRef, row: int) -> str:
+    """sha256 of "{bucket}/{key}#{version_id}:{row}" in hex, first 32 characters."""
+    return hashlib.sha256(f"{obj.id}:{row}".encode()).hexdigest()[:32]
+
+
+class TransientDownstreamError(RuntimeError):
+    """The API kept failing for a row: the segment fails and is retried by the state machine."""
+
+
+class DeliveryAbandoned(Exception):
+    """The caller stopped waiting (its segment is out of time) before the row got an answer.
+
+    Not a failure: the row is simply not delivered yet; the next segment sends it again.
+    """
+
+
+class TransportError(Exception):
+    """No HTTP answer: a timeout or a connection error."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class Pacer(Protocol):
+    """Blocks until the caller may send one request (ratelimit.RateLimiter)."""
+
+    def acquire(self) -> float: ...
+
+
+class Transport(Protocol):
+    def post(self, body: bytes, headers: Mapping[str, str]) -> ApiResponse: ...
+
+
+class HttpTransport:
+    def __init__(self, url: str, *, pool_size: int, timeout_seconds: float):
+        self._url = url
+        # block=True: never more connections than worker threads; retries=False: see the module doc.
+        self._pool = urllib3.PoolManager(
+            maxsize=pool_size,
+            block=True,
+            retries=False,
+            timeout=urllib3.Timeout(total=timeout_seconds),
+        )
+
+    def post(self, body: bytes, headers: Mapping[str, str]) -> ApiResponse:
+        try:
+            response = self._pool.request(
+                "POST", self._url, body=body, headers=dict(headers), retries=False, redirect=False
+            )
+        except urllib3.exceptions.HTTPError as error:
+            raise TransportError(f"{type(error).__name__}: {error}") from error
+        return ApiResponse(response.status, response.headers, response.data)
+
+
+class SimulatedApi:
+    """The downstream of seed 002, in-process: slow (uniform latency), sometimes failing (503)."""
+
+    def __init__(
+        self,
+        *,
+        latency_min_seconds: float,
+        latency_max_seconds: float,
+        failure_rate: float,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ):
+        self._low, self._high = sorted((latency_min_seconds, latency_max_seconds))
+        self._failure_rate = failure_rate
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+
+    def post(self, body: bytes, headers: Mapping[str, str]) -> ApiResponse:
+        self._clock.sleep_until(self._clock.now() + self._rng.uniform(self._low, self._high))
+        if self._rng.random() < self._failure_rate:
+            return ApiResponse(503, {}, b'{"error": "simulated failure"}')
+        key = headers.get("Idempotency-Key", "")
+        answer = {"status": "accepted", "id": f"sim-{key[:16]}"}
+        return ApiResponse(200, {"Content-Type": "application/json"}, json.dumps(answer).encode())
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 20.0
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """Full jitter for the `retry`-th retry (1-based)."""
+        return rng.uniform(0, min(self.backoff_max_seconds, self.backoff_base_seconds * 2 ** (retry - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A row's fate downstream: `answer` when accepted, `reason` when rejected."""
+
+    accepted: bool
+    answer: Any = None
+    reason: str | None = None
+    attempts: int = 1
+
+
+class DownstreamClient:
+    def __init__(
+        self,
+        transport: Transport,
+        limiter: Pacer,
+        *,
+        policy: RetryPolicy | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ):
+        self._transport = transport
+        self._limiter = limiter
+        self._policy = policy or RetryPolicy()
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+
+    def deliver(
+        self, payload: Mapping[str, Any], key: str, *, stop: threading.Event | None = None
+    ) -> Delivery:
+        """POST one row until it is accepted or rejected; TransientDownstreamError if neither.
+
+        Once `stop` is set no retry starts (DeliveryAbandoned): a segment running out of time
+        waits for the requests it handed out, not for a whole series of retries and backoffs.
+        """
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        problem = ""
+        for attempt in range(1, self._policy.max_attempts + 1):
+            if attempt > 1:
+                _unless_stopped(stop, attempt, key, problem)  # it may be set during the backoff
+            self._limiter.acquire()
+            outcome, retry_after = self._attempt(body, headers)
+            if isinstance(outcome, Delivery):
+                return replace(outcome, attempts=attempt)
+            problem = outcome
+            if attempt == self._policy.max_attempts:
+                break
+            _unless_stopped(stop, attempt + 1, key, problem)  # no backoff slept for nothing
+            if retry_after is not None and retry_after > self._policy.backoff_max_seconds:
+                raise TransientDownstreamError(
+                    f"api asks to retry after {retry_after:.0f}s, more than API_BACKOFF_MAX_SECONDS "
+                    f"({self._policy.backoff_max_seconds:g}s), key {key}: {problem}"
+                )
+            add_metric("ApiRetries", MetricUnit.Count, 1)
+            logger.debug("retrying a row", extra={"key": key, "attempt": attempt, "problem": problem})
+            delay = max(self._policy.backoff(attempt, self._rng), retry_after or 0.0)
+            self._clock.sleep_until(self._clock.now() + delay)
+        raise TransientDownstreamError(
+            f"api still failing after {self._policy.max_attempts} attempts, key {key}: {problem}"
+        )
+
+    def _attempt(self, body: bytes, headers: Mapping[str, str]) -> tuple[Delivery | str, float | None]:
+        """One request: a final Delivery, or (what went wrong, Retry-After seconds) to retry."""
+        started = time.perf_counter()
+        try:
+            response = self._transport.post(body, headers)
+        except TransportError as error:
+            return str(error), None
+        add_metric("ApiLatency", MetricUnit.Milliseconds, round((time.perf_counter() - started) * 1000, 1))
+        status = response.status
+        if 200 <= status < 300:
+            return Delivery(accepted=True, answer=_answer(response.body)), None
+        if status == 429:
+            add_metric("ApiThrottles", MetricUnit.Count, 1)
+        if status in RETRYABLE_STATUSES or status >= 500:
+            retry_after = _retry_after(response.headers.get("Retry-After"), self._clock.now())
+            return f"api {status}: {_snippet(response.body)}", retry_after
+        return Delivery(accepted=False, reason=f"api {status}: {_snippet(response.body)}"), None
+
+
+def _unless_stopped(stop: threading.Event | None, attempt: int, key: str, problem: str) -> None:
+    if stop is not None and stop.is_set():
+        raise DeliveryAbandoned(f"stopped before attempt {attempt}, key {key}: {problem}")
+
+
+def _answer(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return _snippet(body)
+
+
+def _snippet(body: bytes) -> str:
+    text = " ".join(body.decode("utf-8", errors="replace").split())
+    return text[:BODY_SNIPPET_CHARS] + ("…" if len(text) > BODY_SNIPPET_CHARS else "")
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After in seconds from now: delta-seconds or an HTTP-date; None when absent or garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def client_from_settings(settings: ProcessSettings, control_table: Any) -> DownstreamClient:
+    """ProcessObject's client: HTTP to API_URL, or the simulated API when it is empty; paced on
+    the stack's shared rate bucket in `control_table` (a boto3 Table resource)."""
+    transport: Transport
+    if settings.api_url:
+        transport = HttpTransport(
+            settings.api_url, pool_size=settings.api_concurrency, timeout_seconds=settings.api_timeout_seconds
+        )
+    else:
+        transport = SimulatedApi(
+            latency_min_seconds=settings.simulated_latency_min_seconds,
+            latency_max_seconds=settings.simulated_latency_max_seconds,
+            failure_rate=settings.simulated_failure_rate,
+        )
+    policy = RetryPolicy(
+        max_attempts=settings.api_max_attempts,
+        backoff_base_seconds=settings.api_backoff_base_seconds,
+        backoff_max_seconds=settings.api_backoff_max_seconds,
+    )
+    return DownstreamClient(
+        transport, shared_limiter(control_table, limit=settings.api_rate_limit), policy=policy
+    )

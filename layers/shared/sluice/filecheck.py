@@ -1,0 +1,133 @@
+"""The Validate stage: can this object ever be processed? Decided from its size and first bytes.
+
+A file is INVALID (never retried, routed to the invalid path) when:
+- it is empty (0 bytes) or larger than MAX_FILE_BYTES;
+- its first SAMPLE_BYTES are not UTF-8 (a UTF-8 BOM is allowed and ignored);
+- its header does not name exactly the schema's columns. Names are compared after trimming
+  spaces, case-sensitively, and in any order: the rows are read by name, so a reordered file is
+  as good as the documented one, while a missing, unexpected or repeated name is not;
+- one of its first SAMPLE_ROWS data rows has a different number of columns than the header
+  (a wrong delimiter or a shifted file shows there; a bad row further down is only rejected).
+
+It reads one HEAD and one ranged GET of SAMPLE_BYTES, never the whole object. A header-only
+file is valid: it is processed into empty results.
+"""
+
+import codecs
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from sluice.models import ObjectRef
+from sluice.schemas import RowSchema
+
+SAMPLE_BYTES = 64 * 1024
+SAMPLE_ROWS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class FileCheck:
+    valid: bool
+    reason: str | None = None
+    header: list[str] | None = None
+
+    @classmethod
+    def invalid(cls, reason: str) -> "FileCheck":
+        return cls(valid=False, reason=reason)
+
+
+def check_object(s3_client: Any, obj: ObjectRef, schema: RowSchema, *, max_file_bytes: int) -> FileCheck:
+    version = {"VersionId": obj.version_id} if obj.version_id else {}
+    try:
+        size = s3_client.head_object(Bucket=obj.bucket, Key=obj.key, **version)["ContentLength"]
+    except ClientError as error:
+        if error.response["Error"]["Code"] in {"404", "NoSuchKey", "NoSuchVersion"}:
+            return FileCheck.invalid("object not found (deleted before it was validated)")
+        raise
+    if size == 0:
+        return FileCheck.invalid("empty file")
+    if size > max_file_bytes:
+        return FileCheck.invalid(f"file is {size} bytes, more than MAX_FILE_BYTES ({max_file_bytes})")
+    sample = s3_client.get_object(
+        Bucket=obj.bucket, Key=obj.key, Range=f"bytes=0-{SAMPLE_BYTES - 1}", **version
+    )["Body"].read()
+    return check_sample(sample, schema, truncated=size > len(sample))
+
+
+class _Invalid(Exception):
+    """Raised by the checks below; its message is the file's reason."""
+
+
+def check_sample(sample: bytes, schema: RowSchema, *, truncated: bool) -> FileCheck:
+    """Judge the first bytes of a file; `truncated` when the file goes on after them."""
+    try:
+        records = csv.reader(io.StringIO(_whole_lines(sample, truncated=truncated), newline=""), strict=False)
+        try:
+            header = [name.strip() for name in next(records, [])]
+            rows = _sample_rows(records, truncated=truncated)
+        except csv.Error as error:
+            raise _Invalid(f"malformed CSV near the top: {error}") from None
+        _check_header(header, schema)
+        for number, fields in rows:
+            if len(fields) != len(header):
+                raise _Invalid(f"row {number}: {len(fields)} columns where the header has {len(header)}")
+    except _Invalid as invalid:
+        return FileCheck.invalid(str(invalid))
+    return FileCheck(valid=True, header=header)
+
+
+def _whole_lines(sample: bytes, *, truncated: bool) -> str:
+    """The sample as text without a BOM, cut after its last complete line if the file goes on."""
+    bom = len(codecs.BOM_UTF8) if sample.startswith(codecs.BOM_UTF8) else 0
+    try:
+        # An incremental decoder keeps a multi-byte character cut by the sample's end for later
+        # instead of calling it invalid; `final` only when the sample is the whole file.
+        text = codecs.getincrementaldecoder("utf-8")().decode(sample[bom:], final=not truncated)
+    except UnicodeDecodeError as error:
+        at = bom + error.start
+        raise _Invalid(f"encoding: not UTF-8 (byte 0x{sample[at]:02x} at offset {at})") from None
+    if not truncated:
+        return text
+    end = text.rfind("\n")
+    if end == -1:
+        raise _Invalid(f"header: no line end in the first {SAMPLE_BYTES} bytes")
+    return text[: end + 1]
+
+
+def _sample_rows(records: Any, *, truncated: bool) -> list[tuple[int, list[str]]]:
+    rows: list[tuple[int, list[str]]] = []
+    for fields in records:
+        if fields:  # blank lines are not rows
+            rows.append((len(rows) + 1, fields))
+        if len(rows) > SAMPLE_ROWS:
+            break
+    else:
+        if truncated and rows:
+            rows.pop()  # the last record may continue past the sample
+    return rows[:SAMPLE_ROWS]
+
+
+def _check_header(header: list[str], schema: RowSchema) -> None:
+    if not any(header):
+        raise _Invalid("header: no column names on the first line")
+    repeated = [name for name, count in Counter(header).items() if count > 1]
+    missing = [name for name in schema.columns if name not in header]
+    unexpected = list(dict.fromkeys(name for name in header if name not in schema.columns))
+    problems = [
+        _names("missing column", missing),
+        _names("unexpected column", unexpected),
+        _names("repeated column", repeated),
+    ]
+    if problem := "; ".join(problem for problem in problems if problem):
+        raise _Invalid(f"header: {problem}")
+
+
+def _names(what: str, names: list[str]) -> str:
+    if not names:
+        return ""
+    plural = "s" if len(names) > 1 else ""
+    return f"{what}{plural} {', '.join(repr(name) for name in names)}"

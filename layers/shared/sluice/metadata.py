@@ -1,0 +1,248 @@
+"""The metadata table: one item per object version, and the only code that changes those items.
+
+Every transition is a single conditional DynamoDB write, so two invocations racing on the same
+object version (a duplicate S3 event, a retried Lambda) cannot lose each other's update: the
+condition decides, and the loser sees the winner's item. docs/metadata.md describes the item and
+the state diagram; the two transitions the state machine makes itself (success, FAILED) are
+documented there too.
+"""
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from boto3.dynamodb.conditions import Attr
+from botocore.exceptions import ClientError
+
+from sluice.ddb import condition_failed_item, plain
+from sluice.models import Checkpoint, FileState, ObjectRef, RowCounts
+from sluice.observability import logger
+
+RETENTION = timedelta(days=180)  # the table's TTL (expires_at) drops an item this long after its last event
+FINISHED = tuple(state.value for state in FileState if state.finished)
+SUCCEEDED = (FileState.SUCCEEDED.value, FileState.SUCCEEDED_WITH_REJECTS.value)
+
+FINISHED_VALUES = {f":finished{i}": state for i, state in enumerate(FINISHED)}
+NOT_FINISHED = f"attribute_exists(#pk) AND NOT #state IN ({', '.join(FINISHED_VALUES)})"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What RegisterObject does with an object version: process it (attempt n) or skip it."""
+
+    action: Literal["process", "skip"]
+    attempt: int
+    state: FileState
+
+
+class MetadataConflict(Exception):
+    """A transition the item's current state does not allow (finished, or never registered)."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 UTC with a Z, to the millisecond (the form Step Functions' $$ timestamps use)."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class MetadataStore:
+    def __init__(self, table: Any, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self._table = table  # a boto3 dynamodb Table resource
+        self._clock = clock
+
+    def register(self, obj: ObjectRef, *, priority: int | None = None) -> Registration:
+        """Record an S3 event for `obj`: a new item (attempt 1), a retry (attempt + 1), or a duplicate.
+
+        Finished versions are skipped: S3 and EventBridge deliver at least once, duplicates are normal.
+        RECEIVED, PROCESSING and FAILED versions are processed again and keep their checkpoint, so
+        the retry resumes where the last attempt stopped.
+        """
+        # Bounded: the only way round again is the item vanishing (TTL) between the two writes.
+        for _ in range(3):
+            now = self._clock()
+            existing = self._put_new(obj, now, priority)
+            if existing is None:
+                return Registration(action="process", attempt=1, state=FileState.RECEIVED)
+            if not existing:
+                continue
+            if FileState(existing["state"]).finished:
+                return Registration("skip", int(existing["attempts"]), FileState(existing["state"]))
+            try:
+                attributes = self._count_attempt(obj, now, priority)
+            except ClientError as error:
+                existing = condition_failed_item(error)
+                if existing is not None and FileState(existing["state"]).finished:
+                    return Registration("skip", int(existing["attempts"]), FileState(existing["state"]))
+                continue
+            return Registration("process", int(attributes["attempts"]), FileState(attributes["state"]))
+        raise MetadataConflict(f"{obj.id}: could not register (item changing under us)")
+
+    def _put_new(self, obj: ObjectRef, now: datetime, priority: int | None) -> dict | None:
+        """Create the item: None when created, else the item already there ({} if it just vanished)."""
+        item = {
+            "pk": obj.id,
+            **_identity(obj),
+            "state": FileState.RECEIVED.value,
+            "attempts": 1,
+            "received_at": iso(now),
+            "updated_at": iso(now),
+            "expires_at": _expiry(now),
+        }
+        if priority is not None:
+            item["priority"] = priority
+        try:
+            self._table.put_item(
+                Item=item,
+                ConditionExpression=Attr("pk").not_exists(),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as error:
+            return condition_failed_item(error) or {}
+        return None
+
+    def _count_attempt(self, obj: ObjectRef, now: datetime, priority: int | None) -> dict:
+        update = "SET #attempts = #attempts + :one, #updated_at = :now, #expires_at = :expires"
+        values: dict[str, Any] = {":one": 1, ":now": iso(now), ":expires": _expiry(now), **FINISHED_VALUES}
+        if priority is not None:
+            update += ", #priority = :priority"
+            values[":priority"] = priority
+        return self._update(obj, update, values, NOT_FINISHED)
+
+    def mark_invalid(self, obj: ObjectRef, reason: str) -> None:
+        """INVALID with the reason: the file can never succeed. Never overwrites a success."""
+        now = self._clock()
+        identity = _identity(obj)
+        # An item that was never registered (it should not happen) still gets a complete identity.
+        keep = "".join(f", #{name} = if_not_exists(#{name}, :{name})" for name in identity)
+        update = (
+            "SET #state = :invalid, #reason = :reason, #invalid_at = :now, #updated_at = :now, "
+            "#attempts = if_not_exists(#attempts, :one), #received_at = if_not_exists(#received_at, :now), "
+            f"#expires_at = :expires{keep}"
+        )
+        values = {
+            ":invalid": FileState.INVALID.value,
+            ":reason": reason,
+            ":now": iso(now),
+            ":one": 1,
+            ":expires": _expiry(now),
+            ":succeeded0": SUCCEEDED[0],
+            ":succeeded1": SUCCEEDED[1],
+            **{f":{name}": value for name, value in identity.items()},
+        }
+        condition = "attribute_not_exists(#pk) OR NOT #state IN (:succeeded0, :succeeded1)"
+        try:
+            self._update(obj, update, values, condition)
+        except ClientError as error:
+            existing = condition_failed_item(error) or {}
+            logger.warning(
+                "Not marking a finished file INVALID",
+                extra={"object_id": obj.id, "state": existing.get("state"), "reason": reason},
+            )
+
+    def start_processing(self, obj: ObjectRef, header: list[str]) -> Checkpoint:
+        """PROCESSING; the stored checkpoint (a retry resumes) or a fresh one from `header`."""
+        now = self._clock()
+        update = (
+            "SET #state = :processing, #updated_at = :now, #started_at = if_not_exists(#started_at, :now), "
+            "#checkpoint = if_not_exists(#checkpoint, :fresh), "
+            "#rows_total = if_not_exists(#rows_total, :zero), "
+            "#rows_delivered = if_not_exists(#rows_delivered, :zero), "
+            "#rows_rejected = if_not_exists(#rows_rejected, :zero)"
+        )
+        values = {
+            ":processing": FileState.PROCESSING.value,
+            ":now": iso(now),
+            ":fresh": Checkpoint(header=header).model_dump(),
+            ":zero": 0,
+            **FINISHED_VALUES,
+        }
+        attributes = self._transition(obj, update, values)
+        return Checkpoint.model_validate(attributes["checkpoint"])
+
+    def save_checkpoint(self, obj: ObjectRef, checkpoint: Checkpoint, counts: RowCounts) -> None:
+        """Store where the next segment resumes and the counts so far (state PROCESSING)."""
+        update = (
+            "SET #state = :processing, #updated_at = :now, #checkpoint = :checkpoint, "
+            "#rows_total = :total, #rows_delivered = :delivered, #rows_rejected = :rejected"
+        )
+        values = {
+            ":processing": FileState.PROCESSING.value,
+            ":now": iso(self._clock()),
+            ":checkpoint": checkpoint.model_dump(),
+            ":total": counts.total,
+            ":delivered": counts.delivered,
+            ":rejected": counts.rejected,
+            **FINISHED_VALUES,
+        }
+        self._transition(obj, update, values)
+
+    def load_checkpoint(self, obj: ObjectRef) -> tuple[Checkpoint, RowCounts]:
+        """The stored checkpoint and counts; fresh ones when nothing was stored yet."""
+        item = self.get(obj.id) or {}
+        checkpoint = Checkpoint.model_validate(item.get("checkpoint") or {})
+        counts = RowCounts(
+            total=item.get("rows_total", 0),
+            delivered=item.get("rows_delivered", 0),
+            rejected=item.get("rows_rejected", 0),
+        )
+        return checkpoint, counts
+
+    def get(self, obj_id: str) -> dict | None:
+        """The item (numbers as int/float), read consistently; None if there is none."""
+        item = self._table.get_item(Key={"pk": obj_id}, ConsistentRead=True).get("Item")
+        return None if item is None else plain(item)
+
+    def list_items(self, *, state: FileState | str | None = None, page_size: int = 100) -> Iterator[dict]:
+        """Every item (or those in `state`), page by page: a scan, for `sluice status`."""
+        kwargs: dict[str, Any] = {"Limit": page_size}
+        if state is not None:
+            kwargs["FilterExpression"] = Attr("state").eq(FileState(state).value)
+        while True:
+            page = self._table.scan(**kwargs)
+            for item in page.get("Items", []):
+                yield plain(item)
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _transition(self, obj: ObjectRef, update: str, values: dict[str, Any]) -> dict:
+        """A processing update, refused on a finished or unregistered item."""
+        try:
+            return self._update(obj, update, values, NOT_FINISHED)
+        except ClientError as error:
+            existing = condition_failed_item(error)
+            state = existing.get("state") if existing else "not registered"
+            raise MetadataConflict(f"{obj.id}: {state}, not processed") from error
+
+    def _update(self, obj: ObjectRef, update: str, values: dict[str, Any], condition: str) -> dict:
+        # Every attribute goes through a #placeholder: state, key, size... are DynamoDB reserved words.
+        names = {token: token[1:] for token in re.findall(r"#\w+", f"{update} {condition}")}
+        response = self._table.update_item(
+            Key={"pk": obj.id},
+            UpdateExpression=update,
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+            ReturnValues="ALL_NEW",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+        return plain(response["Attributes"])
+
+
+def _identity(obj: ObjectRef) -> dict[str, Any]:
+    """The object's own attributes; absent ones (unversioned bucket, no etag) are left out."""
+    item: dict[str, Any] = {"bucket": obj.bucket, "key": obj.key, "size": obj.size}
+    if obj.version_id is not None:
+        item["version_id"] = obj.version_id
+    if obj.etag:
+        item["etag"] = obj.etag
+    return item
+
+
+def _expiry(now: datetime) -> int:
+    return int((now + RETENTION).timestamp())

@@ -1,0 +1,27 @@
+"""Row schemas: what one CSV data row must look like and what Sluice sends downstream for it.
+
+A schema is declared once, as a pydantic model whose fields are the CSV columns (`orders_v1.py`).
+`RowSchema` wraps the model with what the pipeline needs: the columns the header must name
+(ValidateObject), `parse` turning a row into the JSON-ready payload for the API or a one-line
+reason naming the column(s) at fault (ProcessObject), and the JSON Schema for the docs.
+The ROW_SCHEMA setting picks one through `get_schema`; a new schema is one module plus one line
+in `SCHEMAS`.
+"""
+
+from sluice.schemas.base import RowModel, RowResult, RowSchema, describe
+from sluice.schemas.orders_v1 import OrderV1
+
+SCHEMAS: dict[str, RowSchema] = {
+    model.schema_name: RowSchema(model.schema_name, model) for model in (OrderV1,)
+}
+
+
+def get_schema(name: str) -> RowSchema:
+    """The schema ROW_SCHEMA names; a ValueError listing the known ones otherwise."""
+    try:
+        return SCHEMAS[name]
+    except KeyError:
+        raise ValueError(f"unknown row schema {name!r}; known: {', '.join(sorted(SCHEMAS))}") from None
+
+
+__all__ = ["SCHEMAS", "RowModel", "RowResult", "RowSchema", "describe", "get_schema"]

@@ -1,0 +1,85 @@
+"""What every row schema is made of: a pydantic model of the columns, wrapped in a `RowSchema`."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class RowModel(BaseModel):
+    """Base of a schema's model: one field per CSV column; every value arrives as text."""
+
+    model_config = ConfigDict(str_strip_whitespace=True, extra="forbid", frozen=True)
+
+    schema_name: ClassVar[str]
+
+    def transform(self) -> dict[str, Any]:
+        """The JSON-ready payload posted downstream for this row."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """Either `payload` (the row is accepted) or `reason` (it is rejected)."""
+
+    payload: dict[str, Any] | None = None
+    reason: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(frozen=True)
+class RowSchema:
+    name: str
+    model: type[RowModel]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The header's column names, in the model's (documented) order."""
+        return tuple(self.model.model_fields)
+
+    def parse(self, row: Mapping[str, str]) -> RowResult:
+        try:
+            parsed = self.model.model_validate(dict(row))
+        except ValidationError as error:
+            return RowResult(reason=describe(error))
+        return RowResult(payload=parsed.transform())
+
+    def json_schema(self) -> dict[str, Any]:
+        """The columns as JSON Schema, for the docs."""
+        return self.model.model_json_schema()
+
+
+# pydantic's messages ("Input should be greater than or equal to 0") rewritten the way a person
+# fixing the file reads them: "amount: must be >= 0".
+_MESSAGES = {
+    "missing": "is missing",
+    "extra_forbidden": "is not a column of this schema",
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "decimal_max_places": "must have at most {decimal_places} decimal places",
+    "string_too_long": "must be at most {max_length} characters",
+    "too_long": "must be at most {max_length} characters",
+    "literal_error": "must be one of {expected}",
+}
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming each column at fault: `amount: must be >= 0; quantity: is missing`."""
+    problems = []
+    for item in error.errors(include_url=False):
+        column = ".".join(str(part) for part in item["loc"]) or "row"
+        template = _MESSAGES.get(item["type"])
+        if template is not None:
+            message = template.format(**item.get("ctx", {}))
+        elif item["type"] == "value_error":
+            message = str(item["ctx"]["error"])
+        else:
+            message = item["msg"][:1].lower() + item["msg"][1:]
+        problems.append(f"{column}: {message}")
+    return "; ".join(problems)

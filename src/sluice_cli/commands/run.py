@@ -1,0 +1,268 @@
+"""`sluice run` (what `make run` calls): the whole pipeline, offline, on a realistic mix of files.
+
+Starts the offline stack, uploads the workload in parallel, shows progress from the metadata
+table and the downstream simulator, waits until every file is finished, prints and writes the
+summary, and exits 0 only if every file ended in the state its content calls for.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sluice.filecheck import SAMPLE_BYTES, check_sample
+from sluice.schemas import get_schema
+
+from sluice_cli.commands.local import api_settings
+from sluice_cli.commands.runreport import SUCCESS, Summary, TrackedFile, summarize
+from sluice_cli.commands.status import STATE_STYLES, scan_items
+from sluice_cli.commands.target import DEFAULT_STATE_DIR
+from sluice_cli.offline import OfflineStack, StackError
+from sluice_cli.offline.template import TemplateError, parse_parameter_overrides
+from sluice_cli.workload import default_mix
+
+DEFAULT_PREFIX = "incoming/"  # used when the template's RawKeyPrefix is empty (any key matches)
+POLL_SECONDS = 0.5
+
+
+def plan_files(
+    paths: list[Path] | None, seed: int, row_schema: str, prefix: str
+) -> list[tuple[TrackedFile, bytes]]:
+    """The files to upload (key under `prefix`, bytes) and what each one's content calls for."""
+    if not paths:
+        return [
+            (
+                TrackedFile(
+                    key=f"{prefix}{item.name}",
+                    data_size=len(item.data),
+                    rows=item.rows,
+                    expected_states=frozenset({str(item.expected_state)}),
+                    expected_rejects=item.expected_rejects,
+                    expected_delivered=item.expected_delivered,
+                ),
+                item.data,
+            )
+            for item in default_mix(seed)
+        ]
+    schema = get_schema(row_schema)
+    planned = []
+    for path in paths:
+        data = path.read_bytes()
+        # The Validate stage's own check, on the same sample it reads: a file it would refuse is
+        # expected INVALID; any other file must succeed, with or without rejected rows.
+        check = (
+            check_sample(data[:SAMPLE_BYTES], schema, truncated=len(data) > SAMPLE_BYTES) if data else None
+        )
+        valid = check is not None and check.valid
+        expected = SUCCESS if valid else frozenset({"INVALID"})
+        planned.append(
+            (
+                TrackedFile(
+                    key=f"{prefix}{path.name}", data_size=len(data), rows=None, expected_states=expected
+                ),
+                data,
+            )
+        )
+    return planned
+
+
+def upload(stack: OfflineStack, files: list[tuple[TrackedFile, bytes]]) -> None:
+    """PutObject every file at once (threads), as several producers would."""
+    s3 = stack.client("s3")
+    bucket = stack.outputs["RawBucketName"]
+
+    def put(entry: tuple[TrackedFile, bytes]) -> None:
+        tracked, data = entry
+        response = s3.put_object(Bucket=bucket, Key=tracked.key, Body=data)
+        tracked.uploaded_at = time.time()
+        tracked.version_id = response.get("VersionId")
+
+    with ThreadPoolExecutor(max_workers=min(8, len(files)) or 1) as pool:
+        list(pool.map(put, files))
+
+
+def refresh(stack: OfflineStack, files: list[TrackedFile]) -> None:
+    """Attach each file's metadata item (by key and version)."""
+    items = scan_items(stack.client("dynamodb"), stack.outputs["MetadataTableName"])
+    by_version = {(item.get("key"), item.get("version_id")): item for item in items}
+    now = time.time()
+    for tracked in files:
+        item = by_version.get((tracked.key, tracked.version_id))
+        if item is not None:
+            tracked.item = item
+            if item.get("state") in {"SUCCEEDED", "SUCCEEDED_WITH_REJECTS", "INVALID", "FAILED"}:
+                tracked.seen_finished_at = tracked.seen_finished_at or now
+
+
+class _Monitor:
+    """The live view: files and rows done of total, API requests per second against the limit."""
+
+    def __init__(self, files: list[TrackedFile], limit: float) -> None:
+        self.files = files
+        self.limit = limit
+        self.progress = Progress(
+            TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+        )
+        self.files_task = self.progress.add_task("files finished", total=len(files))
+        self.rows_task = self.progress.add_task("rows done", total=sum(f.rows_expected() for f in files) or 1)
+        self._last = (time.monotonic(), 0)
+        self.rate = 0.0
+        self.stats: dict[str, Any] = {}
+
+    def update(self, stats: dict[str, Any], max_receive_count: int) -> None:
+        now, requests = time.monotonic(), int(stats.get("requests", 0))
+        then, before = self._last
+        if now - then >= 1.0:
+            self.rate, self._last = (requests - before) / (now - then), (now, requests)
+        self.stats = stats
+        done = sum(1 for tracked in self.files if tracked.finished(max_receive_count))
+        self.progress.update(self.files_task, completed=done)
+        total_rows = sum(tracked.rows_expected() for tracked in self.files) or 1
+        self.progress.update(
+            self.rows_task, completed=sum(t.rows_done() for t in self.files), total=total_rows
+        )
+
+    def render(self) -> Group:
+        line = (
+            f"API [bold]{self.rate:5.1f}[/] req/s (limit {self.limit:g})   "
+            f"busiest second {self.stats.get('max_requests_in_any_second', 0)}   "
+            f"429s {self.stats.get('throttled', 0)}   duplicates {self.stats.get('duplicate_deliveries', 0)}"
+        )
+        states = "  ".join(
+            f"[{STATE_STYLES.get(t.state or '', 'white')}]{_name(t.key)}: {t.state or 'uploaded'}[/]"
+            for t in self.files
+        )
+        return Group(self.progress, line, states)
+
+
+def _name(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
+
+
+def print_summary(summary: Summary, console: Console) -> None:
+    console.print()  # the live view may leave the cursor at the end of its last line
+    # One line per file rather than a table: readable at any terminal width, and in CI logs.
+    for record in summary.files:
+        state = record["state"] or "never registered"
+        mark = "[green]✓[/]" if record["ok"] else "[red]✗[/]"
+        took = "" if record["latency_seconds"] is None else f", {record['latency_seconds']:.1f} s"
+        console.print(
+            f"{mark} {_name(record['key'])}  [{STATE_STYLES.get(state, 'white')}]{state}[/]  "
+            f"{record['rows_total']} rows: {record['rows_delivered']} delivered, "
+            f"{record['rows_rejected']} rejected{took}"
+        )
+    api, rows, latency = summary.api, summary.rows, summary.latency_seconds
+    states = ", ".join(f"{state} {count}" for state, count in summary.states.items())
+    console.print(f"Files: {states}")
+    console.print(f"Rows: {rows['delivered']} delivered, {rows['rejected']} rejected, {rows['total']} read")
+    if "requests" in api:
+        within = "[green]within[/]" if api["busiest_second_within_limit"] else "[red]ABOVE[/]"
+        console.print(
+            f"API: {api['accepted_rate']:.1f} accepted/s achieved, limit {api['limit']:g}/s; busiest "
+            f"one-second window {api['busiest_second']} requests ({within} the limit); "
+            f"{api['throttled_429']} answered 429; {api['duplicate_deliveries']} duplicate deliveries"
+        )
+    p50, p95 = latency["p50"], latency["p95"]
+    if p50 is not None:
+        console.print(f"End-to-end latency (upload → finished): p50 {p50:.1f} s, p95 {p95:.1f} s")
+    console.print(f"Wall time: {summary.wall_seconds:.1f} s")
+    for problem in summary.problems:
+        console.print(f"[red]✗[/] {problem}")
+    if summary.ok:
+        console.print("[bold green]All files reached the state their content calls for.[/]")
+    else:
+        console.print("[bold red]Some files did not reach the state their content calls for.[/]")
+
+
+def run(
+    *,
+    files: Annotated[
+        list[Path] | None, typer.Option("--files", help="CSV files to upload instead of the generated mix.")
+    ] = None,
+    report: Annotated[Path, typer.Option(help="Write the summary here as JSON.")] = DEFAULT_STATE_DIR
+    / "report.json",
+    env: Annotated[str, typer.Option(help="samconfig.toml environment for parameter values.")] = "local",
+    api_rate: Annotated[
+        float | None, typer.Option(help="Downstream limit, requests/s (also ApiRateLimit).")
+    ] = None,
+    api_latency: Annotated[str | None, typer.Option(help="Downstream latency MIN-MAX seconds.")] = None,
+    api_error_rate: Annotated[
+        float | None, typer.Option(help="Share of downstream calls answered 503.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")] = 300.0,
+    seed: Annotated[int, typer.Option(help="Seed of the generated mix.")] = 7,
+    parameter_overrides: Annotated[
+        list[str] | None, typer.Option("--parameter", "-p", help="Key=Value template parameter (repeatable).")
+    ] = None,
+    template: Annotated[Path, typer.Option(help="The SAM template.")] = Path("template.yaml"),
+    state_dir: Annotated[
+        Path, typer.Option(help="The run's stack state (outputs, function logs: `sluice logs --state-dir`).")
+    ] = DEFAULT_STATE_DIR / "run",
+) -> None:
+    """Run the pipeline end to end offline on a mix of files, and check every file's outcome."""
+    console = Console()
+    began = time.monotonic()
+    overrides = parse_parameter_overrides(parameter_overrides or [])
+    api_changes, overrides = api_settings(api_rate, api_latency, api_error_rate, overrides)
+    for path in files or []:
+        if not path.is_file():
+            raise typer.BadParameter(f"--files {path}: no such file")
+    # Its own state directory: a `sluice local up` running beside it keeps its outputs and logs.
+    stack = OfflineStack(
+        template.parent.resolve(),
+        env=env,
+        template=template.name,
+        overrides=overrides,
+        api_settings=api_changes,
+        port=0,
+        state_dir=state_dir.resolve(),
+    )
+    try:
+        with console.status("Starting the offline stack…"):
+            stack.start()
+        console.print(f"Offline stack up in {time.monotonic() - began:.1f} s at {stack.endpoint_url}")
+        parameters = stack.parameters
+        prefix = str(parameters.get("RawKeyPrefix") or DEFAULT_PREFIX)
+        planned = plan_files(files, seed, str(parameters.get("RowSchema", "orders-v1")), prefix)
+        upload(stack, planned)
+        tracked = [entry for entry, _ in planned]
+        console.print(f"Uploaded {len(tracked)} files to s3://{stack.outputs['RawBucketName']}/{prefix}")
+        max_receive = int(parameters.get("MaxReceiveCount", 1))
+        api = stack.api
+        if api is None:
+            raise StackError("the stack started without its downstream simulator")
+        monitor = _Monitor(tracked, api.config.rate_limit)
+        deadline = time.monotonic() + timeout
+        with Live(monitor.render(), console=console, refresh_per_second=4) as live:
+            while True:
+                refresh(stack, tracked)
+                monitor.update(api.stats(), max_receive)
+                live.update(monitor.render())
+                if all(t.finished(max_receive) for t in tracked) or time.monotonic() > deadline:
+                    break
+                time.sleep(POLL_SECONDS)
+        summary = summarize(
+            tracked,
+            api.stats(),
+            rate_limit=api.config.rate_limit,
+            wall_seconds=time.monotonic() - began,
+            max_receive_count=max_receive,
+        )
+    except (StackError, TemplateError) as error:
+        console.print(f"[red]Could not start the offline stack:[/] {error}")
+        raise typer.Exit(code=2) from error
+    finally:
+        stack.stop()
+    print_summary(summary, console)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(summary.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    console.print(f"Report: {report}")
+    if not summary.ok:
+        raise typer.Exit(code=1)

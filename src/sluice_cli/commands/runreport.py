@@ -1,0 +1,208 @@
+"""What `sluice run` tracks per file and the summary it prints and writes (pure: no AWS, no I/O)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+FINISHED = frozenset({"SUCCEEDED", "SUCCEEDED_WITH_REJECTS", "INVALID"})
+SUCCESS = frozenset({"SUCCEEDED", "SUCCEEDED_WITH_REJECTS"})
+
+
+@dataclass
+class TrackedFile:
+    """One uploaded file: what its content calls for, and what the metadata table says of it."""
+
+    key: str
+    data_size: int
+    rows: int | None  # data rows, when known before processing
+    expected_states: frozenset[str]
+    expected_rejects: int | None = None
+    expected_delivered: int | None = None
+    uploaded_at: float = 0.0  # epoch seconds, when PutObject answered
+    version_id: str | None = None
+    item: dict[str, Any] | None = None
+    seen_finished_at: float | None = None  # when this run first saw it finished (if the item has no time)
+
+    @property
+    def state(self) -> str | None:
+        return None if self.item is None else self.item.get("state")
+
+    def finished(self, max_receive_count: int) -> bool:
+        """Finished for good: a finished state, or FAILED with no delivery left before the DLQ."""
+        state = self.state
+        if state in FINISHED:
+            return True
+        return (
+            state == "FAILED"
+            and self.item is not None
+            and int(self.item.get("attempts", 0)) >= max_receive_count
+        )
+
+    @property
+    def ok(self) -> bool:
+        if self.state not in self.expected_states or self.item is None:
+            return False
+        if (
+            self.expected_rejects is not None
+            and int(self.item.get("rows_rejected", 0)) != self.expected_rejects
+        ):
+            return False
+        return (
+            self.expected_delivered is None
+            or int(self.item.get("rows_delivered", 0)) == self.expected_delivered
+        )
+
+    @property
+    def finished_at(self) -> float | None:
+        if self.item is not None:
+            for name in ("finished_at", "invalid_at", "failed_at"):
+                if self.item.get(name):
+                    return parse_time(str(self.item[name]))
+        return self.seen_finished_at
+
+    @property
+    def latency_seconds(self) -> float | None:
+        finished = self.finished_at
+        return None if finished is None or not self.uploaded_at else max(finished - self.uploaded_at, 0.0)
+
+    def rows_done(self) -> int:
+        if self.item is None:
+            return 0
+        return int(self.item.get("rows_delivered", 0)) + int(self.item.get("rows_rejected", 0))
+
+    def rows_expected(self) -> int:
+        """Rows this file will have processed when finished (an invalid file's rows are never read)."""
+        if self.expected_states == {"INVALID"}:
+            return 0
+        if self.rows is not None:
+            return self.rows
+        return int(self.item.get("rows_total", 0)) if self.item else 0
+
+
+def parse_time(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """Nearest-rank percentile (None without values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+
+
+@dataclass
+class Summary:
+    files: list[dict[str, Any]]
+    states: dict[str, int]
+    rows: dict[str, int]
+    api: dict[str, Any]
+    latency_seconds: dict[str, float | None]
+    wall_seconds: float
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "problems": self.problems,
+            "wall_seconds": round(self.wall_seconds, 1),
+            "states": self.states,
+            "rows": self.rows,
+            "api": self.api,
+            "latency_seconds": self.latency_seconds,
+            "files": self.files,
+        }
+
+
+def summarize(
+    files: Sequence[TrackedFile],
+    api_stats: dict[str, Any] | None,
+    *,
+    rate_limit: float | None,
+    wall_seconds: float,
+    max_receive_count: int,
+) -> Summary:
+    records: list[dict[str, Any]] = []
+    for tracked in files:
+        item = tracked.item or {}
+        latency = tracked.latency_seconds
+        records.append(
+            {
+                "key": tracked.key,
+                "version_id": tracked.version_id,
+                "expected": sorted(tracked.expected_states),
+                "state": tracked.state,
+                "ok": tracked.ok,
+                "rows_total": int(item.get("rows_total", 0)),
+                "rows_delivered": int(item.get("rows_delivered", 0)),
+                "rows_rejected": int(item.get("rows_rejected", 0)),
+                "expected_rejects": tracked.expected_rejects,
+                "attempts": int(item.get("attempts", 0)),
+                "latency_seconds": None if latency is None else round(latency, 2),
+                "error": item.get("error") or item.get("reason"),
+            }
+        )
+    latencies = [tracked.latency_seconds for tracked in files if tracked.latency_seconds is not None]
+    states = Counter(tracked.state or "NOT REGISTERED" for tracked in files)
+    problems = [_problem(record) for record in records if not record["ok"]]
+    unfinished = [tracked.key for tracked in files if not tracked.finished(max_receive_count)]
+    if unfinished:
+        problems.append(f"not finished before the deadline: {', '.join(unfinished)}")
+    api = api_summary(api_stats, rate_limit)
+    return Summary(
+        files=records,
+        states=dict(sorted(states.items())),
+        rows={
+            "total": sum(record["rows_total"] for record in records),
+            "delivered": sum(record["rows_delivered"] for record in records),
+            "rejected": sum(record["rows_rejected"] for record in records),
+        },
+        api=api,
+        latency_seconds={
+            "p50": _round(percentile(latencies, 0.50)),
+            "p95": _round(percentile(latencies, 0.95)),
+            "max": _round(max(latencies) if latencies else None),
+        },
+        wall_seconds=wall_seconds,
+        ok=not problems,
+        problems=problems,
+    )
+
+
+def _problem(record: dict[str, Any]) -> str:
+    state = record["state"] or "never registered"
+    text = f"{record['key']}: {state}, expected {' or '.join(record['expected'])}"
+    if record["expected_rejects"] is not None:
+        text += f" with {record['expected_rejects']} rejected rows (got {record['rows_rejected']})"
+    return text
+
+
+def api_summary(stats: dict[str, Any] | None, rate_limit: float | None) -> dict[str, Any]:
+    """The downstream's view: how fast, how close to the limit, how many refusals and duplicates."""
+    if not stats:
+        return {"limit": rate_limit}
+    busiest = int(stats.get("max_requests_in_any_second", 0))
+    return {
+        "limit": rate_limit,
+        "requests": stats.get("requests", 0),
+        "accepted": stats.get("accepted", 0),
+        "accepted_rate": stats.get("accepted_rate", 0.0),
+        "busiest_second": busiest,
+        "busiest_second_within_limit": rate_limit is None or busiest <= rate_limit,
+        "throttled_429": stats.get("throttled", 0),
+        "duplicate_deliveries": stats.get("duplicate_deliveries", 0),
+        "responses_by_status": stats.get("responses_by_status", {}),
+        "latency_ms": stats.get("latency_ms", {}),
+        # Requests per whole second of the run, for charts and for finding a burst.
+        "arrivals_per_second": stats.get("arrivals_per_second", []),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)

@@ -1,0 +1,1 @@
+"""Integration tests: the offline stack, real HTTP, real handlers."""

@@ -1,0 +1,228 @@
+"""Sluice end to end on the offline stack: the same template, state machine and handlers as on AWS.
+
+Each test uploads its own files and asserts outcomes where they land: the metadata table,
+ProcessedBucket, the queues, what the topics published and what the downstream API received.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from integration.pipeline import (
+    API_RATE,
+    MAX_RECEIVE_COUNT,
+    delivery_counts,
+    item_of,
+    queue_bodies,
+    queue_drained,
+    results,
+    s3_event_body,
+    subscribe_queue,
+    unique_key,
+    upload,
+    wait_for_state,
+)
+
+from sluice_cli.offline import OfflineStack
+from sluice_cli.offline.polling import wait_for
+from sluice_cli.workload import InvalidKind, RejectKind, generate_invalid_csv, orders_csv_bytes
+
+
+def test_a_valid_file_is_delivered_row_by_row_exactly_once_and_succeeds(pipeline_stack: OfflineStack) -> None:
+    data, _ = orders_csv_bytes(30, seed=1)
+    obj = upload(pipeline_stack, unique_key("valid"), data)
+
+    item = wait_for_state(pipeline_stack, obj, {"SUCCEEDED"})
+
+    assert (item["rows_total"], item["rows_delivered"], item["rows_rejected"]) == (30, 30, 0)
+    assert set(delivery_counts(pipeline_stack, obj, range(1, 31)).values()) == {1}
+    output = results(pipeline_stack, obj)
+    assert [line["row"] for line in output["accepted"]] == list(range(1, 31))
+    assert all(line["answer"]["idempotency_key"] == line["idempotency_key"] for line in output["accepted"])
+    assert output["rejects"] == ["row,reason"]
+    assert output["summary"]["rows_delivered"] == 30
+
+
+def test_rejectable_rows_end_succeeded_with_rejects_naming_row_and_reason(
+    pipeline_stack: OfflineStack,
+) -> None:
+    data, generated = orders_csv_bytes(40, rejects=4, api_rejects=2, seed=2)
+    obj = upload(pipeline_stack, unique_key("rejects"), data)
+
+    item = wait_for_state(pipeline_stack, obj, {"SUCCEEDED_WITH_REJECTS"})
+
+    rejected = sorted(generated.rejects)
+    assert (item["rows_delivered"], item["rows_rejected"]) == (40 - len(rejected), len(rejected))
+    rows = [line.split(",", 1) for line in results(pipeline_stack, obj)["rejects"][1:]]
+    assert [int(row) for row, _ in rows] == rejected
+    for row, reason in rows:
+        kind = generated.rejects[int(row)]
+        assert reason, f"row {row} rejected without a reason"
+        if kind is RejectKind.UNKNOWN_CUSTOMER:
+            assert "api 422" in reason  # the API refused it
+    # Rows that fail validation never reach the API; the rest are delivered once.
+    counts = delivery_counts(pipeline_stack, obj, range(1, 41))
+    assert {row for row, count in counts.items() if count == 0} == set(rejected)
+    assert {count for row, count in counts.items() if row not in generated.rejects} == {1}
+
+
+def test_an_invalid_file_ends_invalid_in_the_invalid_queue_with_an_alert(
+    pipeline_stack: OfflineStack,
+) -> None:
+    alerts = subscribe_queue(
+        pipeline_stack, pipeline_stack.outputs["AlertTopicArn"], f"alerts-{time.time_ns()}"
+    )
+    obj = upload(pipeline_stack, unique_key("invalid"), generate_invalid_csv(InvalidKind.BAD_HEADER, rows=5))
+
+    item = wait_for_state(pipeline_stack, obj, {"INVALID"})
+
+    assert "customer_email" in item["reason"]
+    assert pipeline_stack.api is not None
+    assert pipeline_stack.api.stats()["requests"] == 0
+
+    def routed() -> list[dict] | None:
+        messages = queue_bodies(pipeline_stack, pipeline_stack.outputs["InvalidQueueUrl"])
+        return [m for m in messages if json.loads(m["Body"])["detail"]["object"]["key"] == obj.key] or None
+
+    message = wait_for(routed, timeout=20, what=f"{obj.key}'s message in InvalidQueue")[0]
+    assert "customer_email" in message["MessageAttributes"]["reason"]["StringValue"]
+
+    def alerted() -> list[dict] | None:
+        found = [json.loads(m["Body"]) for m in queue_bodies(pipeline_stack, alerts)]
+        return [n for n in found if obj.key in n["Message"]] or None
+
+    notification = wait_for(alerted, timeout=20, what=f"an alert about {obj.key} on AlertTopic")[0]
+    assert notification["Subject"] == "Sluice: invalid file"
+
+
+def test_transient_api_errors_are_retried_to_success(pipeline_stack: OfflineStack) -> None:
+    api = pipeline_stack.api
+    assert api is not None
+    api.configure(error_rate=0.6)  # most calls fail with 503 for a while
+    data, _ = orders_csv_bytes(25, seed=3)
+    obj = upload(pipeline_stack, unique_key("transient"), data)
+    wait_for(
+        lambda: api.stats()["responses_by_status"].get("503", 0) >= 10, timeout=30, what="ten 503 answers"
+    )
+    api.configure(error_rate=0.0)
+
+    item = wait_for_state(pipeline_stack, obj, {"SUCCEEDED"})
+
+    assert item["rows_delivered"] == 25
+    counts = delivery_counts(pipeline_stack, obj, range(1, 26))
+    assert min(counts.values()) >= 1
+    if item["attempts"] == 1:  # no segment had to be retried: no row can have been sent twice
+        assert set(counts.values()) == {1}
+
+
+def test_an_api_that_keeps_failing_ends_failed_and_in_the_dlq(pipeline_stack: OfflineStack) -> None:
+    assert pipeline_stack.api is not None
+    pipeline_stack.api.configure(error_rate=1.0)
+    data, _ = orders_csv_bytes(10, seed=4)
+    obj = upload(pipeline_stack, unique_key("failing"), data)
+
+    item = wait_for_state(pipeline_stack, obj, {"FAILED"}, attempts=MAX_RECEIVE_COUNT, timeout=90)
+
+    assert "TransientDownstreamError" in item["error"] or "503" in item["error"]
+
+    def in_dlq() -> list[dict] | None:
+        messages = queue_bodies(pipeline_stack, pipeline_stack.outputs["IngestDLQUrl"])
+        return [m for m in messages if json.loads(m["Body"])["detail"]["object"]["key"] == obj.key] or None
+
+    wait_for(in_dlq, timeout=30, what=f"{obj.key}'s message in IngestDLQ after {MAX_RECEIVE_COUNT} receives")
+    assert item_of(pipeline_stack, obj)["state"] == "FAILED"  # not retried again: it waits for a redrive
+
+
+def test_the_busiest_second_stays_within_the_api_limit(pipeline_stack: OfflineStack) -> None:
+    files = [
+        upload(pipeline_stack, unique_key(f"rate{n}"), orders_csv_bytes(60, seed=10 + n)[0]) for n in range(3)
+    ]
+
+    for obj in files:
+        wait_for_state(pipeline_stack, obj, {"SUCCEEDED"}, timeout=90)
+
+    assert pipeline_stack.api is not None
+    stats = pipeline_stack.api.stats()
+    assert stats["accepted"] >= 180
+    assert stats["max_requests_in_any_second"] <= API_RATE, stats["arrivals_per_second"]
+    assert stats["throttled"] == 0
+
+
+def test_a_killed_segment_resumes_from_its_checkpoint(pipeline_stack: OfflineStack) -> None:
+    """GIVEN a file being delivered, WHEN the API slows down so much that the runtime kills
+    ProcessObject at its timeout, THEN the next attempt resumes at the stored checkpoint: rows
+    before it are never delivered again, and the file still succeeds with every row delivered."""
+    api = pipeline_stack.api
+    assert api is not None
+    data, _ = orders_csv_bytes(120, seed=5)
+    obj = upload(pipeline_stack, unique_key("killed"), data)
+    wait_for(
+        lambda: api.stats()["accepted"] >= 30, timeout=30, what="30 rows delivered before slowing the API"
+    )
+    api.configure(latency_min=15.0, latency_max=15.0)  # every call now outlives the function's timeout
+
+    wait_for(
+        lambda: pipeline_stack.runtime.timeouts.get("ProcessObjectFunction", 0) >= 1,
+        timeout=30,
+        what="the runtime to kill ProcessObject at its timeout",
+    )
+    checkpoint = int(item_of(pipeline_stack, obj)["checkpoint"]["next_row"])
+    api.configure(latency_min=0.005, latency_max=0.02)
+
+    item = wait_for_state(pipeline_stack, obj, {"SUCCEEDED"}, timeout=90)
+
+    assert checkpoint > 1, "no checkpoint was stored before the kill"
+    assert item["attempts"] >= 2
+    assert item["rows_delivered"] == 120
+    counts = delivery_counts(pipeline_stack, obj, range(1, 121))
+    assert all(counts[row] == 1 for row in range(1, checkpoint)), "a row before the checkpoint was re-sent"
+    assert min(counts.values()) >= 1
+    assert [line["row"] for line in results(pipeline_stack, obj)["accepted"]] == list(range(1, 121))
+
+
+def test_a_duplicate_s3_event_for_a_finished_version_is_skipped(pipeline_stack: OfflineStack) -> None:
+    data, _ = orders_csv_bytes(10, seed=6)
+    obj = upload(pipeline_stack, unique_key("duplicate"), data)
+    first = wait_for_state(pipeline_stack, obj, {"SUCCEEDED"})
+
+    pipeline_stack.client("sqs").send_message(
+        QueueUrl=pipeline_stack.outputs["IngestQueueUrl"], MessageBody=s3_event_body(obj)
+    )
+    wait_for(lambda: queue_drained(pipeline_stack), timeout=30, what="the duplicate event to be consumed")
+
+    again = item_of(pipeline_stack, obj)
+    assert again["attempts"] == first["attempts"]
+    assert again["state"] == "SUCCEEDED"
+    assert set(delivery_counts(pipeline_stack, obj, range(1, 11)).values()) == {1}
+
+
+def test_an_empty_queue_is_a_no_op(pipeline_stack: OfflineStack) -> None:
+    sfn = pipeline_stack.client("stepfunctions")
+    machine = pipeline_stack.outputs["DispatcherStateMachineArn"]
+    assert pipeline_stack.scheduler is not None
+    with pipeline_stack.scheduler.paused():
+        wait_for(
+            lambda: (
+                queue_drained(pipeline_stack)
+                and not sfn.list_executions(stateMachineArn=machine, statusFilter="RUNNING")["executions"]
+            ),
+            timeout=60,
+            what="an empty IngestQueue and no running dispatcher",
+        )
+        items_before = len(
+            pipeline_stack.client("dynamodb").scan(TableName=pipeline_stack.outputs["MetadataTableName"])[
+                "Items"
+            ]
+        )
+        assert pipeline_stack.api is not None
+        pipeline_stack.api.reset()
+
+        execution = pipeline_stack.start_execution({"source": "test"}, timeout=60)
+
+    assert execution["status"] == "SUCCEEDED"
+    assert pipeline_stack.api.stats()["requests"] == 0
+    items_after = len(
+        pipeline_stack.client("dynamodb").scan(TableName=pipeline_stack.outputs["MetadataTableName"])["Items"]
+    )
+    assert items_after == items_before

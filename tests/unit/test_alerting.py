@@ -1,0 +1,316 @@
+"""sluice.alerting: each AlertTopic shape becomes a subject and a body an on-call engineer can act on."""
+
+import json
+from typing import Any
+
+import pytest
+from handler_support import load_event
+from sluice.alerting import Notification, render_alert, to_email
+
+SNS = load_event("alert-sns.json")["Records"][0]["Sns"]
+OBJECT = {
+    "id": "raw-bucket/incoming/x.csv#3HL4kqtJlcpXroDTDmJ",
+    "bucket": "raw-bucket",
+    "key": "incoming/x.csv",
+    "version_id": "3HL4kqtJlcpXroDTDmJ",
+    "size": 1024,
+    "etag": '"9b2cf535f27731c974343645a3985328"',
+}
+EXECUTION_ARN = "arn:aws:states:us-east-1:123456789012:execution:sluice-dev-Dispatcher:run-0042"
+
+
+def notification(message: Any, subject: str = "") -> Notification:
+    text = message if isinstance(message, str) else json.dumps(message)
+    return Notification(message_id="m-1", message=text, subject=subject, topic_arn=SNS["TopicArn"])
+
+
+def alarm(**changes: Any) -> dict[str, Any]:
+    return {**json.loads(SNS["Message"]), **changes}
+
+
+def lambda_trigger(function_name: str) -> dict[str, Any]:
+    return {
+        "MetricName": "Errors",
+        "Namespace": "AWS/Lambda",
+        "Statistic": "SUM",
+        "Dimensions": [{"name": "FunctionName", "value": function_name}],
+        "Period": 300,
+        "EvaluationPeriods": 1,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "Threshold": 0.0,
+    }
+
+
+def test_the_sample_alarm_names_what_fired_its_state_reason_and_the_redrive() -> None:
+    alert = render_alert(
+        Notification(
+            message_id=SNS["MessageId"],
+            message=SNS["Message"],
+            subject=SNS["Subject"],
+            topic_arn=SNS["TopicArn"],
+        )
+    )
+
+    assert alert.kind == "alarm"
+    assert alert.subject == "[Sluice ALARM] IngestDLQ not empty"
+    body = alert.body
+    assert 'CloudWatch alarm "sluice-dev-IngestDLQNotEmpty"' in body
+    assert "ALARM (was OK)" in body
+    assert "Threshold Crossed: 1 out of the last 1 datapoints [3.0" in body
+    assert (
+        "AWS/SQS ApproximateNumberOfMessagesVisible (QueueName=sluice-dev-IngestDLQ-Q1W2E3R4T5Y6),"
+        " MAXIMUM > 0 for 1 x 60 s"
+    ) in body
+    assert "Messages of files whose processing failed MaxReceiveCount times" in body  # the description
+    assert "sluice redrive --source ingest-dlq --dry-run" in body
+    assert "Runbook: docs/operations.md#ingestdlq-not-empty" in body
+    assert SNS["MessageId"] in body
+
+
+@pytest.mark.parametrize(
+    ("queue", "source"),
+    [
+        ("sluice-dev-FailureDestinationQueue-AB12", "failure-destination"),
+        ("sluice-dev-IngestRuleDLQ-CD34", "rule-dlq"),
+        ("sluice-dev-IngestDLQ-EF56", "ingest-dlq"),
+    ],
+)
+def test_each_dead_letter_queue_suggests_its_own_redrive(queue: str, source: str) -> None:
+    trigger = {**alarm()["Trigger"], "Dimensions": [{"name": "QueueName", "value": queue}]}
+    body = render_alert(notification(alarm(AlarmName=f"{queue}-alarm", Trigger=trigger))).body
+
+    assert f"sluice redrive --source {source} --dry-run" in body
+    assert f"  sluice redrive --source {source}\n" in body
+
+
+def test_queue_depth_alarms_point_at_status_and_the_processing_logs() -> None:
+    trigger = {
+        **alarm()["Trigger"],
+        "Dimensions": [{"name": "QueueName", "value": "sluice-dev-IngestQueue-X1"}],
+    }
+    alert = render_alert(
+        notification(alarm(AlarmName="sluice-dev-IngestQueueDepth", AlarmDescription=None, Trigger=trigger))
+    )
+
+    assert alert.subject == "[Sluice ALARM] sluice-dev-IngestQueueDepth"  # no description: the name
+    assert "sluice status" in alert.body
+    assert "sluice logs -f ProcessObjectFunction" in alert.body
+    assert "redrive" not in alert.body
+
+
+def test_function_alarms_name_the_function_by_logical_id_and_use_sam_logs_for_a_stack() -> None:
+    message = alarm(
+        AlarmName="sluice-prod-ProcessObjectErrors",
+        AlarmDescription="ProcessObjectFunction errors\nMore than 5% of its invocations failed.",
+        Trigger=lambda_trigger("sluice-prod-ProcessObjectFunction-9ZYX8WV"),
+    )
+
+    offline = render_alert(notification(message))
+    deployed = render_alert(notification(message), stack_name="sluice-prod")
+
+    assert offline.subject == "[Sluice ALARM] ProcessObjectFunction errors"
+    assert "sluice logs -f ProcessObjectFunction" in offline.body
+    assert "Runbook: docs/operations.md#function-errors" in offline.body  # one heading for all functions
+    assert "sam logs --tail --stack-name sluice-prod -n ProcessObjectFunction" in deployed.body
+    assert "sluice status --stack-name sluice-prod" in deployed.body
+
+
+def test_an_unknown_function_name_is_passed_through() -> None:
+    body = render_alert(notification(alarm(AlarmName="other", Trigger=lambda_trigger("some-other-fn")))).body
+    assert "sluice logs -f some-other-fn" in body
+
+
+def test_dispatcher_and_api_throttle_alarms_suggest_status() -> None:
+    states = {
+        "MetricName": "ExecutionsFailed",
+        "Namespace": "AWS/States",
+        "Dimensions": [
+            {"name": "StateMachineArn", "value": "arn:aws:states:us-east-1:1:stateMachine:Dispatcher"}
+        ],
+    }
+    throttles = {"MetricName": "ApiThrottles", "Namespace": "Sluice", "Dimensions": []}
+
+    dispatcher = render_alert(notification(alarm(AlarmName="sluice-dev-DispatcherFailed", Trigger=states)))
+    api = render_alert(notification(alarm(AlarmName="sluice-dev-ApiThrottles", Trigger=throttles)))
+    other = render_alert(
+        notification(
+            alarm(AlarmName="sluice-dev-Custom", AlarmDescription=None, Trigger={"Namespace": "Other"})
+        )
+    )
+
+    assert "sluice redrive --source executions --dry-run" in dispatcher.body
+    assert "sluice logs -f ProcessObjectFunction" in api.body
+    assert "sluice status" in other.body
+    assert "redrive" not in other.body
+
+
+def test_metric_math_alarms_show_their_metrics_and_dimensions() -> None:
+    trigger = {
+        "Metrics": [
+            {
+                "Id": "errors",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": "AWS/Lambda",
+                        "MetricName": "Errors",
+                        "Dimensions": [{"name": "FunctionName", "value": "sluice-dev-WriteOutputFunction-1"}],
+                    }
+                },
+            },
+            {"Id": "rate", "Expression": "100 * errors / invocations"},
+        ]
+    }
+    body = render_alert(
+        notification(alarm(AlarmName="sluice-dev-WriteOutputErrorRate", Trigger=trigger))
+    ).body
+
+    assert "metric math: Errors, 100 * errors / invocations" in body
+    assert "sluice logs -f WriteOutputFunction" in body
+
+
+def test_an_alarm_back_to_ok_says_nothing_to_do() -> None:
+    alert = render_alert(notification(alarm(NewStateValue="OK", OldStateValue="ALARM")))
+
+    assert alert.subject == "[Sluice OK] IngestDLQ not empty"
+    assert "Nothing to do: the alarm has recovered." in alert.body
+    assert "redrive" not in alert.body
+
+
+def test_an_invalid_file_alert_names_the_file_reason_and_that_it_is_not_retried() -> None:
+    message = {
+        "kind": "file_invalid",
+        "object": OBJECT,
+        "reason": "header: missing column 'amount'",
+        "execution": EXECUTION_ARN,
+        "stage": "Validate object",
+        "attempt": 1,
+    }
+    alert = render_alert(notification(message))
+
+    assert alert.kind == "file_invalid"
+    assert alert.subject == "[Sluice] File INVALID: incoming/x.csv"
+    assert "s3://raw-bucket/incoming/x.csv (version 3HL4kqtJlcpXroDTDmJ, 1024 bytes)" in alert.body
+    assert "raw-bucket/incoming/x.csv#3HL4kqtJlcpXroDTDmJ" in alert.body
+    assert "header: missing column 'amount'" in alert.body
+    assert EXECUTION_ARN in alert.body
+    assert "not retried" in alert.body
+    assert "sluice logs -f ValidateObjectFunction" in alert.body
+
+
+def test_a_failed_file_alert_suggests_logs_and_the_redrive() -> None:
+    message = {"kind": "file_failed", "object": {**OBJECT, "version_id": None}, "reason": "api 503 x5"}
+    alert = render_alert(notification(message), stack_name="sluice-dev")
+
+    assert alert.subject == "[Sluice] File FAILED: incoming/x.csv"
+    assert "raw-bucket/incoming/x.csv#null" in alert.body
+    assert "sam logs --tail --stack-name sluice-dev -n ProcessObjectFunction" in alert.body
+    assert "sluice redrive --source ingest-dlq --dry-run --stack-name sluice-dev" in alert.body
+    assert "Runbook: docs/operations.md#file-failed" in alert.body
+
+
+def test_the_dispatchers_own_invalid_file_alert_is_read() -> None:
+    # What statemachine/dispatcher.asl.json "Compose invalid-file alert" publishes.
+    message = {
+        "event": "file.invalid",
+        "object": OBJECT,
+        "reason": "encoding: not UTF-8 at byte 17",
+        "message_id": "5fea7756-0ea4-451a-a703-a558b933e274",
+        "execution": "dispatch-2026-11-22T03-10-00",
+    }
+    alert = render_alert(notification(message, subject="Sluice: invalid file"))
+
+    assert alert.kind == "file_invalid"
+    assert alert.subject == "[Sluice] File INVALID: incoming/x.csv"
+    assert "encoding: not UTF-8 at byte 17" in alert.body
+    assert "dispatch-2026-11-22T03-10-00" in alert.body
+    assert "SQS message:  5fea7756-0ea4-451a-a703-a558b933e274\n" in alert.body
+
+
+def test_the_dispatchers_own_failed_for_good_alert_is_read() -> None:
+    # What statemachine/dispatcher.asl.json "Compose failed-file alert" publishes.
+    message = {
+        "event": "file.failed_for_good",
+        "object": OBJECT,
+        "error": "DownstreamUnavailable",
+        "cause": "api 503 after 5 attempts",
+        "message_id": "5fea7756-0ea4-451a-a703-a558b933e274",
+        "receive_count": 5,
+        "next": "IngestDLQ",
+        "execution": "dispatch-2026-11-22T03-10-00",
+    }
+    alert = render_alert(notification(message, subject="Sluice: file failed for good"))
+
+    assert alert.kind == "file_failed"
+    assert alert.subject == "[Sluice] File FAILED: incoming/x.csv"
+    assert "DownstreamUnavailable: api 503 after 5 attempts" in alert.body
+    assert "5fea7756-0ea4-451a-a703-a558b933e274, received 5 time(s)" in alert.body
+    assert "Its message is now in IngestDLQ." in alert.body
+    assert "sluice redrive --source ingest-dlq --dry-run" in alert.body
+
+
+def test_a_step_functions_status_change_event_names_the_execution_and_its_error() -> None:
+    event = {
+        "version": "0",
+        "id": "315c1398-40ff-a850-213b-158f73e60175",
+        "detail-type": "Step Functions Execution Status Change",
+        "source": "aws.states",
+        "account": "123456789012",
+        "time": "2026-11-22T03:10:00Z",
+        "region": "us-east-1",
+        "resources": [EXECUTION_ARN],
+        "detail": {
+            "executionArn": EXECUTION_ARN,
+            "stateMachineArn": "arn:aws:states:us-east-1:123456789012:stateMachine:sluice-dev-Dispatcher",
+            "name": "run-0042",
+            "status": "TIMED_OUT",
+            "startDate": 1795230000000,
+            "stopDate": 1795230900000,
+            "error": "States.Timeout",
+            "cause": None,
+        },
+    }
+    alert = render_alert(notification(event))
+
+    assert alert.kind == "execution"
+    assert alert.subject == "[Sluice] Dispatcher execution TIMED_OUT: run-0042"
+    assert "State:" in alert.body
+    assert "TIMED_OUT" in alert.body
+    assert "States.Timeout" in alert.body
+    assert f"aws stepfunctions get-execution-history --execution-arn {EXECUTION_ARN}" in alert.body
+    assert "sluice redrive --source executions --dry-run" in alert.body
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "plain words, not JSON",
+        {"hello": "world"},
+        {"kind": "file_invalid", "object": {"bucket": "b"}},  # looks like ours but is not whole
+        {"AlarmName": "x", "NewStateValue": "ALARM", "Trigger": "not an object"},
+        {"detail-type": "Step Functions Execution Status Change", "detail": {}},
+    ],
+)
+def test_anything_else_is_sent_raw_and_never_raises(message: Any) -> None:
+    alert = render_alert(notification(message, subject="Something\r\nodd"))
+
+    assert alert.kind == "raw"
+    assert alert.subject == "[Sluice] Something odd"
+    text = message if isinstance(message, str) else json.dumps(message, indent=2, sort_keys=True)
+    assert text in alert.body
+    assert "sluice status" in alert.body
+
+
+def test_the_email_carries_sender_recipients_and_an_id_from_the_sns_message() -> None:
+    received = notification(alarm(AlarmDescription="Line one\nmore"))
+    alert = render_alert(received)
+
+    email = to_email(
+        alert, received, sender="sluice@example.org", recipients=["a@example.org", "b@example.org"]
+    )
+
+    assert email["Subject"] == "[Sluice ALARM] Line one"
+    assert email["From"] == "sluice@example.org"
+    assert email["To"] == "a@example.org, b@example.org"
+    assert email["Message-ID"] == "<m-1@sluice.alerts>"
+    assert email["X-Sluice-Alert-Kind"] == "alarm"
+    assert email.get_content() == alert.body

@@ -1,0 +1,409 @@
+"""Segments of a file end to end: moto S3 + the real MetadataStore + a loopback API.
+
+A test schema with a free-text column lets accepted rows carry quoted newlines. The Lambda
+context's remaining time is what cuts a file into segments, as in production.
+"""
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar
+
+import pytest
+from datapath_support import (
+    PROCESSED_BUCKET,
+    RAW_BUCKET,
+    ApiServer,
+    CountdownContext,
+    Received,
+    Reply,
+    accept_all,
+    create_buckets,
+    create_tables,
+)
+from moto import mock_aws
+from pydantic import Field
+from sluice.delivery import Segment, SegmentLimits
+from sluice.downstream import (
+    DownstreamClient,
+    HttpTransport,
+    RetryPolicy,
+    TransientDownstreamError,
+    idempotency_key,
+)
+from sluice.metadata import MetadataStore
+from sluice.models import FileState, ObjectRef, ProcessResult
+from sluice.observability import metrics
+from sluice.ratelimit import ManualClock, shared_limiter
+from sluice.results import PartWriter, merge_results
+from sluice.schemas import RowModel, RowSchema
+from sluice.settings import ProcessSettings
+
+
+class NoteRow(RowModel):
+    schema_name: ClassVar[str] = "test-notes"
+
+    id: Annotated[int, Field(ge=1)]
+    note: str
+
+    def transform(self) -> dict[str, Any]:
+        return {"id": self.id, "note": self.note}
+
+
+NOTES = RowSchema("test-notes", NoteRow)
+ROWS = 60
+SCHEMA_REJECTS = {13: "id: must be >= 1", 41: "id: must be >= 1"}
+STREAM_REJECTS = {27: "row is not valid UTF-8", 50: "expected 2 columns, found 3"}
+API_REJECT = 33
+
+
+def note(number: int) -> str:
+    return f"line one of {number}\nline two, with a comma" if number % 7 == 0 else f"note {number}"
+
+
+def csv_file() -> bytes:
+    lines = [b"id,note\r\n"]
+    for number in range(1, ROWS + 1):
+        if number in SCHEMA_REJECTS:
+            lines.append(f"-{number},negative\r\n".encode())
+        elif number == 27:
+            lines.append(b"27,caf\xe9\r\n")
+        elif number == 50:
+            lines.append(b"50,one,too many\r\n")
+        else:
+            lines.append(f'{number},"{note(number)}"\r\n'.encode())
+        if number == 30:
+            lines.append(b"\r\n")  # a blank line is not a row
+    return b"".join(lines)
+
+
+def rejecting_row_33(request: Received, seen: int) -> Reply:
+    if request.payload["id"] == API_REJECT:
+        return Reply(422, {"error": "duplicate order"})
+    return accept_all(request, seen)
+
+
+@dataclass
+class World:
+    s3: Any
+    store: MetadataStore
+    server: ApiServer
+    control: Any
+    obj: ObjectRef = field(init=False)
+    limits: SegmentLimits = field(default_factory=lambda: SegmentLimits(concurrency=3, checkpoint_every=4))
+
+    def upload(self, body: bytes, key: str = "in/notes.csv") -> ObjectRef:
+        version = self.s3.put_object(Bucket=RAW_BUCKET, Key=key, Body=body)["VersionId"]
+        self.obj = ObjectRef(bucket=RAW_BUCKET, key=key, version_id=version, size=len(body))
+        self.store.register(self.obj)
+        return self.obj
+
+    def segment(self, context: CountdownContext, *, attempts: int = 2, schema: RowSchema = NOTES) -> Segment:
+        clock = ManualClock()
+        client = DownstreamClient(
+            HttpTransport(self.server.url, pool_size=self.limits.concurrency, timeout_seconds=5),
+            shared_limiter(self.control, limit=10_000, clock=clock),
+            policy=RetryPolicy(max_attempts=attempts, backoff_base_seconds=0.1, backoff_max_seconds=1),
+            clock=clock,
+        )
+        return Segment(
+            self.obj,
+            s3_client=self.s3,
+            store=self.store,
+            parts=PartWriter(self.s3, PROCESSED_BUCKET, self.obj),
+            schema=schema,
+            client=client,
+            limits=self.limits,
+            remaining_ms=context.get_remaining_time_in_millis,
+        )
+
+    def run_all(self, rows_per_segment: int, *, first_segment: int = 0) -> list[ProcessResult]:
+        results: list[ProcessResult] = []
+        segment = first_segment
+        for _ in range(100):  # bounded: a file that never ends would fail here, not hang
+            result = self.segment(CountdownContext(calls=rows_per_segment)).run(segment)
+            results.append(result)
+            if result.done:
+                return results
+            segment = result.segment
+        raise AssertionError("not done after 100 segments")
+
+    def merged(self, result: ProcessResult) -> tuple[list[dict[str, Any]], list[str]]:
+        keys = merge_results(self.s3, PROCESSED_BUCKET, self.obj, result)
+        body = self.s3.get_object(Bucket=PROCESSED_BUCKET, Key=keys.accepted_key)["Body"].read().decode()
+        rejects = self.s3.get_object(Bucket=PROCESSED_BUCKET, Key=keys.rejects_key)["Body"].read().decode()
+        return [json.loads(line) for line in body.splitlines()], rejects.splitlines()
+
+    def key(self, number: int) -> str:
+        return idempotency_key(self.obj, number)
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    metrics.clear_metrics()
+    with mock_aws(), ApiServer(rejecting_row_33) as server:
+        tables = create_tables()
+        yield World(create_buckets(), MetadataStore(tables["MetadataTable"]), server, tables["ControlTable"])
+    metrics.clear_metrics()
+
+
+DELIVERED = [n for n in range(1, ROWS + 1) if n not in SCHEMA_REJECTS | STREAM_REJECTS and n != API_REJECT]
+POSTED = sorted([*DELIVERED, API_REJECT])
+
+
+def test_segments_cut_by_time_deliver_every_row_exactly_once_and_resume_at_the_right_row(
+    world: World,
+) -> None:
+    body = csv_file()
+    world.upload(body)
+
+    # WHEN each invocation only has time for 9 rows
+    results = world.run_all(rows_per_segment=9)
+
+    # THEN the file took 7 segments, each answering the next one's number
+    assert [result.segment for result in results] == [1, 2, 3, 4, 5, 6, 7]
+    assert [result.done for result in results] == [False] * 6 + [True]
+    final = results[-1]
+    assert final.outcome == FileState.SUCCEEDED_WITH_REJECTS
+    assert (final.rows_total, final.rows_delivered, final.rows_rejected) == (60, 55, 5)
+    # the API saw every row once, with its key, multi-line notes intact
+    assert Counter(world.server.keys()) == Counter({world.key(n): 1 for n in POSTED})
+    by_key = {request.key: request.payload for request in world.server.received}
+    assert by_key[world.key(14)] == {"id": 14, "note": "line one of 14\nline two, with a comma"}
+    # the results hold every row once, in file order, rejects with their row numbers
+    accepted, rejects = world.merged(final)
+    assert [row["row"] for row in accepted] == DELIVERED
+    assert accepted[0] == {
+        "row": 1,
+        "idempotency_key": world.key(1),
+        "data": {"id": 1, "note": "note 1"},
+        "answer": {"status": "accepted", "ref": f"ref-{world.key(1)[:8]}"},
+    }
+    assert rejects[0] == "row,reason"
+    assert [line.split(",", 1)[0] for line in rejects[1:]] == ["13", "27", "33", "41", "50"]
+    assert rejects[2].startswith("27,row is not valid UTF-8")
+    assert rejects[3] == '33,"api 422: {""error"": ""duplicate order""}"'
+    # the metadata item ends at the end of the file
+    item = world.store.get(world.obj.id)
+    assert item is not None
+    assert item["state"] == "PROCESSING"  # SUCCEEDED is the state machine's to record
+    assert item["checkpoint"]["byte_offset"] == len(body)
+    assert item["checkpoint"]["next_row"] == 61
+    assert (item["rows_total"], item["rows_delivered"], item["rows_rejected"]) == (60, 55, 5)
+
+
+def test_a_paused_segment_checkpoints_exactly_after_its_last_committed_row(world: World) -> None:
+    body = csv_file()
+    world.upload(body)
+
+    result = world.segment(CountdownContext(calls=15)).run(0)
+
+    checkpoint, counts = world.store.load_checkpoint(world.obj)
+    assert not result.done
+    assert result.outcome is None
+    assert checkpoint.next_row == 16
+    assert body[checkpoint.byte_offset :].startswith(b"16,")
+    assert checkpoint.parts == 4  # 15 rows in parts of 4: 4 + 4 + 4 + 3
+    assert (counts.total, counts.rejected) == (15, 1)
+    assert sorted(world.server.keys()) == sorted(world.key(n) for n in range(1, 16) if n != 13)
+
+
+def test_a_row_failing_for_good_checkpoints_the_rows_before_it_and_the_retry_finishes_the_file(
+    world: World,
+) -> None:
+    world.upload(csv_file())
+    outage = threading.Event()
+    outage.set()
+
+    def respond(request: Received, seen: int) -> Reply:
+        if request.payload["id"] == 20 and outage.is_set():
+            return Reply(503, {"error": "down"})
+        return rejecting_row_33(request, seen)
+
+    world.server.respond = respond
+
+    # WHEN row 20 keeps failing
+    with pytest.raises(TransientDownstreamError, match="after 2 attempts"):
+        world.segment(CountdownContext()).run(0)
+
+    # THEN everything before row 20 is committed, nothing from it on
+    checkpoint, counts = world.store.load_checkpoint(world.obj)
+    assert checkpoint.next_row == 20
+    assert counts.total == 19
+
+    # WHEN the state machine's next attempt runs once the API is back
+    outage.clear()
+    results = world.run_all(rows_per_segment=1_000)
+
+    # THEN the results hold every row exactly once, and only rows from 20 on were posted again
+    accepted, _ = world.merged(results[-1])
+    assert [row["row"] for row in accepted] == DELIVERED
+    posted = Counter(world.server.keys())
+    assert posted[world.key(20)] == 3  # 2 failed attempts, then delivered
+    again = {n for n in POSTED if posted[world.key(n)] > 1}
+    assert again
+    assert min(again) == 20
+    assert all(posted[world.key(n)] == 1 for n in POSTED if n < 20)
+
+
+def test_a_fresh_start_forgets_the_parts_of_an_earlier_processing(world: World) -> None:
+    world.upload(csv_file())
+    stale = "parts/in/notes.csv/" + (world.obj.version_id or "null") + "/000099.accepted.jsonl"
+    world.s3.put_object(Bucket=PROCESSED_BUCKET, Key=stale, Body=b'{"row": 999}\n')
+
+    results = world.run_all(rows_per_segment=1_000)
+
+    accepted, _ = world.merged(results[-1])
+    assert [row["row"] for row in accepted] == DELIVERED
+
+
+def test_a_header_only_file_succeeds_without_a_request(world: World) -> None:
+    world.upload(b"id,note\n")
+
+    result = world.segment(CountdownContext()).run(0)
+
+    assert result == ProcessResult(
+        done=True, segment=1, outcome=FileState.SUCCEEDED, rows_total=0, rows_delivered=0, rows_rejected=0
+    )
+    assert world.server.received == []
+
+
+def test_a_segment_with_no_time_left_takes_no_row(world: World) -> None:
+    world.upload(csv_file())
+
+    result = world.segment(CountdownContext(calls=0)).run(0)
+
+    assert (result.done, result.segment, result.rows_total) == (False, 1, 0)
+    assert world.server.received == []
+    assert world.store.get(world.obj.id)["state"] == "PROCESSING"  # type: ignore[index]
+
+
+def test_a_slow_row_holds_back_the_reader_instead_of_piling_up_rows(world: World) -> None:
+    # GIVEN 3 workers and at most 4 rows delivered but not committed, and row 1 answering slowly
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, window=4)
+    world.upload(csv_file())
+    seen_when_row_1_answered: list[int] = []
+
+    def respond(request: Received, seen: int) -> Reply:
+        if request.payload["id"] == 1:
+            deadline = time.monotonic() + 1.0
+            while len(world.server.received) < 10 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen_when_row_1_answered.append(len(world.server.received))
+        return rejecting_row_33(request, seen)
+
+    world.server.respond = respond
+
+    result = world.segment(CountdownContext()).run(0)
+
+    # THEN while row 1 was pending, only rows up to the window's reach were sent
+    assert seen_when_row_1_answered == [5]  # row 1, rows 2-4 (window), row 5 (waiting for the head)
+    assert result.done
+    assert Counter(world.server.keys()) == Counter({world.key(n): 1 for n in POSTED})
+
+
+def test_rows_delivered_and_rejected_are_counted_per_segment(world: World) -> None:
+    world.upload(csv_file())
+
+    world.run_all(rows_per_segment=25)
+
+    assert sum(metrics.metric_set["RowsDelivered"]["Value"]) == 55
+    assert sum(metrics.metric_set["RowsRejected"]["Value"]) == 5
+
+
+def test_limits_come_from_the_process_settings() -> None:
+    settings = ProcessSettings.from_env(
+        {
+            "METADATA_TABLE": "m",
+            "CONTROL_TABLE": "c",
+            "IDEMPOTENCY_TABLE": "i",
+            "PROCESSED_BUCKET": "p",
+            "API_CONCURRENCY": "8",
+            "CHECKPOINT_EVERY_ROWS": "100",
+            "SEGMENT_SAFETY_SECONDS": "45",
+        }
+    )
+
+    limits = SegmentLimits.from_settings(settings)
+
+    assert (limits.concurrency, limits.checkpoint_every, limits.safety_seconds, limits.out_of_order) == (
+        8,
+        100,
+        45,
+        32,
+    )
+
+
+def test_a_failing_head_row_stops_the_reader_while_the_window_is_full(world: World) -> None:
+    # GIVEN 2 workers, a window of 2, and row 1 failing for good
+    world.limits = SegmentLimits(concurrency=2, checkpoint_every=4, window=2)
+    world.upload(csv_file())
+
+    def respond(request: Received, seen: int) -> Reply:
+        return Reply(503, {"error": "down"}) if request.payload["id"] == 1 else accept_all(request, seen)
+
+    world.server.respond = respond
+
+    with pytest.raises(TransientDownstreamError):
+        world.segment(CountdownContext()).run(0)
+
+    # THEN the reader stopped at the window's edge and nothing was committed past the failed row
+    assert {request.payload["id"] for request in world.server.received} == {1, 2, 3}
+    checkpoint, counts = world.store.load_checkpoint(world.obj)
+    assert (checkpoint.next_row, checkpoint.byte_offset, counts.total) == (1, 0, 0)
+
+
+def test_a_row_in_retry_when_time_runs_short_is_left_to_the_next_segment(world: World) -> None:
+    # GIVEN row 5 answers 503 only once the segment has run out of time
+    world.upload(csv_file())
+    context = CountdownContext(calls=8)
+
+    def respond(request: Received, seen: int) -> Reply:
+        if request.payload["id"] == 5 and seen == 0:
+            deadline = time.monotonic() + 10
+            while context.calls >= 0:  # the segment asked for the 9th row and heard "no time"
+                assert time.monotonic() < deadline, "the segment never ran short of time"
+                time.sleep(0.005)
+            return Reply(503, {"error": "busy"})
+        return rejecting_row_33(request, seen)
+
+    world.server.respond = respond
+
+    paused = world.segment(context).run(0)
+
+    # THEN row 5 was not retried in this segment, and the checkpoint stops just before it
+    checkpoint, _ = world.store.load_checkpoint(world.obj)
+    assert (paused.done, checkpoint.next_row, paused.rows_total) == (False, 5, 4)
+    assert world.server.keys().count(world.key(5)) == 1
+
+    # WHEN the next segments run
+    results = world.run_all(rows_per_segment=1_000, first_segment=paused.segment)
+
+    # THEN the results hold every row once; rows 5-8 were posted twice, with the same keys
+    accepted, _ = world.merged(results[-1])
+    assert [row["row"] for row in accepted] == DELIVERED
+    posted = Counter(world.server.keys())
+    assert {n for n in POSTED if posted[world.key(n)] == 2} == {5, 6, 7, 8}
+    assert all(posted[world.key(n)] == 1 for n in POSTED if n not in {5, 6, 7, 8})
+
+
+class BrokenOnRow10(NoteRow):
+    def transform(self) -> dict[str, Any]:
+        if self.id == 10:
+            raise RuntimeError("a bug in the transform")
+        return super().transform()
+
+
+def test_a_crash_while_reading_keeps_what_was_committed_and_raises(world: World) -> None:
+    world.upload(csv_file())
+    segment = world.segment(CountdownContext(), schema=RowSchema("broken", BrokenOnRow10))
+
+    with pytest.raises(RuntimeError, match="a bug in the transform"):
+        segment.run(0)
+
+    checkpoint, counts = world.store.load_checkpoint(world.obj)
+    assert (checkpoint.next_row, counts.total) == (10, 9)
+    assert sorted(world.server.keys()) == sorted(world.key(n) for n in range(1, 10))

@@ -1,0 +1,349 @@
+"""statemachine/dispatcher.asl.json, executed by moto's ASL interpreter, with fake functions.
+
+Every test runs the file itself (DefinitionSubstitutions applied as CloudFormation would) against
+queues, topics, a parameter and a table in moto, and asserts what the dispatcher left behind:
+messages deleted or not, items' states, what reached InvalidQueue, IngestDLQ and the topics.
+The harness (asl_harness.py) explains how the Lambda tasks reach the fakes.
+"""
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from asl_harness import FunctionError, Functions, LambdaServiceError, Stack, s3_event_body
+from moto import mock_aws
+from moto.core.config import default_user_config
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+StackFactory = Callable[..., Stack]
+
+
+@pytest.fixture
+def make_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[StackFactory]:
+    """Build the stack with optional DefinitionSubstitutions overrides, inside one mock_aws."""
+    monkeypatch.setitem(default_user_config["stepfunctions"], "execute_state_machine", True)
+    functions = Functions()
+    monkeypatch.setattr(lambda_eval_utils, "_invoke_lambda_function", functions.invoke)
+    with mock_aws():
+        yield lambda **substitutions: Stack(functions, **substitutions)
+
+
+@pytest.fixture
+def stack(make_stack: StackFactory) -> Stack:
+    return make_stack()
+
+
+def called(stack: Stack) -> list[str]:
+    return [call.function for call in stack.functions.calls]
+
+
+def test_happy_path_delivers_records_announces_and_deletes(stack: Stack) -> None:
+    # GIVEN a file whose processing takes two segments
+    stack.segments["incoming/orders-valid.csv"] = 2
+    stack.send("incoming/orders-valid.csv")
+
+    # WHEN the dispatcher runs
+    execution = stack.run()
+
+    # THEN the message is gone, the item holds the outcome and counts, and the outcome is announced
+    assert execution["status"] == "SUCCEEDED"
+    assert stack.queue_depth(stack.ingest_url) == 0
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] == "SUCCEEDED_WITH_REJECTS"
+    assert (item["rows_total"], item["rows_delivered"], item["rows_rejected"]) == (20, 19, 1)
+    assert item["finished_at"]
+    assert "error" not in item
+    (notification,) = stack.published(stack.notifications_url)
+    assert notification["event"] == "file.finished"
+    assert notification["outcome"] == "SUCCEEDED_WITH_REJECTS"
+    assert notification["object"]["id"] == "sluice-raw-example/incoming/orders-valid.csv#v1"
+    assert notification["rows_delivered"] == 19
+    assert stack.published(stack.alerts_url) == []
+    # each segment resumed where the previous one said; the output saw the last answer
+    assert [p["segment"] for p in stack.functions.payloads("ProcessObject")] == [0, 1]
+    (output,) = stack.functions.payloads("WriteOutput")
+    assert output["result"]["done"] is True
+    assert output["object"]["key"] == "incoming/orders-valid.csv"
+    # the lease was taken, renewed before each segment and after the round, and given back
+    operations = [p["operation"] for p in stack.functions.payloads("DispatcherLease")]
+    assert operations == ["acquire", "renew", "renew", "renew", "release"]
+
+
+def test_empty_queue_ends_at_once_touching_nothing_but_the_lease(stack: Stack) -> None:
+    execution = stack.run()
+
+    assert execution["status"] == "SUCCEEDED"
+    assert called(stack) == ["DispatcherLease", "DispatcherLease"]
+    assert [p["operation"] for p in stack.functions.payloads("DispatcherLease")] == ["acquire", "release"]
+
+
+def test_lease_held_by_another_execution_ends_at_once(stack: Stack) -> None:
+    # GIVEN a message waiting and another dispatcher holding the lease
+    stack.functions.handlers["DispatcherLease"] = lambda _: {
+        "acquired": False,
+        "budget_left": False,
+        "deadline": None,
+    }
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN this execution received nothing: the message is still visible, never delivered
+    assert execution["status"] == "SUCCEEDED"
+    assert called(stack) == ["DispatcherLease"]
+    (message,) = stack.receive(stack.ingest_url)
+    assert message["Attributes"]["ApproximateReceiveCount"] == "1"  # this receive is its first
+
+
+def test_transient_lambda_error_is_retried_after_two_seconds_then_succeeds(stack: Stack) -> None:
+    # GIVEN ProcessObject's first invocation fails in the Lambda service
+    failures = iter([LambdaServiceError("Lambda is having a moment")])
+    real = stack.process
+
+    def flaky(payload: dict) -> dict:
+        if error := next(failures, None):
+            raise error
+        return real(payload)
+
+    stack.functions.handlers["ProcessObject"] = flaky
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN the segment is retried (2 s later) and the file finishes as if nothing happened
+    assert execution["status"] == "SUCCEEDED"
+    first, second = [c for c in stack.functions.calls if c.function == "ProcessObject"]
+    assert (first.payload, second.payload) == (second.payload, first.payload)  # the same segment
+    assert second.started - first.ended >= 1.9
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] == "SUCCEEDED_WITH_REJECTS"
+    assert stack.queue_depth(stack.ingest_url) == 0
+
+
+def test_retries_exhausted_on_the_last_delivery_fail_the_file_and_leave_the_message_to_the_dlq(
+    make_stack: StackFactory,
+) -> None:
+    # GIVEN a queue that moves a message to its DLQ after one delivery, and a Lambda service that
+    # keeps failing
+    stack = make_stack(MaxReceiveCount="1")
+    stack.functions.handlers["ProcessObject"] = lambda _: (_ for _ in ()).throw(LambdaServiceError("down"))
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run(timeout=30)
+
+    # THEN ProcessObject was tried 1 + 3 times (2, 4, 8 s apart), the item is FAILED with the cause,
+    assert execution["status"] == "SUCCEEDED"  # a failed file does not fail the dispatcher
+    attempts = [c for c in stack.functions.calls if c.function == "ProcessObject"]
+    assert len(attempts) == 4
+    gaps = [b.started - a.ended for a, b in itertools.pairwise(attempts)]
+    for gap, backoff in zip(gaps, [2, 4, 8], strict=True):
+        assert backoff - 0.1 <= gap < backoff + 1.5, gaps  # upper bound: slack for a busy machine
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] == "FAILED"
+    assert "Lambda.ServiceException" in item["error"]
+    assert item["failed_at"]
+    # the failure is announced on both topics (it was the last delivery),
+    (alert,) = stack.published(stack.alerts_url)
+    assert alert["event"] == "file.failed_for_good"
+    assert alert["error"] == "Lambda.ServiceException"
+    (notification,) = stack.published(stack.notifications_url)
+    assert notification["event"] == "file.failed"
+    assert notification["outcome"] == "FAILED"
+    # and the message was not deleted but released: SQS moves it to the DLQ on the next receive
+    assert stack.receive(stack.ingest_url) == []
+    (dead,) = stack.receive(stack.dlq_url)
+    assert "incoming/orders-valid.csv" in dead["Body"]
+
+
+def test_permanent_function_error_releases_the_message_for_a_later_retry(stack: Stack) -> None:
+    # GIVEN ProcessObject fails with an error the state machine does not retry
+    stack.functions.handlers["ProcessObject"] = lambda _: (_ for _ in ()).throw(
+        FunctionError("TransientDownstreamError", "row 7: api 503 after 5 attempts")
+    )
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN there was one attempt, the item is FAILED, and the message is visible again at once
+    # (RetryDelaySeconds 0 here) for its second delivery: not the last one, so no alert
+    assert execution["status"] == "SUCCEEDED"
+    assert len(stack.functions.payloads("ProcessObject")) == 1
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] == "FAILED"
+    assert item["error"].startswith("TransientDownstreamError: ")
+    assert "row 7: api 503" in item["error"]
+    (message,) = stack.receive(stack.ingest_url)
+    assert message["Attributes"]["ApproximateReceiveCount"] == "2"
+    assert stack.published(stack.alerts_url) == []
+    (notification,) = stack.published(stack.notifications_url)
+    assert (notification["event"], notification["receive_count"], notification["max_receive_count"]) == (
+        "file.failed",
+        1,
+        5,
+    )
+
+
+def test_invalid_file_goes_to_the_invalid_queue_is_announced_and_deleted(stack: Stack) -> None:
+    # GIVEN a file whose header ValidateObject refuses
+    body = s3_event_body("incoming/orders-invalid.csv")
+    stack.send("incoming/orders-invalid.csv", body=body)
+
+    execution = stack.run()
+
+    # THEN the original body sits in InvalidQueue with the reason, the alert topic says so,
+    assert execution["status"] == "SUCCEEDED"
+    (invalid,) = stack.receive(stack.invalid_url)
+    assert invalid["Body"] == body
+    assert invalid["MessageAttributes"]["reason"]["StringValue"] == "header: missing column 'amount'"
+    (alert,) = stack.published(stack.alerts_url)
+    assert alert["event"] == "file.invalid"
+    assert alert["object"]["key"] == "incoming/orders-invalid.csv"
+    # the item stays INVALID (not FAILED), nothing was delivered, and the message is gone
+    item = stack.item("incoming/orders-invalid.csv")
+    assert item is not None
+    assert item["state"] == "INVALID"
+    assert "ProcessObject" not in called(stack)
+    assert stack.queue_depth(stack.ingest_url) == 0
+
+
+def test_message_that_is_not_an_s3_event_is_rejected_to_the_invalid_queue(stack: Stack) -> None:
+    stack.send("", body='{"hello": "world"}')
+
+    execution = stack.run()
+
+    assert execution["status"] == "SUCCEEDED"
+    (invalid,) = stack.receive(stack.invalid_url)
+    assert invalid["Body"] == '{"hello": "world"}'
+    assert invalid["MessageAttributes"]["reason"]["StringValue"] == "not an S3 Object Created event"
+    (alert,) = stack.published(stack.alerts_url)
+    assert alert["object"] is None
+    assert "ValidateObject" not in called(stack)
+    assert stack.queue_depth(stack.ingest_url) == 0
+
+
+def test_duplicate_event_of_a_finished_version_is_deleted_without_processing(stack: Stack) -> None:
+    # GIVEN the object version already SUCCEEDED and its S3 event arrives again
+    stack.put_item("incoming/orders-valid.csv", "SUCCEEDED")
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    assert execution["status"] == "SUCCEEDED"
+    assert stack.queue_depth(stack.ingest_url) == 0
+    assert "ValidateObject" not in called(stack)
+    assert "ProcessObject" not in called(stack)
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] == "SUCCEEDED"
+    assert stack.published(stack.notifications_url) == []
+
+
+@pytest.mark.parametrize(("setting", "bound"), [("2", 2), ("50", 3), ("0", 2)])
+def test_files_in_flight_never_exceed_the_live_concurrency_within_its_bounds(
+    make_stack: StackFactory, setting: str, bound: int
+) -> None:
+    # GIVEN four files, the live setting, bounds 2..3, and files that take a while
+    stack = make_stack(ConcurrencyMin="2", ConcurrencyMax="3")
+    stack.ssm.put_parameter(Name=stack.parameter, Value=setting, Type="String", Overwrite=True)
+    stack.rounds_per_execution = 10
+    real = stack.process
+
+    def slow(payload: dict) -> dict:
+        time.sleep(0.2)
+        return real(payload)
+
+    stack.functions.handlers["ProcessObject"] = slow
+    for index in range(4):
+        stack.send(f"incoming/orders-{index}.csv")
+
+    execution = stack.run()
+
+    # THEN every file finished, in rounds, never more than the bound at once, and the bound reached
+    assert execution["status"] == "SUCCEEDED"
+    assert stack.queue_depth(stack.ingest_url) == 0
+    assert len(stack.functions.payloads("WriteOutput")) == 4
+    assert stack.functions.max_in_flight["ProcessObject"] == bound
+    assert all(p["concurrency"] == bound for p in stack.functions.payloads("PlanBatch"))
+    assert [p["round"] for p in stack.functions.payloads("PlanBatch")] == list(range(-(-4 // bound)))
+
+
+def test_each_item_waits_for_its_stagger_slot(stack: Stack) -> None:
+    # GIVEN a batch of three planned 0, 1 and 2 seconds apart
+    stack.waits = [0, 1, 2]
+    for index in range(3):
+        stack.send(f"incoming/orders-{index}.csv")
+
+    started = time.monotonic()
+    execution = stack.run()
+
+    # THEN no item registered before its slot, and all of them ran in the one batch
+    assert execution["status"] == "SUCCEEDED"
+    plan_done = next(c.ended for c in stack.functions.calls if c.function == "PlanBatch")
+    registered = {
+        c.payload["message_id"]: c.started - plan_done
+        for c in stack.functions.calls
+        if c.function == "RegisterObject"
+    }
+    (plan,) = stack.functions.payloads("PlanBatch")
+    slots = {m["MessageId"]: wait for m, wait in zip(plan["messages"], stack.waits, strict=True)}
+    for message_id, wait in slots.items():
+        assert registered[message_id] >= wait - 0.05, (wait, registered[message_id])
+    assert max(registered.values()) < 4  # no slot waited much longer than planned
+    assert time.monotonic() - started < 10
+    assert stack.queue_depth(stack.ingest_url) == 0
+
+
+def test_a_file_that_needs_too_many_segments_is_failed_not_looped(make_stack: StackFactory) -> None:
+    stack = make_stack(MaxSegmentsPerFile="3")
+    stack.segments["incoming/huge.csv"] = 10
+    stack.send("incoming/huge.csv")
+
+    execution = stack.run()
+
+    assert execution["status"] == "SUCCEEDED"
+    assert [p["segment"] for p in stack.functions.payloads("ProcessObject")] == [0, 1, 2]
+    item = stack.item("incoming/huge.csv")
+    assert item is not None
+    assert item["state"] == "FAILED"
+    assert item["error"].startswith("Sluice.TooManySegments")
+    assert "WriteOutput" not in called(stack)
+    assert stack.queue_depth(stack.ingest_url) == 1  # left to SQS
+
+
+def test_a_failing_round_fails_the_execution_and_releases_the_lease(stack: Stack) -> None:
+    # GIVEN PlanBatch fails with an error no retry fixes
+    stack.functions.handlers["PlanBatch"] = lambda _: (_ for _ in ()).throw(
+        FunctionError("ValidationError", "messages: field required")
+    )
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN the execution fails with that error, after giving the lease back; the message stays queued
+    assert execution["status"] == "FAILED"
+    assert execution["error"] == "ValidationError"
+    assert "messages: field required" in execution["cause"]
+    assert [p["operation"] for p in stack.functions.payloads("DispatcherLease")] == ["acquire", "release"]
+    assert stack.queue_depth(stack.ingest_url) == 1
+
+
+def test_rounds_continue_while_the_lease_has_budget(stack: Stack) -> None:
+    # GIVEN more files than one round takes (concurrency 1) and budget for two rounds only
+    stack.ssm.put_parameter(Name=stack.parameter, Value="1", Type="String", Overwrite=True)
+    stack.rounds_per_execution = 2
+    for index in range(3):
+        stack.send(f"incoming/orders-{index}.csv")
+
+    execution = stack.run()
+
+    # THEN two files were processed, the lease saw rounds 1 and 2, and one file waits for the next run
+    assert execution["status"] == "SUCCEEDED"
+    assert len(stack.functions.payloads("WriteOutput")) == 2
+    renewals = [p["round"] for p in stack.functions.payloads("DispatcherLease") if p["operation"] == "renew"]
+    assert renewals[-1] == 2
+    assert stack.queue_depth(stack.ingest_url) == 1

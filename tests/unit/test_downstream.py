@@ -1,0 +1,346 @@
+"""The downstream client against a real loopback HTTP server: what the API received, and when."""
+
+import email.utils
+import hashlib
+import random
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from datapath_support import ApiServer, Received, Reply, create_tables
+from moto import mock_aws
+from sluice.downstream import (
+    DeliveryAbandoned,
+    DownstreamClient,
+    HttpTransport,
+    RetryPolicy,
+    SimulatedApi,
+    TransientDownstreamError,
+    client_from_settings,
+    idempotency_key,
+)
+from sluice.models import ObjectRef
+from sluice.observability import metrics
+from sluice.ratelimit import ManualClock
+from sluice.settings import ProcessSettings
+
+T0 = 1_800_000_000.0
+ROW = {"order_id": "ORD-000001", "amount_cents": 1999}
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+class CountingPacer:
+    """Stands in for the rate limiter: counts the slots taken."""
+
+    def __init__(self) -> None:
+        self.slots = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        with self._lock:
+            self.slots += 1
+            return float(self.slots)
+
+
+@pytest.fixture(autouse=True)
+def fresh_metrics() -> Iterator[None]:
+    metrics.clear_metrics()
+    yield
+    metrics.clear_metrics()
+
+
+def counted(name: str) -> float:
+    return sum(metrics.metric_set.get(name, {}).get("Value", []))
+
+
+def client_for(
+    server: ApiServer, *, attempts: int = 4, backoff_max: float = 20.0, timeout: float = 5.0
+) -> tuple[DownstreamClient, CountingPacer, ManualClock]:
+    pacer, clock = CountingPacer(), ManualClock(T0)
+    client = DownstreamClient(
+        HttpTransport(server.url, pool_size=4, timeout_seconds=timeout),
+        pacer,
+        policy=RetryPolicy(max_attempts=attempts, backoff_base_seconds=0.5, backoff_max_seconds=backoff_max),
+        clock=clock,
+        rng=random.Random(2),
+    )
+    return client, pacer, clock
+
+
+def scripted(*replies: Reply) -> Any:
+    """Answer the n-th request with replies[n] (the last one from then on)."""
+    counter = iter(range(10**6))
+
+    def respond(request: Received, seen: int) -> Reply:
+        return replies[min(next(counter), len(replies) - 1)]
+
+    return respond
+
+
+def test_the_idempotency_key_is_the_documented_hash() -> None:
+    obj = ObjectRef(bucket="raw", key="in/orders.csv", version_id="v1")
+    unversioned = ObjectRef(bucket="raw", key="in/orders.csv")
+
+    assert idempotency_key(obj, 7) == hashlib.sha256(b"raw/in/orders.csv#v1:7").hexdigest()[:32]
+    assert idempotency_key(unversioned, 7) == hashlib.sha256(b"raw/in/orders.csv#null:7").hexdigest()[:32]
+    assert len(idempotency_key(obj, 8)) == 32
+    assert idempotency_key(obj, 8) != idempotency_key(obj, 7)
+
+
+def test_an_accepted_row_keeps_the_answer_and_the_api_gets_json_and_the_key() -> None:
+    with ApiServer(scripted(Reply(201, {"id": "A-1"}))) as server:
+        client, pacer, _ = client_for(server)
+        delivery = client.deliver(ROW, KEY)
+
+    assert delivery.accepted
+    assert delivery.answer == {"id": "A-1"}
+    assert delivery.attempts == 1
+    [request] = server.received
+    assert request.payload == ROW
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["Idempotency-Key"] == KEY
+    assert pacer.slots == 1
+    assert counted("ApiLatency") > 0
+    assert counted("ApiRetries") == 0
+
+
+def test_5xx_is_retried_with_the_same_key_each_attempt_taking_a_slot() -> None:
+    replies = (Reply(503, {"error": "busy"}), Reply(500, b"oops"), Reply(200, {"ok": True}))
+    with ApiServer(scripted(*replies)) as server:
+        client, pacer, clock = client_for(server)
+        delivery = client.deliver(ROW, KEY)
+
+    assert delivery.accepted
+    assert delivery.attempts == 3
+    assert server.keys() == [KEY] * 3
+    assert pacer.slots == 3  # every attempt, retries included, went through the limiter
+    assert counted("ApiRetries") == 2
+    # full jitter: the waits are random but never longer than base × 2^retry
+    assert 0 <= clock.now() - T0 <= 0.5 + 1.0
+
+
+def test_a_429_waits_at_least_its_retry_after_seconds() -> None:
+    replies = (Reply(429, {"error": "slow down"}, {"Retry-After": "7"}), Reply(200, {}))
+    with ApiServer(scripted(*replies)) as server:
+        client, _, clock = client_for(server)
+        delivery = client.deliver(ROW, KEY)
+
+    assert delivery.accepted
+    assert clock.now() - T0 >= 7
+    assert counted("ApiThrottles") == 1
+    assert counted("ApiRetries") == 1
+
+
+def test_a_retry_after_http_date_is_honoured() -> None:
+    later = email.utils.formatdate(T0 + 9, usegmt=True)
+    with ApiServer(scripted(Reply(503, {}, {"Retry-After": later}), Reply(200, {}))) as server:
+        client, _, clock = client_for(server)
+        client.deliver(ROW, KEY)
+
+    assert clock.now() - T0 >= 9
+
+
+def test_a_garbled_retry_after_falls_back_to_the_backoff() -> None:
+    with ApiServer(scripted(Reply(503, {}, {"Retry-After": "soon-ish"}), Reply(200, {}))) as server:
+        client, _, clock = client_for(server)
+        delivery = client.deliver(ROW, KEY)
+
+    assert delivery.attempts == 2
+    assert clock.now() - T0 <= 0.5
+
+
+def test_a_retry_after_beyond_the_backoff_ceiling_fails_the_row_at_once() -> None:
+    with ApiServer(scripted(Reply(429, {}, {"Retry-After": "120"}))) as server:
+        client, _, clock = client_for(server, backoff_max=20)
+        with pytest.raises(
+            TransientDownstreamError, match=r"retry after 120s, more than API_BACKOFF_MAX_SECONDS"
+        ):
+            client.deliver(ROW, KEY)
+
+    assert len(server.received) == 1  # not hammered: the state machine retries the segment later
+    assert clock.now() == T0
+
+
+def test_other_4xx_rejects_the_row_with_the_status_and_body() -> None:
+    body = {"error": "amount_cents exceeds the customer's credit limit"}
+    with ApiServer(scripted(Reply(422, body))) as server:
+        client, _, _ = client_for(server)
+        delivery = client.deliver(ROW, KEY)
+
+    assert not delivery.accepted
+    assert delivery.reason == 'api 422: {"error": "amount_cents exceeds the customer\'s credit limit"}'
+    assert len(server.received) == 1
+
+
+def test_a_long_error_body_is_cut_to_a_one_line_snippet() -> None:
+    with ApiServer(scripted(Reply(400, b"bad\n\n  request " + b"x" * 500))) as server:
+        client, _, _ = client_for(server)
+        reason = client.deliver(ROW, KEY).reason
+
+    assert reason is not None
+    assert reason.startswith("api 400: bad request xxx")
+    assert reason.endswith("…")
+    assert len(reason) < 220
+
+
+def test_exhausted_retries_raise_with_the_last_problem() -> None:
+    with ApiServer(scripted(Reply(502, {"error": "bad gateway"}))) as server:
+        client, pacer, _ = client_for(server, attempts=3)
+        with pytest.raises(TransientDownstreamError, match=r"after 3 attempts.*api 502"):
+            client.deliver(ROW, KEY)
+
+    assert server.keys() == [KEY] * 3
+    assert pacer.slots == 3
+
+
+def test_a_timeout_is_retried() -> None:
+    release = threading.Event()
+
+    def respond(request: Received, seen: int) -> Reply:
+        if seen == 0:
+            release.wait(timeout=5)  # longer than the client's timeout
+        return Reply(200, {"attempt": seen + 1})
+
+    with ApiServer(respond) as server:
+        client, _, _ = client_for(server, timeout=0.3)
+        try:
+            delivery = client.deliver(ROW, KEY)
+        finally:
+            release.set()
+
+    assert delivery.answer == {"attempt": 2}
+    assert server.keys() == [KEY, KEY]
+    assert counted("ApiRetries") == 1
+
+
+def test_connection_errors_are_retried_then_raised() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pacer, clock = CountingPacer(), ManualClock(T0)
+    client = DownstreamClient(
+        HttpTransport(f"http://127.0.0.1:{port}/", pool_size=1, timeout_seconds=1),
+        pacer,
+        policy=RetryPolicy(max_attempts=3),
+        clock=clock,
+    )
+
+    with pytest.raises(TransientDownstreamError, match=r"after 3 attempts.*NewConnectionError"):
+        client.deliver(ROW, KEY)
+    assert pacer.slots == 3
+
+
+@pytest.mark.parametrize(("body", "answer"), [(b"", None), (b"OK, thanks", "OK, thanks")])
+def test_a_2xx_answer_that_is_not_json_is_kept_as_text(body: bytes, answer: Any) -> None:
+    with ApiServer(scripted(Reply(200, body))) as server:
+        client, _, _ = client_for(server)
+
+        assert client.deliver(ROW, KEY).answer == answer
+
+
+def test_full_jitter_stays_within_its_ceiling() -> None:
+    policy, rng = RetryPolicy(backoff_base_seconds=0.5, backoff_max_seconds=4), random.Random(1)
+
+    for retry, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
+        waits = [policy.backoff(retry, rng) for _ in range(200)]
+        assert all(0 <= wait <= ceiling for wait in waits)
+        assert max(waits) > ceiling * 0.8  # spread over the whole range, not a fixed delay
+
+
+def test_the_simulated_api_is_slow_then_accepts() -> None:
+    clock = ManualClock(T0)
+    api = SimulatedApi(
+        latency_min_seconds=5, latency_max_seconds=30, failure_rate=0, clock=clock, rng=random.Random(3)
+    )
+    client = DownstreamClient(api, CountingPacer(), clock=clock)
+
+    delivery = client.deliver(ROW, KEY)
+
+    assert delivery.answer == {"status": "accepted", "id": f"sim-{KEY[:16]}"}
+    assert 5 <= clock.now() - T0 <= 30
+
+
+def test_the_simulated_api_fails_like_a_503_so_it_is_retried() -> None:
+    clock = ManualClock(T0)
+    api = SimulatedApi(latency_min_seconds=0, latency_max_seconds=0, failure_rate=1.0, clock=clock)
+    pacer = CountingPacer()
+    client = DownstreamClient(api, pacer, policy=RetryPolicy(max_attempts=3), clock=clock)
+
+    with pytest.raises(TransientDownstreamError, match="api 503"):
+        client.deliver(ROW, KEY)
+    assert pacer.slots == 3
+    assert counted("ApiRetries") == 2
+
+
+def test_the_simulated_latency_follows_the_seeded_range() -> None:
+    clock = ManualClock(T0)
+    api = SimulatedApi(
+        latency_min_seconds=2, latency_max_seconds=1, failure_rate=0.5, clock=clock, rng=random.Random(4)
+    )
+    statuses = []
+    for _ in range(200):
+        before = clock.now()
+        statuses.append(api.post(b"{}", {"Idempotency-Key": KEY}).status)
+        assert 1 <= clock.now() - before <= 2  # min and max given the wrong way round still work
+    assert set(statuses) == {200, 503}
+    assert 60 < statuses.count(503) < 140
+
+
+def settings(**values: Any) -> ProcessSettings:
+    base = {
+        "METADATA_TABLE": "MetadataTable",
+        "CONTROL_TABLE": "ControlTable",
+        "IDEMPOTENCY_TABLE": "IdempotencyTable",
+        "PROCESSED_BUCKET": "processed",
+        "API_RATE_LIMIT": "1000",
+    }
+    return ProcessSettings.from_env({**base, **{name.upper(): str(value) for name, value in values.items()}})
+
+
+def test_client_from_settings_posts_to_api_url_paced_on_the_control_table() -> None:
+    with mock_aws(), ApiServer() as server:
+        table = create_tables()["ControlTable"]
+        client = client_from_settings(settings(api_url=server.url), table)
+
+        delivery = client.deliver(ROW, KEY)
+
+        assert delivery.accepted
+        assert server.keys() == [KEY]
+        assert table.get_item(Key={"pk": "ratelimit#downstream"})["Item"]["tat"] > 0
+
+
+def test_client_from_settings_without_api_url_uses_the_simulated_api() -> None:
+    with mock_aws():
+        table = create_tables()["ControlTable"]
+        client = client_from_settings(
+            settings(
+                simulated_latency_min_seconds=0, simulated_latency_max_seconds=0, simulated_failure_rate=0
+            ),
+            table,
+        )
+
+        assert client.deliver(ROW, KEY).answer == {"status": "accepted", "id": f"sim-{KEY[:16]}"}
+
+
+def test_once_stopped_a_failed_row_is_abandoned_instead_of_retried() -> None:
+    stop = threading.Event()
+    stop.set()
+    with ApiServer(scripted(Reply(503, {}), Reply(200, {}))) as server:
+        client, pacer, clock = client_for(server)
+        with pytest.raises(DeliveryAbandoned, match=r"stopped before attempt 2.*api 503"):
+            client.deliver(ROW, KEY, stop=stop)
+
+    assert server.keys() == [KEY]  # the first attempt was made: the row had been handed out
+    assert pacer.slots == 1
+    assert clock.now() == T0  # no backoff slept
+
+
+def test_a_row_handed_out_before_the_stop_still_gets_its_first_attempt() -> None:
+    stop = threading.Event()
+    stop.set()
+    with ApiServer() as server:
+        client, _, _ = client_for(server)
+
+        assert client.deliver(ROW, KEY, stop=stop).accepted

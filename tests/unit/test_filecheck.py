@@ -1,0 +1,172 @@
+"""The Validate stage's checks, on objects in a moto bucket, reading only the first 64 KiB."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import SAMPLES
+from datapath_support import RAW_BUCKET, create_buckets
+from moto import mock_aws
+from sluice.filecheck import SAMPLE_BYTES, check_object
+from sluice.models import ObjectRef
+from sluice.schemas import get_schema
+
+SCHEMA = get_schema("orders-v1")
+HEADER = b"order_id,customer_email,amount,currency,order_date,quantity\n"
+ROW = b"ORD-000001,a@example.com,1.00,USD,2026-01-01,1\n"
+
+
+@pytest.fixture
+def s3() -> Iterator[Any]:
+    with mock_aws():
+        yield create_buckets()
+
+
+def put(s3: Any, body: bytes, key: str = "in/file.csv") -> ObjectRef:
+    version = s3.put_object(Bucket=RAW_BUCKET, Key=key, Body=body)["VersionId"]
+    return ObjectRef(bucket=RAW_BUCKET, key=key, version_id=version, size=len(body))
+
+
+def check(s3: Any, body: bytes, *, max_file_bytes: int = 10**9) -> Any:
+    return check_object(s3, put(s3, body), SCHEMA, max_file_bytes=max_file_bytes)
+
+
+def test_the_valid_sample_is_valid_and_its_header_returned(s3: Any) -> None:
+    result = check(s3, (SAMPLES / "orders-valid.csv").read_bytes())
+
+    assert result.valid
+    assert result.reason is None
+    assert result.header == list(SCHEMA.columns)
+
+
+def test_the_sample_with_rejects_is_still_a_valid_file(s3: Any) -> None:
+    assert check(s3, (SAMPLES / "orders-with-rejects.csv").read_bytes()).valid
+
+
+def test_the_invalid_sample_names_what_is_wrong_with_its_header(s3: Any) -> None:
+    result = check(s3, (SAMPLES / "orders-invalid.csv").read_bytes())
+
+    assert not result.valid
+    assert result.header is None
+    assert result.reason == (
+        "header: missing columns 'customer_email', 'order_date', 'quantity'; "
+        "unexpected columns 'email', 'date', 'qty'"
+    )
+
+
+def test_an_empty_file_is_invalid(s3: Any) -> None:
+    assert check(s3, b"").reason == "empty file"
+
+
+def test_a_file_over_the_size_limit_is_invalid(s3: Any) -> None:
+    assert check(s3, HEADER + ROW * 10, max_file_bytes=100).reason == (
+        f"file is {len(HEADER + ROW * 10)} bytes, more than MAX_FILE_BYTES (100)"
+    )
+
+
+def test_a_vanished_version_is_invalid(s3: Any) -> None:
+    missing = ObjectRef(bucket=RAW_BUCKET, key="in/never.csv", version_id=None)
+
+    result = check_object(s3, missing, SCHEMA, max_file_bytes=10**9)
+
+    assert result.reason == "object not found (deleted before it was validated)"
+
+
+def test_a_bom_is_allowed(s3: Any) -> None:
+    assert check(s3, b"\xef\xbb\xbf" + HEADER + ROW).header == list(SCHEMA.columns)
+
+
+def test_bytes_that_are_not_utf8_at_the_top_make_the_file_invalid(s3: Any) -> None:
+    body = HEADER + ROW + b"ORD-000002,caf\xe9@example.com,1.00,USD,2026-01-01,1\n"
+
+    result = check(s3, body)
+
+    offset = len(HEADER + ROW) + len(b"ORD-000002,caf")
+    assert result.reason == f"encoding: not UTF-8 (byte 0xe9 at offset {offset})"
+
+
+def test_only_the_first_64_kib_are_read_with_a_ranged_get(s3: Any) -> None:
+    # GIVEN a 1 MiB file whose only bad byte is past the sample
+    rows = ROW * ((1024 * 1024) // len(ROW))
+    body = HEADER + rows + b"ORD-999999,\xff@example.com,1.00,USD,2026-01-01,1\n"
+    gets: list[dict[str, Any]] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        gets.append(params)
+
+    s3.meta.events.register("before-call.s3.GetObject", record)
+    try:
+        result = check(s3, body)
+    finally:
+        s3.meta.events.unregister("before-call.s3.GetObject", record)
+
+    # THEN it is valid (the bad row will be rejected when processed) and one ranged GET was made
+    assert result.valid
+    assert [get["headers"].get("Range") for get in gets] == [f"bytes=0-{SAMPLE_BYTES - 1}"]
+
+
+def test_a_multibyte_character_cut_by_the_sample_end_is_not_an_encoding_error(s3: Any) -> None:
+    # "é" is 2 bytes: place it so that its first byte is the sample's last
+    filler_row = b"ORD-000001,a@example.com,1.00,USD,2026-01-01,1,"
+    prefix = HEADER + ROW * ((SAMPLE_BYTES - len(HEADER)) // len(ROW) - 2)
+    pad = SAMPLE_BYTES - 1 - len(prefix) - len(filler_row)
+    body = prefix + filler_row + b"x" * pad + "é".encode() + b"\n" + ROW * 3
+    assert body[SAMPLE_BYTES - 1 : SAMPLE_BYTES + 1] == "é".encode()
+
+    assert check(s3, body).valid
+
+
+def test_a_header_longer_than_the_sample_is_invalid(s3: Any) -> None:
+    assert (
+        check(s3, b"x" * (SAMPLE_BYTES + 10)).reason
+        == f"header: no line end in the first {SAMPLE_BYTES} bytes"
+    )
+
+
+def test_header_names_are_compared_as_a_set_after_trimming(s3: Any) -> None:
+    reordered = b" quantity,order_date , currency,amount,customer_email,order_id\n"
+
+    result = check(s3, reordered + b"1,2026-01-01,USD,1.00,a@example.com,ORD-000001\n")
+
+    assert result.valid
+    assert result.header == ["quantity", "order_date", "currency", "amount", "customer_email", "order_id"]
+
+
+def test_repeated_and_case_changed_names_are_named(s3: Any) -> None:
+    header = b"order_id,Customer_Email,amount,currency,order_date,quantity,amount\n"
+
+    assert check(s3, header + ROW).reason == (
+        "header: missing column 'customer_email'; unexpected column 'Customer_Email'; "
+        "repeated column 'amount'"
+    )
+
+
+def test_a_blank_first_line_is_not_a_header(s3: Any) -> None:
+    assert check(s3, b"\n" + HEADER + ROW).reason == "header: no column names on the first line"
+
+
+def test_a_sample_row_with_another_column_count_makes_the_file_invalid(s3: Any) -> None:
+    body = HEADER + ROW + ROW + b"ORD-000003;a@example.com;1.00;USD;2026-01-01;1\n"
+
+    assert check(s3, body).reason == "row 3: 1 columns where the header has 6"
+
+
+def test_a_bad_column_count_after_the_sampled_rows_is_left_to_row_rejects(s3: Any) -> None:
+    assert check(s3, HEADER + ROW * 5 + b"ORD-000006,short\n" + ROW).valid
+
+
+def test_a_header_only_file_is_valid(s3: Any) -> None:
+    assert check(s3, HEADER).valid
+
+
+def test_a_quoted_newline_in_the_sampled_rows_is_one_row(s3: Any) -> None:
+    assert check(s3, HEADER + b'ORD-000001,"a\n@example.com",1.00,USD,2026-01-01,1\n').valid
+
+
+def test_a_record_cut_by_the_sample_end_is_not_counted(s3: Any) -> None:
+    # GIVEN a quoted multi-line field that opens inside the sample and closes after it: cut at the
+    # sample's last line end, it would look like a row of 2 columns
+    lines = (b"y" * 99 + b"\n") * (SAMPLE_BYTES // 100 + 10)
+    body = HEADER + ROW * 2 + b'ORD-000003,"' + lines + b'",1.00,USD,2026-01-01,1\n'
+
+    assert check(s3, body).valid

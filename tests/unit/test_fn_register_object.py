@@ -1,0 +1,127 @@
+"""RegisterObject handler, run with events/register-object.json against a moto MetadataTable."""
+
+import json
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+from conftest import load_function
+from handler_support import (
+    FakeLambdaContext,
+    capture_powertools_output,
+    correlation_ids,
+    create_pk_table,
+    emitted_metrics,
+    load_event,
+)
+from moto import mock_aws
+
+EVENT = load_event("register-object.json")
+OBJECT_ID = "sluice-raw-example/incoming/orders-valid.csv#3HL4kqtJlcpXroDTDmJ"
+
+
+@pytest.fixture
+def handler(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[tuple[ModuleType, Any]]:
+    monkeypatch.setenv("METADATA_TABLE", "MetadataTable")
+    capture_powertools_output(monkeypatch)
+    with mock_aws():
+        table = create_pk_table("MetadataTable")
+        yield load_function("register_object"), table
+
+
+def item(table: Any) -> dict[str, Any]:
+    return table.get_item(Key={"pk": OBJECT_ID}, ConsistentRead=True)["Item"]
+
+
+def test_sample_event_registers_the_object_version(
+    handler: tuple[ModuleType, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    module, table = handler
+
+    answer = module.lambda_handler(EVENT, FakeLambdaContext())
+
+    assert answer == {
+        "action": "process",
+        "object": {
+            "id": OBJECT_ID,
+            "bucket": "sluice-raw-example",
+            "key": "incoming/orders-valid.csv",
+            "version_id": "3HL4kqtJlcpXroDTDmJ",
+            "size": 1024,
+            "etag": '"9b2cf535f27731c974343645a3985328"',
+        },
+        "reason": None,
+        "attempt": 1,
+    }
+    stored = item(table)
+    assert (stored["state"], stored["attempts"], stored["size"]) == ("RECEIVED", 1, 1024)
+    output = capsys.readouterr().out
+    assert emitted_metrics(output)["FilesReceived"] == 1
+    assert OBJECT_ID in correlation_ids(output)
+
+
+def test_redelivered_message_is_attempt_two(
+    handler: tuple[ModuleType, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    module, table = handler
+    module.lambda_handler(EVENT, FakeLambdaContext())
+    capsys.readouterr()
+
+    answer = module.lambda_handler({**EVENT, "receive_count": 2, "priority": 0}, FakeLambdaContext())
+
+    assert (answer["action"], answer["attempt"]) == ("process", 2)
+    assert (item(table)["attempts"], item(table)["priority"]) == (2, 0)
+    assert emitted_metrics(capsys.readouterr().out)["RetriesRegistered"] == 1
+
+
+def test_duplicate_event_of_a_finished_version_is_skipped(
+    handler: tuple[ModuleType, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    module, table = handler
+    module.lambda_handler(EVENT, FakeLambdaContext())
+    table.update_item(
+        Key={"pk": OBJECT_ID},
+        UpdateExpression="SET #s = :s",
+        ExpressionAttributeNames={"#s": "state"},
+        ExpressionAttributeValues={":s": "SUCCEEDED"},
+    )
+    capsys.readouterr()
+
+    answer = module.lambda_handler(EVENT, FakeLambdaContext())
+
+    assert (answer["action"], answer["reason"], answer["attempt"]) == ("skip", "already SUCCEEDED", 1)
+    assert answer["object"]["id"] == OBJECT_ID
+    assert (item(table)["state"], item(table)["attempts"]) == ("SUCCEEDED", 1)
+    assert emitted_metrics(capsys.readouterr().out)["DuplicateEventsSkipped"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("{not json", "body is not JSON"),
+        (json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}), "not an S3 Object Created event"),
+    ],
+)
+def test_malformed_body_is_rejected_with_a_reason(
+    handler: tuple[ModuleType, Any], capsys: pytest.CaptureFixture[str], body: str, reason: str
+) -> None:
+    module, table = handler
+
+    answer = module.lambda_handler({**EVENT, "body": body}, FakeLambdaContext())
+
+    assert answer["action"] == "reject"
+    assert answer["object"] is None
+    assert answer["attempt"] == 0
+    assert reason in answer["reason"]
+    assert table.scan()["Items"] == []
+    assert emitted_metrics(capsys.readouterr().out)["MalformedEvents"] == 1
+
+
+def test_missing_table_name_fails_the_cold_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("METADATA_TABLE", raising=False)
+
+    with pytest.raises(RuntimeError, match="METADATA_TABLE"):
+        load_function("register_object")

@@ -1,0 +1,192 @@
+"""The dispatcher lease: one holder at a time, expiry, renewal budget, release, checked in ControlTable."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from handler_support import create_pk_table
+from moto import mock_aws
+from pydantic import ValidationError
+from sluice.lease import LEASE_KEY, DispatcherLease, LeaseAnswer, LeaseRequest
+from sluice.settings import LeaseSettings
+
+T0 = 1_795_316_400  # 2026-11-22T03:00:00Z
+SETTINGS = LeaseSettings(
+    control_table="ControlTable",
+    max_rounds_per_execution=3,
+    execution_time_budget_seconds=600,
+    lease_margin_seconds=120,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = float(T0)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def table() -> Iterator[Any]:
+    with mock_aws():
+        yield create_pk_table("ControlTable")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def lease(table: Any, clock: Clock) -> DispatcherLease:
+    return DispatcherLease(table, SETTINGS, clock=clock)
+
+
+def lease_item(table: Any) -> dict[str, Any] | None:
+    return table.get_item(Key={"pk": LEASE_KEY}, ConsistentRead=True).get("Item")
+
+
+def test_free_lease_is_acquired_with_its_deadline_and_expiry(lease: DispatcherLease, table: Any) -> None:
+    answer = lease.acquire("exec-a")
+
+    assert answer == LeaseAnswer(acquired=True, budget_left=True, deadline="2026-11-22T03:10:00Z")
+    item = lease_item(table)
+    assert item == {
+        "pk": "lease#dispatcher",
+        "holder": "exec-a",
+        "acquired_at": "2026-11-22T03:00:00Z",
+        "deadline": "2026-11-22T03:10:00Z",
+        "expires_at": T0 + 600 + 120,
+        "round": 0,
+    }
+
+
+def test_second_execution_is_refused_while_the_lease_is_held(
+    lease: DispatcherLease, table: Any, clock: Clock
+) -> None:
+    lease.acquire("exec-a")
+    clock.now += 300
+
+    answer = lease.acquire("exec-b")
+
+    assert answer == LeaseAnswer(acquired=False, budget_left=False, deadline=None)
+    assert lease_item(table)["holder"] == "exec-a"
+
+
+def test_expired_lease_of_a_dead_execution_is_taken_over(
+    lease: DispatcherLease, table: Any, clock: Clock
+) -> None:
+    # GIVEN exec-a acquired the lease and died without releasing it
+    lease.acquire("exec-a")
+    # WHEN the next execution comes after the expiry (budget + margin)
+    clock.now = T0 + 600 + 120
+
+    answer = lease.acquire("exec-b")
+
+    assert answer.acquired
+    item = lease_item(table)
+    assert item["holder"] == "exec-b"
+    assert item["acquired_at"] == "2026-11-22T03:12:00Z"
+    assert item["expires_at"] == T0 + 720 + 720
+    # and the dead holder cannot renew what it lost
+    assert lease.renew("exec-a", 1) == LeaseAnswer(acquired=False, budget_left=False)
+    assert lease_item(table)["holder"] == "exec-b"
+
+
+def test_acquire_retried_by_the_holder_keeps_the_original_deadline(
+    lease: DispatcherLease, table: Any, clock: Clock
+) -> None:
+    lease.acquire("exec-a")
+    clock.now += 30
+
+    answer = lease.acquire("exec-a")
+
+    assert answer == LeaseAnswer(acquired=True, budget_left=True, deadline="2026-11-22T03:10:00Z")
+    assert lease_item(table)["acquired_at"] == "2026-11-22T03:00:00Z"
+
+
+def test_renew_extends_the_lease_and_reports_budget(lease: DispatcherLease, table: Any, clock: Clock) -> None:
+    lease.acquire("exec-a")
+    clock.now += 200
+
+    answer = lease.renew("exec-a", 1)
+
+    assert answer == LeaseAnswer(acquired=True, budget_left=True, deadline="2026-11-22T03:10:00Z")
+    item = lease_item(table)
+    assert item["expires_at"] == T0 + 200 + 720
+    assert item["round"] == 1
+    assert item["renewed_at"] == "2026-11-22T03:03:20Z"
+
+
+def test_no_budget_left_after_the_last_round(lease: DispatcherLease, clock: Clock) -> None:
+    lease.acquire("exec-a")
+    clock.now += 10
+
+    assert lease.renew("exec-a", 2).budget_left
+    assert not lease.renew("exec-a", 3).budget_left  # max_rounds_per_execution = 3
+
+
+def test_no_budget_left_after_the_deadline(lease: DispatcherLease, clock: Clock) -> None:
+    lease.acquire("exec-a")
+    clock.now = T0 + 600
+
+    answer = lease.renew("exec-a", 1)
+
+    assert answer.acquired
+    assert not answer.budget_left
+
+
+def test_retried_acquire_after_the_deadline_has_no_budget(lease: DispatcherLease, clock: Clock) -> None:
+    lease.acquire("exec-a")
+    clock.now = T0 + 650  # past the deadline, before the expiry
+
+    assert lease.acquire("exec-a") == LeaseAnswer(
+        acquired=True, budget_left=False, deadline="2026-11-22T03:10:00Z"
+    )
+
+
+def test_release_deletes_only_our_own_lease(lease: DispatcherLease, table: Any) -> None:
+    lease.acquire("exec-a")
+
+    assert lease.release("exec-b") == LeaseAnswer(acquired=False, budget_left=False)
+    assert lease_item(table)["holder"] == "exec-a"
+
+    lease.release("exec-a")
+    assert lease_item(table) is None
+    assert lease.acquire("exec-b").acquired
+
+
+def test_handle_dispatches_each_operation(lease: DispatcherLease, table: Any) -> None:
+    assert lease.handle(LeaseRequest(operation="acquire", execution="exec-a")).acquired
+    assert lease.handle(LeaseRequest(operation="renew", execution="exec-a", round=1)).budget_left
+    assert lease_item(table)["round"] == 1
+    lease.handle(LeaseRequest(operation="release", execution="exec-a"))
+    assert lease_item(table) is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"operation": "steal", "execution": "x"},
+        {"operation": "acquire", "execution": ""},
+        {"operation": "renew"},
+    ],
+)
+def test_malformed_requests_are_refused(payload: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        LeaseRequest.model_validate(payload)
+
+
+def test_errors_other_than_a_failed_condition_reach_the_caller() -> None:
+    with mock_aws():
+        missing = DispatcherLease(boto3.resource("dynamodb").Table("NoSuchTable"), SETTINGS)
+        for call in (
+            lambda: missing.acquire("x"),
+            lambda: missing.renew("x", 1),
+            lambda: missing.release("x"),
+        ):
+            with pytest.raises(ClientError, match="ResourceNotFoundException"):
+                call()

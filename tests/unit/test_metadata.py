@@ -1,0 +1,371 @@
+"""MetadataStore: every transition checked by what ends up in the (moto) metadata table."""
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from handler_support import create_pk_table
+from moto import mock_aws
+from sluice.metadata import MetadataConflict, MetadataStore, Registration
+from sluice.models import Checkpoint, FileState, ObjectRef, RowCounts
+
+NOW = datetime(2026, 11, 22, 3, 0, 0, tzinfo=UTC)
+OBJ = ObjectRef(
+    bucket="sluice-raw-example", key="incoming/orders-valid.csv", version_id="v1", size=1024, etag='"abc"'
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def table() -> Iterator[Any]:
+    with mock_aws():
+        yield create_pk_table("MetadataTable")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(table: Any, clock: Clock) -> MetadataStore:
+    return MetadataStore(table, clock=clock)
+
+
+def raw(table: Any, obj: ObjectRef = OBJ) -> dict[str, Any]:
+    return table.get_item(Key={"pk": obj.id}, ConsistentRead=True)["Item"]
+
+
+def set_state(table: Any, state: FileState, obj: ObjectRef = OBJ) -> None:
+    """What the state machine's own UpdateItem does at the end of a file."""
+    table.update_item(
+        Key={"pk": obj.id},
+        UpdateExpression="SET #s = :s",
+        ExpressionAttributeNames={"#s": "state"},
+        ExpressionAttributeValues={":s": state.value},
+    )
+
+
+def test_first_event_creates_a_received_item(store: MetadataStore, table: Any) -> None:
+    registration = store.register(OBJ, priority=3)
+
+    assert registration == Registration(action="process", attempt=1, state=FileState.RECEIVED)
+    item = raw(table)
+    assert item == {
+        "pk": "sluice-raw-example/incoming/orders-valid.csv#v1",
+        "bucket": "sluice-raw-example",
+        "key": "incoming/orders-valid.csv",
+        "version_id": "v1",
+        "size": Decimal(1024),
+        "etag": '"abc"',
+        "state": "RECEIVED",
+        "attempts": Decimal(1),
+        "priority": Decimal(3),
+        "received_at": "2026-11-22T03:00:00.000Z",
+        "updated_at": "2026-11-22T03:00:00.000Z",
+        "expires_at": Decimal(int((NOW + timedelta(days=180)).timestamp())),
+    }
+
+
+def test_unversioned_object_has_no_version_or_etag_attributes(store: MetadataStore, table: Any) -> None:
+    obj = ObjectRef(bucket="b", key="plain.csv")
+    store.register(obj)
+
+    item = raw(table, obj)
+    assert item["pk"] == "b/plain.csv#null"
+    assert "version_id" not in item
+    assert "etag" not in item
+
+
+@pytest.mark.parametrize(
+    "finished", [FileState.SUCCEEDED, FileState.SUCCEEDED_WITH_REJECTS, FileState.INVALID]
+)
+def test_duplicate_event_for_a_finished_version_is_skipped(
+    store: MetadataStore, table: Any, finished: FileState
+) -> None:
+    store.register(OBJ)
+    set_state(table, finished)
+
+    registration = store.register(OBJ)
+
+    assert registration == Registration(action="skip", attempt=1, state=finished)
+    assert raw(table)["attempts"] == 1
+    assert raw(table)["state"] == finished.value
+
+
+def test_retry_after_failure_counts_the_attempt_and_keeps_the_checkpoint(
+    store: MetadataStore, table: Any, clock: Clock
+) -> None:
+    # GIVEN a first attempt that checkpointed half the file, then FAILED
+    store.register(OBJ)
+    store.start_processing(OBJ, ["order_id", "amount"])
+    saved = Checkpoint(next_row=501, byte_offset=20_480, parts=1, header=["order_id", "amount"])
+    store.save_checkpoint(OBJ, saved, RowCounts(total=500, delivered=498, rejected=2))
+    set_state(table, FileState.FAILED)
+    started_at = raw(table)["started_at"]
+
+    # WHEN the message comes back and is registered again
+    clock.now = NOW + timedelta(minutes=10)
+    registration = store.register(OBJ, priority=1)
+
+    # THEN it is processed as attempt 2 and resumes from the checkpoint
+    assert registration == Registration(action="process", attempt=2, state=FileState.FAILED)
+    assert raw(table)["priority"] == 1
+    assert raw(table)["expires_at"] == int((clock.now + timedelta(days=180)).timestamp())
+    resumed = store.start_processing(OBJ, ["order_id", "amount"])
+    assert resumed == saved
+    item = raw(table)
+    assert item["state"] == "PROCESSING"
+    assert item["started_at"] == started_at  # set once, by the first attempt
+    assert item["updated_at"] == "2026-11-22T03:10:00.000Z"
+    assert store.load_checkpoint(OBJ) == (saved, RowCounts(total=500, delivered=498, rejected=2))
+
+
+def test_registration_racing_another_one_does_not_lose_its_attempt(store: MetadataStore, table: Any) -> None:
+    """GIVEN another invocation registers the same version between our check and our write."""
+
+    class RacingTable:
+        def __init__(self) -> None:
+            self.raced = False
+
+        def put_item(self, **kwargs: Any) -> Any:
+            if not self.raced:
+                self.raced = True
+                MetadataStore(table).register(OBJ)  # the other invocation wins the create
+            return table.put_item(**kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(table, name)
+
+    registration = MetadataStore(RacingTable()).register(OBJ)
+
+    assert registration == Registration(action="process", attempt=2, state=FileState.RECEIVED)
+    assert raw(table)["attempts"] == 2
+
+
+def test_version_finishing_between_check_and_update_is_skipped(table: Any) -> None:
+    MetadataStore(table).register(OBJ)
+
+    class FinishingTable:
+        def update_item(self, **kwargs: Any) -> Any:
+            set_state(table, FileState.SUCCEEDED)  # the running attempt finishes first
+            return table.update_item(**kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(table, name)
+
+    registration = MetadataStore(FinishingTable()).register(OBJ)
+
+    assert registration == Registration(action="skip", attempt=1, state=FileState.SUCCEEDED)
+    assert raw(table)["attempts"] == 1
+
+
+def test_item_vanishing_between_check_and_update_is_created_again(table: Any) -> None:
+    MetadataStore(table).register(OBJ)
+
+    class ExpiringTable:
+        def update_item(self, **kwargs: Any) -> Any:
+            table.delete_item(Key={"pk": OBJ.id})  # the TTL sweeper got there first
+            return table.update_item(**kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(table, name)
+
+    registration = MetadataStore(ExpiringTable()).register(OBJ)
+
+    assert registration == Registration(action="process", attempt=1, state=FileState.RECEIVED)
+    assert raw(table)["state"] == "RECEIVED"
+
+
+def test_registration_gives_up_when_the_item_keeps_changing(table: Any) -> None:
+    MetadataStore(table).register(OBJ)
+
+    class FlappingTable:
+        def put_item(self, **kwargs: Any) -> Any:
+            table.put_item(Item={"pk": OBJ.id, "state": "RECEIVED", "attempts": 1})
+            return table.put_item(**kwargs)
+
+        def update_item(self, **kwargs: Any) -> Any:
+            table.delete_item(Key={"pk": OBJ.id})
+            return table.update_item(**kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(table, name)
+
+    with pytest.raises(MetadataConflict, match="could not register"):
+        MetadataStore(FlappingTable()).register(OBJ)
+
+
+def test_put_answer_without_the_item_is_retried(table: Any) -> None:
+    """A failed condition whose answer carries no item (it just vanished) is tried again."""
+
+    class VanishedOnceTable:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def put_item(self, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                raise ClientError({"Error": {"Code": "ConditionalCheckFailedException"}}, "PutItem")
+            return table.put_item(**kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(table, name)
+
+    fake = VanishedOnceTable()
+    registration = MetadataStore(fake).register(OBJ)
+
+    assert registration.attempt == 1
+    assert fake.calls == 2
+    assert raw(table)["state"] == "RECEIVED"
+
+
+def test_errors_other_than_a_failed_condition_reach_the_caller() -> None:
+    with mock_aws():
+        missing = boto3.resource("dynamodb").Table("NoSuchTable")
+        with pytest.raises(ClientError, match="ResourceNotFoundException"):
+            MetadataStore(missing).register(OBJ)
+
+
+def test_mark_invalid_records_the_reason(store: MetadataStore, table: Any) -> None:
+    store.register(OBJ)
+
+    store.mark_invalid(OBJ, "header: missing column 'amount'")
+
+    item = raw(table)
+    assert item["state"] == "INVALID"
+    assert item["reason"] == "header: missing column 'amount'"
+    assert item["invalid_at"] == "2026-11-22T03:00:00.000Z"
+    assert item["attempts"] == 1
+    assert store.register(OBJ).action == "skip"
+
+
+@pytest.mark.parametrize("finished", [FileState.SUCCEEDED, FileState.SUCCEEDED_WITH_REJECTS])
+def test_mark_invalid_never_overwrites_a_success(
+    store: MetadataStore, table: Any, finished: FileState
+) -> None:
+    store.register(OBJ)
+    set_state(table, finished)
+
+    store.mark_invalid(OBJ, "late duplicate found a bad header")
+
+    item = raw(table)
+    assert item["state"] == finished.value
+    assert "reason" not in item
+
+
+def test_mark_invalid_of_an_unregistered_version_creates_a_complete_item(
+    store: MetadataStore, table: Any
+) -> None:
+    store.mark_invalid(OBJ, "not UTF-8")
+
+    item = raw(table)
+    assert item["state"] == "INVALID"
+    assert (item["bucket"], item["key"], item["version_id"], item["etag"], item["size"]) == (
+        OBJ.bucket,
+        OBJ.key,
+        "v1",
+        '"abc"',
+        1024,
+    )
+    assert item["received_at"] == "2026-11-22T03:00:00.000Z"
+    assert item["attempts"] == 1
+
+
+def test_start_processing_a_new_version_stores_a_fresh_checkpoint(store: MetadataStore, table: Any) -> None:
+    store.register(OBJ)
+
+    checkpoint = store.start_processing(OBJ, ["order_id", "amount"])
+
+    assert checkpoint == Checkpoint(header=["order_id", "amount"])
+    item = raw(table)
+    assert item["state"] == "PROCESSING"
+    assert item["started_at"] == "2026-11-22T03:00:00.000Z"
+    assert item["checkpoint"] == {
+        "next_row": 1,
+        "byte_offset": 0,
+        "parts": 0,
+        "header": ["order_id", "amount"],
+    }
+    assert (item["rows_total"], item["rows_delivered"], item["rows_rejected"]) == (0, 0, 0)
+
+
+def test_start_processing_refuses_unregistered_and_finished_versions(
+    store: MetadataStore, table: Any
+) -> None:
+    with pytest.raises(MetadataConflict, match="not registered"):
+        store.start_processing(OBJ, ["a"])
+
+    store.register(OBJ)
+    set_state(table, FileState.SUCCEEDED)
+    with pytest.raises(MetadataConflict, match="SUCCEEDED"):
+        store.start_processing(OBJ, ["a"])
+    assert raw(table)["state"] == "SUCCEEDED"
+
+
+def test_save_checkpoint_stores_position_and_counts(store: MetadataStore, table: Any, clock: Clock) -> None:
+    store.register(OBJ)
+    store.start_processing(OBJ, ["a", "b"])
+    clock.now = NOW + timedelta(seconds=42)
+
+    store.save_checkpoint(
+        OBJ,
+        Checkpoint(next_row=9, byte_offset=77, parts=2, header=["a", "b"]),
+        RowCounts(total=8, delivered=7, rejected=1),
+    )
+
+    item = raw(table)
+    assert item["checkpoint"] == {"next_row": 9, "byte_offset": 77, "parts": 2, "header": ["a", "b"]}
+    assert (item["rows_total"], item["rows_delivered"], item["rows_rejected"]) == (8, 7, 1)
+    assert item["updated_at"] == "2026-11-22T03:00:42.000Z"
+    assert item["state"] == "PROCESSING"
+
+
+def test_save_checkpoint_refuses_a_finished_version(store: MetadataStore, table: Any) -> None:
+    store.register(OBJ)
+    set_state(table, FileState.SUCCEEDED_WITH_REJECTS)
+
+    with pytest.raises(MetadataConflict):
+        store.save_checkpoint(OBJ, Checkpoint(), RowCounts())
+    assert "checkpoint" not in raw(table)
+
+
+def test_load_checkpoint_of_an_unknown_version_is_fresh(store: MetadataStore) -> None:
+    assert store.load_checkpoint(OBJ) == (Checkpoint(), RowCounts())
+
+
+def test_get_answers_plain_numbers_or_none(store: MetadataStore) -> None:
+    assert store.get(OBJ.id) is None
+    store.register(OBJ)
+
+    item = store.get(OBJ.id)
+
+    assert item is not None
+    assert item["attempts"] == 1
+    assert type(item["attempts"]) is int
+    assert type(item["size"]) is int
+
+
+def test_list_items_pages_through_everything_and_filters_by_state(store: MetadataStore, table: Any) -> None:
+    objects = [ObjectRef(bucket="b", key=f"f{i}.csv", version_id="v") for i in range(5)]
+    for obj in objects:
+        store.register(obj)
+    set_state(table, FileState.FAILED, objects[3])
+
+    everything = list(store.list_items(page_size=2))
+    failed = list(store.list_items(state=FileState.FAILED, page_size=2))
+
+    assert sorted(item["pk"] for item in everything) == sorted(obj.id for obj in objects)
+    assert [item["pk"] for item in failed] == [objects[3].id]
+    assert list(store.list_items(state="INVALID")) == []

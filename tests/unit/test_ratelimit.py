@@ -1,0 +1,360 @@
+"""The shared rate bucket (GCRA in the ControlTable) and the per-invocation pacer, on a ManualClock."""
+
+import itertools
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from datapath_support import create_tables
+from moto import mock_aws
+from sluice.ratelimit import (
+    BUCKET_KEY,
+    MAX_FORFEITS,
+    ManualClock,
+    RateLimitContention,
+    RateLimiter,
+    SharedBucket,
+    SystemClock,
+    pacing_interval,
+    shared_limiter,
+)
+
+from sluice_cli.apisim import max_in_window
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def table() -> Iterator[Any]:
+    with mock_aws():
+        yield create_tables()["ControlTable"]
+
+
+class _Atomic:
+    """moto checks a ConditionExpression and writes without a lock between the two; DynamoDB
+    does both atomically. Serializing the writes gives the concurrent tests DynamoDB's guarantee."""
+
+    def __init__(self, table: Any, lock: threading.Lock):
+        self._table, self._lock = table, lock
+
+    def update_item(self, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._table.update_item(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+
+def stored_tat(table: Any) -> float:
+    return float(table.get_item(Key={"pk": BUCKET_KEY}, ConsistentRead=True)["Item"]["tat"])
+
+
+def test_claims_are_consecutive_slots_one_interval_apart(table: Any) -> None:
+    clock = ManualClock(T0)
+    bucket = SharedBucket(table, limit=10, lateness_seconds=0, clock=clock)
+
+    first, second = bucket.claim(3), bucket.claim(2)
+
+    assert bucket.interval == pytest.approx(0.1)
+    assert first == T0
+    assert second == pytest.approx(T0 + 0.3)
+    assert stored_tat(table) == pytest.approx(T0 + 0.5)
+
+
+def test_an_idle_bucket_starts_at_now(table: Any) -> None:
+    clock = ManualClock(T0)
+    bucket = SharedBucket(table, limit=10, lateness_seconds=0, clock=clock)
+    bucket.claim(5)
+    clock.advance(60)
+
+    assert bucket.claim(1) == T0 + 60
+
+
+def test_a_stale_view_is_corrected_by_the_condition(table: Any) -> None:
+    # GIVEN two invocations on the same bucket, each with its own idea of `tat`
+    clock = ManualClock(T0)
+    one = SharedBucket(table, limit=10, lateness_seconds=0, clock=clock)
+    other = SharedBucket(table, limit=10, lateness_seconds=0, clock=clock)
+
+    a = one.claim(5)  # slots T0 .. T0+0.4
+    b = other.claim(5)  # knew nothing: its first write fails and brings the fresh tat back
+    c = one.claim(1)  # believes tat is T0+0.5; it is T0+1.0
+
+    assert (a, b, c) == (T0, pytest.approx(T0 + 0.5), pytest.approx(T0 + 1.0))
+    assert stored_tat(table) == pytest.approx(T0 + 1.1)
+
+
+def test_endless_conflicts_give_up(table: Any) -> None:
+    clock = ManualClock(T0)
+    stubborn = SharedBucket(table, limit=10, clock=clock, max_conflicts=1)
+    stubborn.claim(1)
+    SharedBucket(table, limit=10, clock=clock).claim(1)  # moves tat behind stubborn's back
+
+    with pytest.raises(RateLimitContention, match="in 1 tries"):
+        stubborn.claim(1)
+
+
+def test_a_claim_never_reaches_further_ahead_than_allowed(table: Any) -> None:
+    clock = ManualClock(T0)
+    bucket = SharedBucket(table, limit=10, lateness_seconds=0, clock=clock, max_ahead_seconds=2)
+    bucket.claim(50)  # tat = T0 + 5
+
+    start = bucket.claim(1)
+
+    # the claimer waited until its slot was only max_ahead away, then claimed
+    assert start == pytest.approx(T0 + 5)
+    assert clock.now() == pytest.approx(T0 + 3)
+
+
+def test_pacing_leaves_room_for_the_tolerated_lateness(table: Any) -> None:
+    assert SharedBucket(table, limit=50).interval == pytest.approx(1.05 / 50)  # L = 50 ms by default
+    assert pacing_interval(20, 0.04) == pytest.approx(1.04 / 20)
+    with pytest.raises(ValueError, match="lateness"):
+        SharedBucket(table, limit=50, lateness_seconds=-0.1)
+    with pytest.raises(ValueError, match="limit"):
+        pacing_interval(0, 0.05)
+
+
+class _GatedBucket:
+    """A bucket whose first claim waits until `others` callers queue behind it; records claims."""
+
+    def __init__(self, clock: ManualClock, others: int):
+        self.clock, self.interval, self.lateness, self.claims = clock, 0.1, 0.0, []
+        self._others = others
+        self.limiter: RateLimiter | None = None
+
+    def claim(self, count: int) -> float:
+        if not self.claims:
+            deadline = time.monotonic() + 10
+            while len(self.limiter._waiting) < self._others:  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, f"{self._others} callers never queued up"
+                time.sleep(0.001)
+        self.claims.append(count)
+        return self.clock.now() + 0.1 * (sum(self.claims) - count)
+
+
+def run_threads(count: int, target: Any) -> None:
+    threads = [threading.Thread(target=target, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "a claimer did not finish within 30 s"
+
+
+def test_concurrent_waiters_are_claimed_for_together() -> None:
+    clock = ManualClock(T0)
+    bucket = _GatedBucket(clock, others=7)
+    # Threads share one ManualClock, so one's sleep is another's lateness: not what this tests.
+    limiter = RateLimiter(bucket, wake_tolerance=float("inf"))  # type: ignore[arg-type]
+    bucket.limiter = limiter
+    slots: list[float] = []
+
+    run_threads(8, lambda: slots.append(limiter.acquire()))
+
+    # one claim for the first caller, one for the seven that queued meanwhile
+    assert bucket.claims == [1, 7]
+    assert sorted(slots) == pytest.approx([T0 + 0.1 * i for i in range(8)])
+
+
+def test_a_failed_claim_fails_every_waiter_of_its_batch() -> None:
+    class Broken:
+        clock, interval, lateness = ManualClock(T0), 0.1, 0.0
+
+        def claim(self, count: int) -> float:
+            raise RuntimeError("dynamodb is down")
+
+    limiter = RateLimiter(Broken())  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def acquire() -> None:
+        try:
+            limiter.acquire()
+        except RuntimeError as error:
+            errors.append(error)
+
+    run_threads(4, acquire)
+
+    assert [str(error) for error in errors] == ["dynamodb is down"] * 4
+
+
+class LateClock(ManualClock):
+    """A ManualClock whose sleeper wakes `lags[i]` seconds after the time its i-th sleep asked for."""
+
+    def __init__(self, lags: list[float], start: float = T0):
+        super().__init__(start)
+        self._lags = iter(lags)
+
+    def sleep_until(self, when: float) -> None:
+        super().sleep_until(when + next(self._lags, 0.0))
+
+
+class ThreadClock:
+    """A time per thread, moved only by that thread's own sleeps, each woken `lag()` late.
+
+    Threads never take another thread's sleep for their own lateness (which a shared ManualClock
+    would make them do), so the only lateness a caller sees is the one injected.
+    """
+
+    def __init__(self, lag: Any):
+        self._local = threading.local()
+        self._lag = lag
+
+    def now(self) -> float:
+        return getattr(self._local, "now", T0)
+
+    def sleep_until(self, when: float) -> None:
+        self._local.now = max(self.now(), when + self._lag())
+
+
+LIMIT, LATENESS = 20, 0.05
+LATENESS_PATTERNS = {
+    "punctual": lambda i, rng: 0.0,
+    "all late": lambda i, rng: LATENESS,
+    "late every limit-th": lambda i, rng: LATENESS if i % LIMIT == 0 else 0.0,
+    "late half seconds": lambda i, rng: LATENESS if (i // (LIMIT // 2)) % 2 == 0 else 0.0,
+    "random": lambda i, rng: rng.uniform(0, LATENESS),
+}
+
+
+@pytest.mark.parametrize("pattern", LATENESS_PATTERNS)
+def test_arrivals_up_to_the_tolerated_lateness_never_put_more_than_the_limit_in_a_second(
+    table: Any, pattern: str
+) -> None:
+    # GIVEN slots paced for a 20/s limit with 50 ms of tolerated lateness
+    limiter = shared_limiter(table, limit=LIMIT, lateness_seconds=LATENESS, clock=ManualClock(T0))
+    slots = [limiter.acquire() for _ in range(10 * LIMIT)]
+    # WHEN each request reaches the API up to 50 ms after its slot, in this pattern
+    rng = random.Random(5)
+    arrivals = sorted(slot + LATENESS_PATTERNS[pattern](i, rng) for i, slot in enumerate(slots))
+
+    # THEN no one-second window (counted as the API simulator counts) holds more than the limit...
+    assert max_in_window(arrivals) <= LIMIT
+    # ...and the rate is limit / (1 + L): 95% of the limit
+    assert (len(slots) - 1) / (slots[-1] - slots[0]) == pytest.approx(LIMIT / (1 + LATENESS))
+
+
+def test_the_pacing_is_the_tightest_that_holds(table: Any) -> None:
+    # GIVEN the worst case: the first request as late as tolerated, the (limit+1)-th punctual
+    bucket = SharedBucket(table, limit=LIMIT, lateness_seconds=LATENESS, clock=ManualClock(T0))
+    slots = [bucket.claim(1) for _ in range(LIMIT + 1)]
+    worst = [slots[0] + LATENESS, *slots[1:]]
+    assert max_in_window(worst) == LIMIT  # exactly at the limit: the window has no slack left
+
+    # WHEN the slots are paced 1% closer THEN the same lateness puts limit + 1 in one second
+    closer = [slots[0] + i * bucket.interval * 0.99 for i in range(LIMIT + 1)]
+    assert max_in_window([closer[0] + LATENESS, *closer[1:]]) == LIMIT + 1
+
+
+def test_a_caller_that_wakes_too_late_forfeits_its_slot_and_claims_anew(table: Any) -> None:
+    # GIVEN 10/s with 50 ms lateness (slots 105 ms apart, 25 ms tolerated on waking up);
+    # the second caller wakes 300 ms after its slot
+    clock = LateClock([0.0, 0.3])
+    limiter = shared_limiter(table, limit=10, lateness_seconds=LATENESS, clock=clock)
+
+    sent = []
+    for _ in range(4):
+        slot = limiter.acquire()
+        sent.append((slot, clock.now()))
+
+    # THEN its slot (T0+0.105) is not used: it claims the first free slot after waking
+    assert [slot for slot, _ in sent] == pytest.approx([T0, T0 + 0.405, T0 + 0.51, T0 + 0.615])
+    assert limiter.forfeited == 1
+    assert all(now - slot <= limiter.wake_tolerance for slot, now in sent)
+
+
+def test_a_caller_woken_late_every_time_sends_after_the_last_forfeit(table: Any) -> None:
+    clock = LateClock([0.3] * (MAX_FORFEITS + 1))
+    limiter = shared_limiter(table, limit=10, lateness_seconds=LATENESS, clock=clock)
+
+    slot = limiter.acquire()
+
+    assert (limiter.forfeited, limiter.late_sends) == (MAX_FORFEITS, 1)
+    assert clock.now() == pytest.approx(slot + 0.3)
+
+
+def test_many_invocations_reach_the_limit_without_crossing_it_also_when_their_number_changes(
+    table: Any,
+) -> None:
+    # GIVEN a 20/s limit, 3 invocations of 4 threads joined mid-run by 5 more; every wake-up is
+    # up to 25 ms late, one in 50 stalls for 300 ms; every request travels up to 25 ms more
+    per_thread = 15
+    rng, rng_lock = random.Random(11), threading.Lock()
+
+    def lag() -> float:
+        with rng_lock:
+            return 0.3 if rng.random() < 0.02 else rng.uniform(0, LATENESS / 2)
+
+    clock = ThreadClock(lag)
+    lock = threading.Lock()
+    arrivals: list[float] = []
+    taken: list[float] = []
+    taken_lock = threading.Lock()
+    second_wave = threading.Event()
+    limiters: list[RateLimiter] = []
+
+    def invocation() -> RateLimiter:
+        limiter = RateLimiter(SharedBucket(_Atomic(table, lock), limit=LIMIT, clock=clock))
+        limiters.append(limiter)
+        return limiter
+
+    def worker(limiter: RateLimiter) -> None:
+        for _ in range(per_thread):
+            slot = limiter.acquire()
+            with rng_lock:
+                trip = rng.uniform(0, LATENESS / 2)
+            with taken_lock:
+                taken.append(slot)
+                arrivals.append(clock.now() + trip)
+                if len(taken) >= 60:
+                    second_wave.set()
+
+    first = [invocation() for _ in range(3)]
+    threads = [threading.Thread(target=worker, args=(lim,), daemon=True) for lim in first for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    assert second_wave.wait(timeout=30), "the first wave never took 60 slots"
+    later = [invocation() for _ in range(5)]
+    more = [threading.Thread(target=worker, args=(lim,), daemon=True) for lim in later for _ in range(4)]
+    for thread in more:
+        thread.start()
+    for thread in threads + more:
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "a claimer did not finish within 60 s"
+
+    slots = sorted(taken)
+    interval = pacing_interval(LIMIT, LATENESS)
+    # THEN every request had its own slot, never closer than the interval to the next one...
+    assert len(slots) == len(set(slots)) == 8 * 4 * per_thread
+    assert min(b - a for a, b in itertools.pairwise(slots)) >= interval - 1e-6
+    # ...the stalled callers gave their slots up rather than bunch with later ones...
+    assert sum(limiter.forfeited for limiter in limiters) > 0
+    assert sum(limiter.late_sends for limiter in limiters) == 0
+    # ...so no one-second window of arrivals holds more than the limit, and >= 90% of it was used
+    ordered = sorted(arrivals)
+    assert max_in_window(ordered) <= LIMIT
+    assert (len(ordered) - 1) / (ordered[-1] - ordered[0]) >= 0.9 * LIMIT
+
+
+def test_shared_limiter_paces_on_the_control_table(table: Any) -> None:
+    clock = ManualClock(T0)
+    limiter = shared_limiter(table, limit=4, lateness_seconds=0, clock=clock)
+
+    slots = [limiter.acquire() for _ in range(5)]
+
+    assert slots == pytest.approx([T0, T0 + 0.25, T0 + 0.5, T0 + 0.75, T0 + 1.0])
+    assert clock.now() == pytest.approx(T0 + 1.0)  # each caller slept until its slot
+    assert stored_tat(table) == pytest.approx(T0 + 1.25)
+
+
+def test_the_system_clock_does_not_sleep_for_a_past_time() -> None:
+    clock = SystemClock()
+    before = time.time()
+
+    clock.sleep_until(before - 10)
+    clock.sleep_until(time.time() + 0.001)
+
+    assert clock.now() >= before

@@ -1,0 +1,106 @@
+"""Row schemas: orders-v1's rules, its transform, its reasons, and the registry."""
+
+import pytest
+from sluice.schemas import SCHEMAS, get_schema
+
+ORDERS = get_schema("orders-v1")
+GOOD = {
+    "order_id": "ORD-000123",
+    "customer_email": "Jane.Doe@Example.COM",
+    "amount": "19.99",
+    "currency": "eur",
+    "order_date": "2026-11-02",
+    "quantity": "3",
+}
+
+
+def reason(**changes: str) -> str | None:
+    return ORDERS.parse({**GOOD, **changes}).reason
+
+
+def test_a_good_row_becomes_the_json_ready_payload() -> None:
+    result = ORDERS.parse(GOOD)
+
+    assert result.accepted
+    assert result.payload == {
+        "order_id": "ORD-000123",
+        "customer_email": "jane.doe@example.com",
+        "amount_cents": 1999,
+        "currency": "EUR",
+        "order_date": "2026-11-02",
+        "quantity": 3,
+    }
+
+
+def test_surrounding_spaces_are_ignored_everywhere() -> None:
+    padded = {name: f"  {value} " for name, value in GOOD.items()}
+
+    assert ORDERS.parse(padded).payload == ORDERS.parse(GOOD).payload
+
+
+@pytest.mark.parametrize(
+    ("amount", "cents"), [("0", 0), ("0.1", 10), ("0.29", 29), ("1234567.89", 123456789), ("7.5", 750)]
+)
+def test_amounts_are_exact_cents(amount: str, cents: int) -> None:
+    # Decimal, not float: 0.29 * 100 would be 28.999999999999996
+    assert ORDERS.parse({**GOOD, "amount": amount}).payload["amount_cents"] == cents  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"amount": "-1"}, "amount: must be >= 0"),
+        ({"amount": "1.234"}, "amount: must have at most 2 decimal places"),
+        ({"amount": "1e3"}, "amount: must be a decimal number like 12.50"),
+        ({"amount": "NaN"}, "amount: must be a decimal number like 12.50"),
+        ({"quantity": "0"}, "quantity: must be >= 1"),
+        ({"quantity": "10001"}, "quantity: must be <= 10000"),
+        ({"quantity": "5.0"}, "quantity: must be a whole number"),
+        ({"quantity": "1_000"}, "quantity: must be a whole number"),
+        ({"order_date": "2026-02-30"}, "order_date: 2026-02-30 is not a calendar date"),
+        ({"order_date": "2026/01/05"}, "order_date: must be a date YYYY-MM-DD"),
+        ({"order_date": "2026-01-05T00:00:00"}, "order_date: must be a date YYYY-MM-DD"),
+        ({"order_id": "ORD-12"}, "order_id: must look like ORD-000123"),
+        (
+            {"customer_email": "jane at example"},
+            "customer_email: must be an email address like name@example.com",
+        ),
+        ({"customer_email": f"{'j' * 250}@example.com"}, "customer_email: must be at most 254 characters"),
+        ({"currency": "XYZ"}, "currency: must be one of 'USD', 'EUR', 'GBP', 'JPY', 'CAD', 'AUD' or 'CHF'"),
+        ({"amount": ""}, "amount: is empty"),
+        ({"currency": "  "}, "currency: is empty"),
+    ],
+)
+def test_each_rule_names_its_column(changes: dict[str, str], expected: str) -> None:
+    assert reason(**changes) == expected
+
+
+def test_several_faults_make_one_line_naming_each_column() -> None:
+    result = ORDERS.parse({**GOOD, "amount": "-5", "quantity": "0"})
+
+    assert not result.accepted
+    assert result.payload is None
+    assert result.reason == "amount: must be >= 0; quantity: must be >= 1"
+    assert "\n" not in result.reason
+
+
+def test_missing_and_unexpected_columns_are_named() -> None:
+    row = {name: value for name, value in GOOD.items() if name != "quantity"} | {"note": "x"}
+
+    assert ORDERS.parse(row).reason == "quantity: is missing; note: is not a column of this schema"
+
+
+def test_the_schema_exposes_its_columns_and_a_json_schema_for_the_docs() -> None:
+    assert ORDERS.columns == ("order_id", "customer_email", "amount", "currency", "order_date", "quantity")
+    document = ORDERS.json_schema()
+    assert document["required"] == list(ORDERS.columns)
+    assert document["properties"]["amount"]["pattern"] == r"^\d+(\.\d{1,2})?$"
+    assert document["properties"]["currency"]["enum"] == ["USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF"]
+    assert all(column["type"] == "string" for column in document["properties"].values())  # CSV text
+
+
+def test_the_registry_knows_orders_v1_and_names_the_known_ones_otherwise() -> None:
+    assert set(SCHEMAS) == {"orders-v1"}
+    assert get_schema("orders-v1").name == "orders-v1"
+    with pytest.raises(ValueError, match=r"unknown row schema 'orders-v9'; known: orders-v1"):
+        get_schema("orders-v9")

@@ -33,8 +33,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from locust import User, events, task
 from locust.argument_parser import LocustArgumentParser
-from sluice.models import FileState, object_id
 
+from sluice.models import FileState, object_id
 from sluice_cli.workload import orders_csv_bytes
 
 TERMINAL = frozenset(

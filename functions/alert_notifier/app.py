@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.idempotency import (
     idempotent_function,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from sluice.alerting import Notification, render_alert, to_email
 from sluice.mailer import RetryPolicy, SmtpConfig, SmtpMailer, SmtpSecurity, password_from_secret
 from sluice.observability import MetricUnit, logger, metrics, tracer

@@ -9,6 +9,7 @@ from typing import Any
 
 import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from sluice.lease import DispatcherLease, LeaseRequest
 from sluice.observability import MetricUnit, logger, metrics, tracer
 from sluice.settings import LeaseSettings

@@ -7,6 +7,7 @@ Input `{"messages": [...], "queue": {...}, "concurrency": 3, "round": 0}` (plus 
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from sluice.observability import MetricUnit, logger, metrics, tracer
 from sluice.planning import PlanRequest, Policy, plan_batch
 from sluice.settings import PlanSettings

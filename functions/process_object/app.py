@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, Field
+
 from sluice.delivery import Segment, SegmentLimits
 from sluice.downstream import client_from_settings
 from sluice.metadata import MetadataStore

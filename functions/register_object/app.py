@@ -3,7 +3,8 @@
 Input: a planned item's `message`; output `{"action": "process" | "skip" | "reject", "object":
 OBJECT | null, "reason": str | null, "attempt": int}` (docs/interfaces.md). A body that is not an
 S3 Object Created event is rejected with the reason (`attempt` 0: nothing was registered); the
-state machine moves it to the InvalidQueue, so nothing is lost.
+state machine moves it to the InvalidQueue, so nothing is lost. A skip says why: the version
+already finished, or another message for it is in flight (the state machine deletes this one).
 """
 
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
+
 from sluice.ingest import MalformedEvent, parse_object_created
 from sluice.metadata import MetadataStore
 from sluice.models import SqsMessage
@@ -39,24 +41,31 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 
     logger.set_correlation_id(obj.id)
     tracer.put_annotation(key="object_id", value=obj.id)
-    registration = store.register(obj, priority=request.priority)
+    # The message id claims the item: a second message for the same version in flight is skipped.
+    registration = store.register(obj, priority=request.priority, claimant=request.message_id)
     if registration.action == "skip":
+        # Both kinds of skip (finished, in flight elsewhere); the second also counted on its own.
         metrics.add_metric(name="DuplicateEventsSkipped", unit=MetricUnit.Count, value=1)
-        reason = f"already {registration.state.value}"
+        if registration.in_flight:
+            metrics.add_metric(name="DuplicateEventsInFlight", unit=MetricUnit.Count, value=1)
     else:
         metrics.add_metric(
             name="FilesReceived" if registration.attempt == 1 else "RetriesRegistered",
             unit=MetricUnit.Count,
             value=1,
         )
-        reason = None
     logger.info(
         f"Object {registration.action}",
-        extra={"attempt": registration.attempt, "state": registration.state.value, "size": obj.size},
+        extra={
+            "attempt": registration.attempt,
+            "state": registration.state.value,
+            "size": obj.size,
+            "reason": registration.reason,
+        },
     )
     return {
         "action": registration.action,
         "object": obj.as_payload(),
-        "reason": reason,
+        "reason": registration.reason,
         "attempt": registration.attempt,
     }

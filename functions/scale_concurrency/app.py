@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from sluice.observability import logger, metrics, tracer
 from sluice.scaling import ConcurrencyScaler
 from sluice.settings import ScaleSettings

@@ -10,6 +10,7 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
+
 from sluice.filecheck import check_object
 from sluice.metadata import MetadataStore
 from sluice.models import ObjectRef

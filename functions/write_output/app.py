@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
+
 from sluice.models import ObjectRef, ProcessResult
 from sluice.observability import MetricUnit, logger, metrics, tracer
 from sluice.results import merge_results

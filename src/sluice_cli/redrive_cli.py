@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from sluice.redrive import Redriver, RedriveReport, RedriveRequest, RedriveSource, RedriveTargets
 
+from sluice.redrive import Redriver, RedriveReport, RedriveRequest, RedriveSource, RedriveTargets
 from sluice_cli.commands.target import StackTarget, TargetError, resolve_target
 
 OUTPUT_KEYS = {  # stack output → RedriveTargets field

@@ -23,7 +23,6 @@ from typing import BinaryIO
 from sluice.models import FileState
 from sluice.schemas import get_schema
 from sluice.schemas.orders_v1 import CURRENCIES
-
 from sluice_cli.apisim import UNKNOWN_CUSTOMER_DOMAIN
 
 # The columns and currencies come from the deployed schema, so the generator cannot drift from it.

@@ -56,6 +56,7 @@ def pipeline_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Offline
     """Sluice's own template.yaml with the [local] settings plus the tests' short timings.
 
     Shared by every pipeline test; each test starts with a fresh, fast, error-free API simulator.
+    Alert emails land in its SMTP sink (`stack.smtp`, and `<state dir>/mail/*.eml`).
     """
 
     def make() -> OfflineStack:

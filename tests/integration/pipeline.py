@@ -13,7 +13,6 @@ from typing import Any
 
 from sluice.downstream import idempotency_key
 from sluice.models import ObjectRef
-
 from sluice_cli.apisim import ApiSimulatorConfig
 from sluice_cli.commands.status import scan_items
 from sluice_cli.offline import OfflineStack

@@ -13,8 +13,8 @@ from typing import Any
 
 import psutil
 import pytest
-from integration.stacks import ENGINE_APP, stop_stack
 
+from integration.stacks import ENGINE_APP, stop_stack
 from sluice_cli.offline import OfflineStack, StackError
 from sluice_cli.offline.polling import wait_for
 

@@ -23,7 +23,6 @@ from integration.pipeline import (
     upload,
     wait_for_state,
 )
-
 from sluice_cli.offline import OfflineStack
 from sluice_cli.offline.polling import wait_for
 from sluice_cli.workload import InvalidKind, RejectKind, generate_invalid_csv, orders_csv_bytes

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from integration.pipeline import item_of, unique_key, upload, wait_for_state
-from integration.stacks import ENGINE_APP, REPO, stop_all
 from typer.testing import CliRunner
 
+from integration.pipeline import item_of, unique_key, upload, wait_for_state
+from integration.stacks import ENGINE_APP, REPO, stop_all
 from sluice_cli.main import app
 from sluice_cli.offline import OfflineStack
 from sluice_cli.workload import InvalidKind, generate_invalid_csv, orders_csv_bytes

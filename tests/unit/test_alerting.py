@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 from handler_support import load_event
+
 from sluice.alerting import Notification, render_alert, to_email
 
 SNS = load_event("alert-sns.json")["Records"][0]["Sns"]

@@ -6,6 +6,7 @@ import pytest
 from conftest import SAMPLES
 from datapath_support import RAW_BUCKET, create_buckets
 from moto import mock_aws
+
 from sluice.csvstream import CsvStream, HeaderError, Row
 from sluice.models import ObjectRef
 

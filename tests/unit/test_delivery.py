@@ -26,6 +26,7 @@ from datapath_support import (
 )
 from moto import mock_aws
 from pydantic import Field
+
 from sluice.delivery import Segment, SegmentLimits
 from sluice.downstream import (
     DownstreamClient,

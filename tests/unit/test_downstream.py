@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from datapath_support import ApiServer, Received, Reply, create_tables
 from moto import mock_aws
+
 from sluice.downstream import (
     DeliveryAbandoned,
     DownstreamClient,

@@ -7,6 +7,7 @@ import pytest
 from conftest import SAMPLES
 from datapath_support import RAW_BUCKET, create_buckets
 from moto import mock_aws
+
 from sluice.filecheck import SAMPLE_BYTES, check_object
 from sluice.models import ObjectRef
 from sluice.schemas import get_schema

@@ -16,8 +16,9 @@ from aws_lambda_powertools.utilities import parameters
 from conftest import load_function
 from handler_support import FakeLambdaContext, capture_powertools_output, emitted_metrics, load_event
 from moto import mock_aws
-from sluice.mailer import MailDeliveryError
 from smtp_support import Recorder, TlsFiles, authenticator, closed_port, self_signed_cert, smtp_server
+
+from sluice.mailer import MailDeliveryError
 
 pytestmark = pytest.mark.timeout(60)
 

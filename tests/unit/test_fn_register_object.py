@@ -58,6 +58,7 @@ def test_sample_event_registers_the_object_version(
     }
     stored = item(table)
     assert (stored["state"], stored["attempts"], stored["size"]) == ("RECEIVED", 1, 1024)
+    assert stored["claimed_by"] == EVENT["message_id"]  # the message carrying the work claims the item
     output = capsys.readouterr().out
     assert emitted_metrics(output)["FilesReceived"] == 1
     assert OBJECT_ID in correlation_ids(output)
@@ -95,7 +96,35 @@ def test_duplicate_event_of_a_finished_version_is_skipped(
     assert (answer["action"], answer["reason"], answer["attempt"]) == ("skip", "already SUCCEEDED", 1)
     assert answer["object"]["id"] == OBJECT_ID
     assert (item(table)["state"], item(table)["attempts"]) == ("SUCCEEDED", 1)
-    assert emitted_metrics(capsys.readouterr().out)["DuplicateEventsSkipped"] == 1
+    metrics = emitted_metrics(capsys.readouterr().out)
+    assert metrics["DuplicateEventsSkipped"] == 1
+    assert "DuplicateEventsInFlight" not in metrics
+
+
+def test_second_message_for_a_version_in_flight_is_skipped(
+    handler: tuple[ModuleType, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the version registered from one message and not finished yet
+    module, table = handler
+    registered = module.lambda_handler(EVENT, FakeLambdaContext())
+    capsys.readouterr()
+
+    # WHEN another message with the same event arrives in the same batch
+    answer = module.lambda_handler(
+        {**EVENT, "message_id": "second-copy", "receipt_handle": "AQEBsecond=="}, FakeLambdaContext()
+    )
+
+    # THEN it is skipped (the state machine deletes it), naming the message that carries the work
+    first = EVENT["message_id"]
+    assert answer == {
+        "action": "skip",
+        "object": registered["object"],
+        "reason": f"duplicate event: object version in progress under message {first}",
+        "attempt": 1,
+    }
+    assert (item(table)["attempts"], item(table)["claimed_by"]) == (1, first)
+    metrics = emitted_metrics(capsys.readouterr().out)
+    assert (metrics["DuplicateEventsSkipped"], metrics["DuplicateEventsInFlight"]) == (1, 1)
 
 
 @pytest.mark.parametrize(

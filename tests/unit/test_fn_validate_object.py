@@ -17,6 +17,7 @@ from handler_support import (
 )
 from moto import mock_aws
 from pydantic import ValidationError
+
 from sluice.metadata import MetadataStore
 from sluice.models import ObjectRef
 

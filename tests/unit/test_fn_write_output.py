@@ -15,6 +15,7 @@ from handler_support import (
     load_event,
 )
 from moto import mock_aws
+
 from sluice.metadata import MetadataStore
 from sluice.models import ObjectRef
 from sluice.results import PartWriter, accepted_line

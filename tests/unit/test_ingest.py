@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from handler_support import load_event
+
 from sluice.ingest import MalformedEvent, parse_object_created
 from sluice.models import ObjectRef
 

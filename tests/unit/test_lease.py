@@ -9,6 +9,7 @@ from botocore.exceptions import ClientError
 from handler_support import create_pk_table
 from moto import mock_aws
 from pydantic import ValidationError
+
 from sluice.lease import LEASE_KEY, DispatcherLease, LeaseAnswer, LeaseRequest
 from sluice.settings import LeaseSettings
 

@@ -6,6 +6,8 @@ import ssl
 from email.message import EmailMessage
 
 import pytest
+from smtp_support import Recorder, TlsFiles, authenticator, closed_port, self_signed_cert, smtp_server
+
 from sluice.mailer import (
     MailDeliveryError,
     RetryPolicy,
@@ -15,7 +17,6 @@ from sluice.mailer import (
     is_temporary,
     password_from_secret,
 )
-from smtp_support import Recorder, TlsFiles, authenticator, closed_port, self_signed_cert, smtp_server
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,8 @@ import pytest
 from botocore.exceptions import ClientError
 from handler_support import create_pk_table
 from moto import mock_aws
-from sluice.metadata import MetadataConflict, MetadataStore, Registration
+
+from sluice.metadata import CLAIM_SECONDS, MetadataConflict, MetadataStore, Registration
 from sluice.models import Checkpoint, FileState, ObjectRef, RowCounts
 
 NOW = datetime(2026, 11, 22, 3, 0, 0, tzinfo=UTC)
@@ -99,7 +100,8 @@ def test_duplicate_event_for_a_finished_version_is_skipped(
 
     registration = store.register(OBJ)
 
-    assert registration == Registration(action="skip", attempt=1, state=finished)
+    assert registration == Registration("skip", attempt=1, state=finished, reason=f"already {finished.value}")
+    assert not registration.in_flight
     assert raw(table)["attempts"] == 1
     assert raw(table)["state"] == finished.value
 
@@ -167,7 +169,7 @@ def test_version_finishing_between_check_and_update_is_skipped(table: Any) -> No
 
     registration = MetadataStore(FinishingTable()).register(OBJ)
 
-    assert registration == Registration(action="skip", attempt=1, state=FileState.SUCCEEDED)
+    assert registration == Registration("skip", 1, FileState.SUCCEEDED, reason="already SUCCEEDED")
     assert raw(table)["attempts"] == 1
 
 
@@ -236,6 +238,180 @@ def test_errors_other_than_a_failed_condition_reach_the_caller() -> None:
         missing = boto3.resource("dynamodb").Table("NoSuchTable")
         with pytest.raises(ClientError, match="ResourceNotFoundException"):
             MetadataStore(missing).register(OBJ)
+
+
+# ---------------------------------------------------------------- the claim (docs/metadata.md, The claim)
+
+A, B, C = "msg-a", "msg-b", "msg-c"  # SQS message ids
+
+
+def epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def in_progress_under(holder: str) -> str:
+    return f"duplicate event: object version in progress under message {holder}"
+
+
+def test_a_second_message_for_a_version_in_flight_is_skipped(
+    store: MetadataStore, table: Any, clock: Clock
+) -> None:
+    # GIVEN message A registered the version (and claimed it)
+    first = store.register(OBJ, claimant=A)
+    assert first == Registration("process", 1, FileState.RECEIVED)
+    assert (raw(table)["claimed_by"], raw(table)["claim_expires_at"]) == (A, epoch(NOW) + CLAIM_SECONDS)
+
+    # WHEN message B brings the same version, while it is RECEIVED and then PROCESSING
+    clock.now = NOW + timedelta(seconds=5)
+    received = store.register(OBJ, claimant=B)
+    store.start_processing(OBJ, ["a"])
+    processing = store.register(OBJ, claimant=B)
+
+    # THEN B is skipped, naming A, and nothing about the item changes
+    assert received == Registration("skip", 1, FileState.RECEIVED, reason=in_progress_under(A))
+    assert processing == Registration("skip", 1, FileState.PROCESSING, reason=in_progress_under(A))
+    assert received.in_flight
+    item = raw(table)
+    assert (item["attempts"], item["claimed_by"], item["state"]) == (1, A, "PROCESSING")
+
+    # AND A's own message, redelivered, is the retry: attempt 2, claim renewed, checkpoint kept
+    clock.now = NOW + timedelta(minutes=3)
+    again = store.register(OBJ, claimant=A)
+    assert again == Registration("process", 2, FileState.RECEIVED)
+    item = raw(table)
+    assert (item["claimed_by"], item["claim_expires_at"]) == (A, epoch(clock.now) + CLAIM_SECONDS)
+    assert item["checkpoint"]["header"] == ["a"]
+
+
+def test_an_expired_claim_is_taken_over_by_another_message(
+    store: MetadataStore, table: Any, clock: Clock
+) -> None:
+    # GIVEN A's attempt stopped renewing its claim mid-file (its execution was aborted)
+    store.register(OBJ, claimant=A)
+    store.start_processing(OBJ, ["a"])
+    saved = Checkpoint(next_row=6, byte_offset=60, parts=1, header=["a"])
+    store.save_checkpoint(OBJ, saved, RowCounts(total=5, delivered=5))
+
+    # WHEN B arrives the second the claim runs out
+    clock.now = NOW + timedelta(seconds=CLAIM_SECONDS)
+    registration = store.register(OBJ, claimant=B)
+
+    # THEN B takes it over as the next attempt, resuming at A's checkpoint, and now A is the duplicate
+    assert registration == Registration("process", 2, FileState.RECEIVED)
+    assert (raw(table)["claimed_by"], raw(table)["claim_expires_at"]) == (B, epoch(clock.now) + CLAIM_SECONDS)
+    assert store.start_processing(OBJ, ["a"]) == saved
+    assert store.register(OBJ, claimant=A) == Registration(
+        "skip", 2, FileState.PROCESSING, in_progress_under(B)
+    )
+
+
+def test_a_failed_version_is_taken_over_by_another_message_and_then_protected(
+    store: MetadataStore, table: Any, clock: Clock
+) -> None:
+    # GIVEN A's attempt FAILED halfway, its claim still unexpired
+    store.register(OBJ, claimant=A)
+    store.start_processing(OBJ, ["a"])
+    saved = Checkpoint(next_row=3, byte_offset=30, parts=1, header=["a"])
+    store.save_checkpoint(OBJ, saved, RowCounts(total=2, delivered=2))
+    set_state(table, FileState.FAILED)
+
+    # WHEN B brings the version, and then A's message comes back in the same batch
+    clock.now = NOW + timedelta(seconds=30)
+    taken = store.register(OBJ, claimant=B)
+    duplicate = store.register(OBJ, claimant=A)
+
+    # THEN B retries it (attempt 2, RECEIVED again, checkpoint kept) and A is skipped: one retry, not two
+    assert taken == Registration("process", 2, FileState.RECEIVED)
+    assert duplicate == Registration("skip", 2, FileState.RECEIVED, reason=in_progress_under(B))
+    item = raw(table)
+    assert (item["state"], item["attempts"], item["claimed_by"]) == ("RECEIVED", 2, B)
+    assert store.start_processing(OBJ, ["a"]) == saved
+
+
+def test_start_processing_and_save_checkpoint_renew_the_claim(
+    store: MetadataStore, table: Any, clock: Clock
+) -> None:
+    # GIVEN A's attempt keeps making progress past its first claim's expiry
+    store.register(OBJ, claimant=A)
+    clock.now = NOW + timedelta(minutes=10)
+    store.start_processing(OBJ, ["a"])
+    assert raw(table)["claim_expires_at"] == epoch(clock.now) + CLAIM_SECONDS
+    clock.now = NOW + timedelta(minutes=20)
+    store.save_checkpoint(
+        OBJ, Checkpoint(next_row=2, byte_offset=10, parts=1, header=["a"]), RowCounts(total=1)
+    )
+    assert raw(table)["claim_expires_at"] == epoch(clock.now) + CLAIM_SECONDS
+
+    # WHEN B arrives after the first claim would have run out
+    clock.now = NOW + timedelta(seconds=CLAIM_SECONDS, minutes=10)
+    registration = store.register(OBJ, claimant=B)
+
+    # THEN A still holds it
+    assert registration.reason == in_progress_under(A)
+    assert (raw(table)["claimed_by"], raw(table)["attempts"]) == (A, 1)
+
+
+def test_registration_without_a_claimant_neither_claims_nor_checks(store: MetadataStore, table: Any) -> None:
+    store.register(OBJ, claimant=A)
+    set_state(table, FileState.FAILED)
+
+    registration = store.register(OBJ)  # a caller that is not RegisterObject: the rule before claims
+
+    assert registration == Registration("process", 2, FileState.FAILED)
+    assert raw(table)["claimed_by"] == A
+    other = ObjectRef(bucket="b", key="unclaimed.csv")
+    store.register(other)
+    assert {"claimed_by", "claim_expires_at"}.isdisjoint(raw(table, other))
+
+
+def test_an_item_claimed_without_an_expiry_is_free(store: MetadataStore, table: Any) -> None:
+    """Written by hand (or by an older release): a claim that cannot expire would hold forever."""
+    table.put_item(Item={"pk": OBJ.id, "state": "PROCESSING", "attempts": 1, "claimed_by": A})
+
+    assert store.register(OBJ, claimant=B) == Registration("process", 2, FileState.RECEIVED)
+    assert raw(table)["claimed_by"] == B
+
+
+def test_a_message_losing_the_create_race_is_skipped(table: Any) -> None:
+    """GIVEN message A creates the item between B's decision to create it and B's write (one Map batch)."""
+
+    class RacingTable:
+        def __init__(self) -> None:
+            self.raced = False
+
+        def put_item(self, **kwargs: Any) -> Any:
+            if not self.raced:
+                self.raced = True
+                MetadataStore(table, clock=lambda: NOW).register(OBJ, claimant=A)
+            return table.put_item(**kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(table, name)
+
+    registration = MetadataStore(RacingTable(), clock=lambda: NOW).register(OBJ, claimant=B)
+
+    assert registration == Registration("skip", 1, FileState.RECEIVED, reason=in_progress_under(A))
+    assert (raw(table)["attempts"], raw(table)["claimed_by"]) == (1, A)
+
+
+def test_a_claim_taken_between_check_and_update_wins(table: Any) -> None:
+    """GIVEN a FAILED version (free to take) that message C claims after B read it, before B's write."""
+    MetadataStore(table, clock=lambda: NOW).register(OBJ, claimant=A)
+    set_state(table, FileState.FAILED)
+
+    class ClaimingTable:
+        def update_item(self, **kwargs: Any) -> Any:
+            MetadataStore(table, clock=lambda: NOW).register(OBJ, claimant=C)
+            return table.update_item(**kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(table, name)
+
+    registration = MetadataStore(ClaimingTable(), clock=lambda: NOW).register(OBJ, claimant=B)
+
+    # THEN the condition in B's write, not B's earlier read, decides: B is the duplicate
+    assert registration == Registration("skip", 2, FileState.RECEIVED, reason=in_progress_under(C))
+    assert (raw(table)["attempts"], raw(table)["claimed_by"]) == (2, C)
 
 
 def test_mark_invalid_records_the_reason(store: MetadataStore, table: Any) -> None:

@@ -15,6 +15,8 @@ import typer
 from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
+from typer.testing import CliRunner
+
 from sluice.redrive import (
     Pacer,
     Redriver,
@@ -23,8 +25,6 @@ from sluice.redrive import (
     RedriveTargets,
     is_unsupported,
 )
-from typer.testing import CliRunner
-
 from sluice_cli.redrive_cli import redrive
 
 pytestmark = pytest.mark.timeout(120)

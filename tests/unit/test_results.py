@@ -8,6 +8,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from datapath_support import PROCESSED_BUCKET, create_buckets
 from moto import mock_aws
+
 from sluice.models import FileState, ObjectRef, ProcessResult
 from sluice.results import Layout, PartWriter, accepted_line, merge_results
 

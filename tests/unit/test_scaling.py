@@ -13,6 +13,7 @@ import boto3
 import pytest
 from handler_support import capture_powertools_output, json_lines
 from moto import mock_aws
+
 from sluice.scaling import ConcurrencyScaler, Decision, Direction, Observation, Reason, decide
 from sluice.settings import ScaleSettings
 

@@ -1,6 +1,7 @@
 """Row schemas: orders-v1's rules, its transform, its reasons, and the registry."""
 
 import pytest
+
 from sluice.schemas import SCHEMAS, get_schema
 
 ORDERS = get_schema("orders-v1")

@@ -25,6 +25,7 @@ from asl_graph import (
 )
 from moto.events.models import EventPattern
 from sam_transform import REPO, definition_of, load_sam_template, transform_template
+
 from sluice import settings
 from sluice.alerting import Notification, render_alert
 

@@ -8,9 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from sluice.models import FileState
 from sluice.schemas import get_schema
-
 from sluice_cli.apisim import UNKNOWN_CUSTOMER_DOMAIN
 from sluice_cli.workload import (
     CURRENCIES,

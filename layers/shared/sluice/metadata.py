@@ -5,6 +5,10 @@ object version (a duplicate S3 event, a retried Lambda) cannot lose each other's
 condition decides, and the loser sees the winner's item. docs/metadata.md describes the item and
 the state diagram; the two transitions the state machine makes itself (success, FAILED) are
 documented there too.
+
+Registration also *claims* the item for the SQS message that carries the work (docs/metadata.md,
+The claim): while one message's attempt is in flight, another message for the same version
+(a duplicate event in the same batch) is skipped instead of processing the file side by side.
 """
 
 import re
@@ -21,20 +25,41 @@ from sluice.models import Checkpoint, FileState, ObjectRef, RowCounts
 from sluice.observability import logger
 
 RETENTION = timedelta(days=180)  # the table's TTL (expires_at) drops an item this long after its last event
+# How long a claim holds without renewal. register, start_processing and every save_checkpoint
+# renew it, so it must outlive the longest gap between two of them while the attempt is alive:
+#   a ProcessObject segment between two checkpoints: at most its Timeout            300 s
+# + the state machine's Retry backoff before a failed invocation runs again, 2+4+8   14 s
+# + margin: a retried invocation failing before its first checkpoint, Lambda and
+#   Step Functions latency (ValidateObject before the first segment: 30 + 14 s)     586 s
+# = 900 s (15 min). A longer claim only delays another message's takeover after a claimant
+# vanished without a FAILED (an aborted dispatcher); its own redelivered message is never held.
+CLAIM_SECONDS = 15 * 60
 FINISHED = tuple(state.value for state in FileState if state.finished)
 SUCCEEDED = (FileState.SUCCEEDED.value, FileState.SUCCEEDED_WITH_REJECTS.value)
 
 FINISHED_VALUES = {f":finished{i}": state for i, state in enumerate(FINISHED)}
 NOT_FINISHED = f"attribute_exists(#pk) AND NOT #state IN ({', '.join(FINISHED_VALUES)})"
+# A claim stops another message only while the attempt it started may still run: FAILED means it
+# ended, an expired claim means its holder stopped renewing.
+CLAIM_FREE = (
+    "(#state = :failed OR attribute_not_exists(#claimed_by) OR #claimed_by = :claimant "
+    "OR attribute_not_exists(#claim_expires_at) OR #claim_expires_at <= :epoch)"
+)
 
 
 @dataclass(frozen=True)
 class Registration:
-    """What RegisterObject does with an object version: process it (attempt n) or skip it."""
+    """What RegisterObject does with an object version: process it (attempt n) or skip it (why)."""
 
     action: Literal["process", "skip"]
     attempt: int
     state: FileState
+    reason: str | None = None
+
+    @property
+    def in_flight(self) -> bool:
+        """Skipped because another message's attempt holds the claim (not because it finished)."""
+        return self.action == "skip" and not self.state.finished
 
 
 class MetadataConflict(Exception):
@@ -55,34 +80,43 @@ class MetadataStore:
         self._table = table  # a boto3 dynamodb Table resource
         self._clock = clock
 
-    def register(self, obj: ObjectRef, *, priority: int | None = None) -> Registration:
+    def register(
+        self, obj: ObjectRef, *, priority: int | None = None, claimant: str | None = None
+    ) -> Registration:
         """Record an S3 event for `obj`: a new item (attempt 1), a retry (attempt + 1), or a duplicate.
 
         Finished versions are skipped: S3 and EventBridge deliver at least once, duplicates are normal.
         RECEIVED, PROCESSING and FAILED versions are processed again and keep their checkpoint, so
         the retry resumes where the last attempt stopped.
+
+        `claimant` (RegisterObject passes the SQS message id) claims the item for CLAIM_SECONDS: a
+        RECEIVED or PROCESSING version whose live claim another message holds is skipped. The same
+        message, an expired claim or a FAILED version takes the claim and starts a new attempt
+        (state RECEIVED until start_processing). Without a claimant nothing is claimed or checked.
         """
-        # Bounded: the only way round again is the item vanishing (TTL) between the two writes.
+        # Bounded: the only ways round again are the item vanishing (TTL) or changing between writes.
         for _ in range(3):
             now = self._clock()
-            existing = self._put_new(obj, now, priority)
+            existing = self._put_new(obj, now, priority, claimant)
             if existing is None:
                 return Registration(action="process", attempt=1, state=FileState.RECEIVED)
             if not existing:
                 continue
-            if FileState(existing["state"]).finished:
-                return Registration("skip", int(existing["attempts"]), FileState(existing["state"]))
+            if skip := _skip(existing, claimant, now):
+                return skip
             try:
-                attributes = self._count_attempt(obj, now, priority)
+                attributes = self._count_attempt(obj, now, priority, claimant)
             except ClientError as error:
                 existing = condition_failed_item(error)
-                if existing is not None and FileState(existing["state"]).finished:
-                    return Registration("skip", int(existing["attempts"]), FileState(existing["state"]))
+                if existing is not None and (skip := _skip(existing, claimant, now)):
+                    return skip
                 continue
             return Registration("process", int(attributes["attempts"]), FileState(attributes["state"]))
         raise MetadataConflict(f"{obj.id}: could not register (item changing under us)")
 
-    def _put_new(self, obj: ObjectRef, now: datetime, priority: int | None) -> dict | None:
+    def _put_new(
+        self, obj: ObjectRef, now: datetime, priority: int | None, claimant: str | None
+    ) -> dict | None:
         """Create the item: None when created, else the item already there ({} if it just vanished)."""
         item = {
             "pk": obj.id,
@@ -95,6 +129,9 @@ class MetadataStore:
         }
         if priority is not None:
             item["priority"] = priority
+        if claimant is not None:
+            item["claimed_by"] = claimant
+            item["claim_expires_at"] = _claim_expiry(now)
         try:
             self._table.put_item(
                 Item=item,
@@ -105,13 +142,28 @@ class MetadataStore:
             return condition_failed_item(error) or {}
         return None
 
-    def _count_attempt(self, obj: ObjectRef, now: datetime, priority: int | None) -> dict:
+    def _count_attempt(
+        self, obj: ObjectRef, now: datetime, priority: int | None, claimant: str | None
+    ) -> dict:
         update = "SET #attempts = #attempts + :one, #updated_at = :now, #expires_at = :expires"
         values: dict[str, Any] = {":one": 1, ":now": iso(now), ":expires": _expiry(now), **FINISHED_VALUES}
+        condition = NOT_FINISHED
         if priority is not None:
             update += ", #priority = :priority"
             values[":priority"] = priority
-        return self._update(obj, update, values, NOT_FINISHED)
+        if claimant is not None:
+            # A new attempt under this claim: RECEIVED until it starts, so that a FAILED item,
+            # which any message may take, is protected again as soon as one message has taken it.
+            update += ", #claimed_by = :claimant, #claim_expires_at = :claim_until, #state = :received"
+            condition += f" AND {CLAIM_FREE}"
+            values |= {
+                ":claimant": claimant,
+                ":claim_until": _claim_expiry(now),
+                ":received": FileState.RECEIVED.value,
+                ":failed": FileState.FAILED.value,
+                ":epoch": _epoch(now),
+            }
+        return self._update(obj, update, values, condition)
 
     def mark_invalid(self, obj: ObjectRef, reason: str) -> None:
         """INVALID with the reason: the file can never succeed. Never overwrites a success."""
@@ -152,27 +204,36 @@ class MetadataStore:
             "#checkpoint = if_not_exists(#checkpoint, :fresh), "
             "#rows_total = if_not_exists(#rows_total, :zero), "
             "#rows_delivered = if_not_exists(#rows_delivered, :zero), "
-            "#rows_rejected = if_not_exists(#rows_rejected, :zero)"
+            "#rows_rejected = if_not_exists(#rows_rejected, :zero), "
+            "#claim_expires_at = :claim_until"
         )
         values = {
             ":processing": FileState.PROCESSING.value,
             ":now": iso(now),
             ":fresh": Checkpoint(header=header).model_dump(),
             ":zero": 0,
+            ":claim_until": _claim_expiry(now),
             **FINISHED_VALUES,
         }
         attributes = self._transition(obj, update, values)
         return Checkpoint.model_validate(attributes["checkpoint"])
 
     def save_checkpoint(self, obj: ObjectRef, checkpoint: Checkpoint, counts: RowCounts) -> None:
-        """Store where the next segment resumes and the counts so far (state PROCESSING)."""
+        """Store where the next segment resumes and the counts so far (state PROCESSING).
+
+        Also renews the claim: a segment checkpoints at least every CHECKPOINT_EVERY_ROWS rows and
+        at its end, so a long file keeps its claim for as long as it makes progress.
+        """
+        now = self._clock()
         update = (
             "SET #state = :processing, #updated_at = :now, #checkpoint = :checkpoint, "
-            "#rows_total = :total, #rows_delivered = :delivered, #rows_rejected = :rejected"
+            "#rows_total = :total, #rows_delivered = :delivered, #rows_rejected = :rejected, "
+            "#claim_expires_at = :claim_until"
         )
         values = {
             ":processing": FileState.PROCESSING.value,
-            ":now": iso(self._clock()),
+            ":now": iso(now),
+            ":claim_until": _claim_expiry(now),
             ":checkpoint": checkpoint.model_dump(),
             ":total": counts.total,
             ":delivered": counts.delivered,
@@ -246,3 +307,34 @@ def _identity(obj: ObjectRef) -> dict[str, Any]:
 
 def _expiry(now: datetime) -> int:
     return int((now + RETENTION).timestamp())
+
+
+def _epoch(now: datetime) -> int:
+    return int(now.timestamp())
+
+
+def _claim_expiry(now: datetime) -> int:
+    return _epoch(now) + CLAIM_SECONDS
+
+
+def _skip(item: dict, claimant: str | None, now: datetime) -> Registration | None:
+    """Why `claimant` must not process this item (finished, or another message's live claim), or None.
+
+    The claim part mirrors CLAIM_FREE: it reads the item a failed write returned, which the
+    condition judged with the same `now`.
+    """
+    state = FileState(item["state"])
+    attempt = int(item["attempts"])
+    if state.finished:
+        return Registration("skip", attempt, state, reason=f"already {state.value}")
+    holder = item.get("claimed_by")
+    if (
+        claimant is None
+        or holder in (None, claimant)
+        or state is FileState.FAILED
+        or item.get("claim_expires_at", 0) <= _epoch(now)
+    ):
+        return None
+    return Registration(
+        "skip", attempt, state, reason=f"duplicate event: object version in progress under message {holder}"
+    )

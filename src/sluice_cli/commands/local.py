@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sluice_cli.offline import OfflineStack, StackError
@@ -67,6 +68,10 @@ def describe(stack: OfflineStack, console: Console) -> None:
             f"  downstream API [bold]{stack.api.url}[/]   limit {config.rate_limit:g}/s, latency "
             f"{config.latency_min:g}-{config.latency_max:g} s, error rate {config.error_rate:g}"
         )
+    if stack.smtp is not None:
+        console.print(
+            f"  SMTP sink      [bold]{stack.smtp.url}[/]   alert emails, saved in {stack.mail_dir}/*.eml"
+        )
     console.print(f"  outputs        {stack.outputs_path}")
     console.print(f"  function logs  {stack.log_dir}   (`sluice logs -f`)")
     if stack.scheduler is not None and stack.scheduler.targets:
@@ -91,6 +96,15 @@ def describe(stack: OfflineStack, console: Console) -> None:
         console.print(f"[yellow]Not emulated ({len(missing)}):[/] {listed}")
     if stack.skipped_by_condition:
         console.print("Skipped by their condition: " + ", ".join(stack.skipped_by_condition))
+
+
+def show_new_alerts(stack: OfflineStack, console: Console, shown: int) -> int:
+    """One line per alert email the sink received since the last call; answers how many are shown."""
+    received = stack.smtp.received() if stack.smtp is not None else []
+    for mail in received[shown:]:
+        where = f"   {mail.path}" if mail.path is not None else ""
+        console.print(f"✉ alert email: [bold]{escape(mail.subject)}[/] → {escape(mail.to)}{where}")
+    return len(received)
 
 
 @local_app.command("up")
@@ -141,8 +155,9 @@ def up(
             stack.start()
         describe(stack, console)
         console.print("[dim]Ctrl-C to stop.[/]")
+        shown = 0
         while not stop.wait(0.5):  # a timed wait lets the signal handler run promptly
-            pass
+            shown = show_new_alerts(stack, console, shown)
         console.print("Stopping…")
     except (StackError, TemplateError) as error:
         console.print(f"[red]Could not start the offline stack:[/] {error}")

@@ -1,8 +1,9 @@
 """`sluice run` (what `make run` calls): the whole pipeline, offline, on a realistic mix of files.
 
 Starts the offline stack, uploads the workload in parallel, shows progress from the metadata
-table and the downstream simulator, waits until every file is finished, prints and writes the
-summary, and exits 0 only if every file ended in the state its content calls for.
+table and the downstream simulator, waits until every file is finished and every alert email it
+calls for has reached the stack's SMTP sink, prints and writes the summary, and exits 0 only if
+every file ended in the state its content calls for and was announced when it had to be.
 """
 
 from __future__ import annotations
@@ -16,12 +17,21 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from sluice.filecheck import SAMPLE_BYTES, check_sample
 from sluice.schemas import get_schema
-
 from sluice_cli.commands.local import api_settings
-from sluice_cli.commands.runreport import SUCCESS, Summary, TrackedFile, summarize
+from sluice_cli.commands.runreport import (
+    SUCCESS,
+    AlertMail,
+    Summary,
+    TrackedFile,
+    expected_alerts,
+    missing_alerts,
+    summarize,
+)
 from sluice_cli.commands.status import STATE_STYLES, scan_items
 from sluice_cli.commands.target import DEFAULT_STATE_DIR
 from sluice_cli.offline import OfflineStack, StackError
@@ -30,6 +40,10 @@ from sluice_cli.workload import default_mix
 
 DEFAULT_PREFIX = "incoming/"  # used when the template's RawKeyPrefix is empty (any key matches)
 POLL_SECONDS = 0.5
+# An alert is published as its file finishes and AlertNotifier is warm: it normally arrives before
+# the last file does. This bounds the wait for one that is late (SMTP retries back off 1-8 s).
+ALERT_WAIT_SECONDS = 10.0
+ALERT_BODY_LINES = 4  # of each alert email, shown under its subject
 
 
 def plan_files(
@@ -142,11 +156,42 @@ class _Monitor:
         return Group(self.progress, line, states)
 
 
+def received_alerts(stack: OfflineStack) -> list[AlertMail] | None:
+    """Every email the stack's SMTP sink received (None: no sink, or `-p` sent the alerts elsewhere)."""
+    sink = stack.smtp
+    if sink is None:
+        return None
+    address = (stack.parameters.get("SmtpHost", sink.host), stack.parameters.get("SmtpPort", str(sink.port)))
+    if address != (sink.host, str(sink.port)):
+        return None
+    return [AlertMail(mail.subject, mail.to, mail.received_at, mail.text()) for mail in sink.received()]
+
+
+def await_alerts(stack: OfflineStack, expected: list[str], timeout: float) -> list[AlertMail] | None:
+    """What the sink received, once every expected subject is among it or `timeout` has passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alerts = received_alerts(stack)
+        if alerts is None or not missing_alerts(expected, alerts) or time.monotonic() >= deadline:
+            return alerts
+        time.sleep(0.2)
+
+
 def _name(key: str) -> str:
     return key.rsplit("/", 1)[-1]
 
 
-def print_summary(summary: Summary, console: Console) -> None:
+def print_alerts(alerts: list[AlertMail], console: Console, mail_dir: Path | None) -> None:
+    where = f" ({mail_dir}/*.eml)" if mail_dir is not None else ""
+    console.print(f"Alerts: {len(alerts)} email(s) received by the SMTP sink{where}")
+    for alert in alerts:
+        console.print(f"  ✉ [bold]{escape(alert.subject)}[/]  → {escape(alert.to)}")
+        lines = [line for line in alert.body.splitlines() if line.strip()][:ALERT_BODY_LINES]
+        for line in lines:
+            console.print(f"      [dim]{escape(line)}[/]", no_wrap=True, overflow="ellipsis")
+
+
+def print_summary(summary: Summary, console: Console, *, mail_dir: Path | None = None) -> None:
     console.print()  # the live view may leave the cursor at the end of its last line
     # One line per file rather than a table: readable at any terminal width, and in CI logs.
     for record in summary.files:
@@ -173,6 +218,8 @@ def print_summary(summary: Summary, console: Console) -> None:
     if p50 is not None:
         console.print(f"End-to-end latency (upload → finished): p50 {p50:.1f} s, p95 {p95:.1f} s")
     console.print(f"Wall time: {summary.wall_seconds:.1f} s")
+    if summary.alerts is not None:
+        print_alerts(summary.alerts, console, mail_dir)
     for problem in summary.problems:
         console.print(f"[red]✗[/] {problem}")
     if summary.ok:
@@ -248,19 +295,23 @@ def run(
                 if all(t.finished(max_receive) for t in tracked) or time.monotonic() > deadline:
                     break
                 time.sleep(POLL_SECONDS)
+        expected = expected_alerts(tracked, max_receive)
+        with console.status(f"Waiting for {len(expected)} alert email(s)…"):
+            alerts = await_alerts(stack, expected, ALERT_WAIT_SECONDS)
         summary = summarize(
             tracked,
             api.stats(),
             rate_limit=api.config.rate_limit,
             wall_seconds=time.monotonic() - began,
             max_receive_count=max_receive,
+            alerts=alerts,
         )
     except (StackError, TemplateError) as error:
         console.print(f"[red]Could not start the offline stack:[/] {error}")
         raise typer.Exit(code=2) from error
     finally:
         stack.stop()
-    print_summary(summary, console)
+    print_summary(summary, console, mail_dir=stack.mail_dir if stack.smtp is not None else None)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(summary.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
     console.print(f"Report: {report}")

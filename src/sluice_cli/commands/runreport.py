@@ -6,11 +6,13 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 FINISHED = frozenset({"SUCCEEDED", "SUCCEEDED_WITH_REJECTS", "INVALID"})
 SUCCESS = frozenset({"SUCCEEDED", "SUCCEEDED_WITH_REJECTS"})
+# The states a file is announced in on AlertTopic (the dispatcher publishes, AlertNotifier emails).
+ALERTED = frozenset({"INVALID", "FAILED"})
 
 
 @dataclass
@@ -84,6 +86,40 @@ class TrackedFile:
         return int(self.item.get("rows_total", 0)) if self.item else 0
 
 
+@dataclass(frozen=True)
+class AlertMail:
+    """One alert email the run's SMTP sink received."""
+
+    subject: str
+    to: str
+    received_at: float  # epoch seconds
+    body: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        when = datetime.fromtimestamp(self.received_at, UTC).isoformat(timespec="milliseconds")
+        return {"subject": self.subject, "to": self.to, "received_at": when.replace("+00:00", "Z")}
+
+
+def alert_subject(state: str, key: str) -> str:
+    """The subject AlertNotifier gives a file's alert (`sluice.alerting`, file alerts)."""
+    return f"[Sluice] File {state}: {key}"
+
+
+def expected_alerts(files: Sequence[TrackedFile], max_receive_count: int) -> list[str]:
+    """The subjects of the alert emails this run's outcome calls for: one per file that finished
+    INVALID or FAILED for good (the alert is published on the message's last receive)."""
+    return [
+        alert_subject(str(tracked.state), tracked.key)
+        for tracked in files
+        if tracked.state in ALERTED and tracked.finished(max_receive_count)
+    ]
+
+
+def missing_alerts(expected: Sequence[str], alerts: Sequence[AlertMail]) -> list[str]:
+    received = {alert.subject for alert in alerts}
+    return [subject for subject in expected if subject not in received]
+
+
 def parse_time(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
@@ -106,6 +142,7 @@ class Summary:
     wall_seconds: float
     ok: bool
     problems: list[str] = field(default_factory=list)
+    alerts: list[AlertMail] | None = None  # None: the run had no SMTP sink to ask
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +154,7 @@ class Summary:
             "api": self.api,
             "latency_seconds": self.latency_seconds,
             "files": self.files,
+            "alerts": None if self.alerts is None else [alert.as_dict() for alert in self.alerts],
         }
 
 
@@ -127,7 +165,10 @@ def summarize(
     rate_limit: float | None,
     wall_seconds: float,
     max_receive_count: int,
+    alerts: Sequence[AlertMail] | None = None,
 ) -> Summary:
+    """The run's summary; with `alerts` (what the SMTP sink received), a file that ended INVALID
+    or FAILED without its alert email is a problem too: alerting is a promised feature."""
     records: list[dict[str, Any]] = []
     for tracked in files:
         item = tracked.item or {}
@@ -154,6 +195,11 @@ def summarize(
     unfinished = [tracked.key for tracked in files if not tracked.finished(max_receive_count)]
     if unfinished:
         problems.append(f"not finished before the deadline: {', '.join(unfinished)}")
+    if alerts is not None:
+        problems += [
+            f"no alert email “{subject}” reached the SMTP sink"
+            for subject in missing_alerts(expected_alerts(files, max_receive_count), alerts)
+        ]
     api = api_summary(api_stats, rate_limit)
     return Summary(
         files=records,
@@ -172,6 +218,7 @@ def summarize(
         wall_seconds=wall_seconds,
         ok=not problems,
         problems=problems,
+        alerts=None if alerts is None else list(alerts),
     )
 
 

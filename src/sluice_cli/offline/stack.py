@@ -4,10 +4,11 @@
         s3 = stack.client("s3")
         s3.put_object(Bucket=stack.outputs["RawBucketName"], Key="a.csv", Body=b"...")
 
-Start-up order matters: the downstream simulator first (its URL is a parameter), then the
-emulator's socket (its URL goes into every function's environment and moto's Step Functions
-interpreter), the Lambda runtime, the resources in dependency order, the outputs file, and last
-the scheduler that starts dispatcher executions.
+Start-up order matters: the downstream simulator and the SMTP sink first (their addresses are
+parameters), then the emulator's socket (its URL goes into every function's environment and
+moto's Step Functions interpreter), the Lambda runtime and the SNS → Lambda bridge, the
+resources in dependency order, the outputs file, and last the scheduler that starts dispatcher
+executions.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sluice_cli.offline.polling import wait_for
 from sluice_cli.offline.provision import ProvisionContext, ProvisionError, Resource, provision
 from sluice_cli.offline.scheduler import DEFAULT_PERIOD_SECONDS, LocalScheduler
 from sluice_cli.offline.server import EmulatorServer, enable_state_machine_execution
+from sluice_cli.offline.sns_bridge import SnsLambdaBridge
 from sluice_cli.offline.template import (
     SamConfigEnvironment,
     inline_local_artifacts,
@@ -43,6 +45,7 @@ from sluice_cli.offline.template import (
     resolve_parameters,
     transform,
 )
+from sluice_cli.smtp_sink import SmtpSink
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ API_URL_PARAMETER = "ApiUrl"  # pointed at the downstream simulator
 API_RATE_PARAMETER = "ApiRateLimit"  # the simulator's limit, unless given
 FUNCTIONS_FILE = "functions.json"  # beside the outputs file
 EMULATOR_LOG = "emulator.log"  # in the state directory, beside logs/
+MAIL_DIR = "mail"  # in the state directory: what the SMTP sink received, one .eml per message
 _EMULATOR_LOGGERS = ("moto", "werkzeug", "flask_cors")
 _TERMINAL_EXECUTION = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
@@ -61,7 +65,8 @@ class StackError(RuntimeError):
 class LocalService(Protocol):
     """Something the stack starts beside the emulator (an SMTP sink, ...).
 
-    After start(), `parameter_overrides()` (optional) gives template parameters pointing at it.
+    After start(), `parameter_overrides()` (optional) gives template parameters pointing at it;
+    the ones the template declares are used.
     """
 
     def start(self) -> Any: ...
@@ -83,6 +88,7 @@ class OfflineStack:
         api_config: ApiSimulatorConfig | None = None,
         api_settings: Mapping[str, float] | None = None,
         start_api: bool = True,
+        start_smtp: bool = True,
         schedule_period: float = DEFAULT_PERIOD_SECONDS,
         state_dir: Path | str | None = None,
         outputs_path: Path | str | None = None,
@@ -101,11 +107,13 @@ class OfflineStack:
         self.state_dir = Path(state_dir) if state_dir else self.root / ".sluice"
         self.outputs_path = Path(outputs_path) if outputs_path else self.state_dir / "outputs.json"
         self.log_dir = self.state_dir / "logs"
+        self.mail_dir = self.state_dir / MAIL_DIR
         self.prewarm = prewarm
         self.services = list(services)
         self._api_config = api_config
         self._api_settings = dict(api_settings or {})
         self._start_api = start_api
+        self._start_smtp = start_smtp
         self._port = port
         self._max_workers = max_workers_per_function
         # Local-only changes to a function's properties (e.g. a short Timeout for a test that must
@@ -113,6 +121,9 @@ class OfflineStack:
         self.function_overrides = {key: dict(value) for key, value in (function_overrides or {}).items()}
 
         self.api: ApiSimulator | None = None
+        # The SMTP sink alert emails go to; its messages stay readable after stop().
+        self.smtp: SmtpSink | None = None
+        self.sns_bridge: SnsLambdaBridge | None = None
         self.runtime: LambdaRuntime | None = None
         self.server: EmulatorServer | None = None
         self.scheduler: LocalScheduler | None = None
@@ -159,16 +170,7 @@ class OfflineStack:
         self.stack_name = samconfig.stack_name if samconfig else "sluice-local"
         source = load_template(self.template_path)
 
-        provided: dict[str, str] = {}
-        if self._start_api:
-            self.api = ApiSimulator(self._simulator_config(source, samconfig)).start()
-            if API_URL_PARAMETER in (source.get("Parameters") or {}):
-                provided[API_URL_PARAMETER] = self.api.url
-        for service in self.services:
-            service.start()
-            overrides_of = getattr(service, "parameter_overrides", None)
-            if callable(overrides_of):
-                provided.update(overrides_of())
+        provided = self._start_services(source, samconfig)
         overrides = {
             **(samconfig.parameter_overrides if samconfig else {}),
             **provided,
@@ -177,7 +179,7 @@ class OfflineStack:
         self.parameters = resolve_parameters(source, overrides)
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        _clear_logs(self.log_dir)
+        _clear_files(self.log_dir, "*.log")
         self._capture_emulator_logs()
         self.runtime = LambdaRuntime(
             endpoint_url="",  # known once the emulator's socket is bound, before any worker starts
@@ -195,6 +197,8 @@ class OfflineStack:
         os.environ["MOTO_PORT"] = str(port)
         self._previous_execution_setting = enable_state_machine_execution()
         self.runtime.start()
+        # Before any resource exists: SNS messages to lambda subscriptions go to the local runtime.
+        self.sns_bridge = SnsLambdaBridge(self.runtime.invoke_async).install()
         self.server.start()
 
         packaged, artifacts = inline_local_artifacts(source, self.root)
@@ -233,6 +237,27 @@ class OfflineStack:
         )
         self.scheduler.start()
 
+    def _start_services(
+        self, source: dict[str, Any], samconfig: SamConfigEnvironment | None
+    ) -> dict[str, str]:
+        """The simulator, the SMTP sink and other services; the parameters pointing at them."""
+        provided: dict[str, str] = {}
+        declared = source.get("Parameters") or {}
+        if self._start_api:
+            self.api = ApiSimulator(self._simulator_config(source, samconfig)).start()
+            if API_URL_PARAMETER in declared:
+                provided[API_URL_PARAMETER] = self.api.url
+        if self._start_smtp:
+            _clear_files(self.mail_dir, "*.eml")  # this run's alerts only
+            self.smtp = SmtpSink(port=0, mail_dir=self.mail_dir)
+            self.services.insert(0, self.smtp)  # started first, stopped last
+        for service in self.services:
+            service.start()
+            overrides_of = getattr(service, "parameter_overrides", None)
+            if callable(overrides_of):
+                provided.update({key: value for key, value in overrides_of().items() if key in declared})
+        return provided
+
     def _simulator_config(
         self, source: dict[str, Any], samconfig: SamConfigEnvironment | None
     ) -> ApiSimulatorConfig:
@@ -259,6 +284,9 @@ class OfflineStack:
             if self.server is not None:
                 self.server.stop()
                 self.server = None
+            if self.sns_bridge is not None:  # once nothing can publish through the server
+                self.sns_bridge.uninstall()
+                self.sns_bridge = None
             if self.api is not None:
                 self.api.stop()
                 self.api = None
@@ -383,6 +411,8 @@ class OfflineStack:
         outputs["ApiUrl"] = (
             self.api.url if self.api is not None else self.parameters.get(API_URL_PARAMETER, "")
         )
+        if self.smtp is not None:
+            outputs["SmtpUrl"] = self.smtp.url
         outputs["Region"] = self.region
         outputs["StackName"] = self.stack_name
         return outputs
@@ -489,8 +519,8 @@ def apply_function_overrides(
     return template
 
 
-def _clear_logs(directory: Path) -> None:
-    """Each `local up` starts with empty function logs, so `sluice logs` shows this run only."""
+def _clear_files(directory: Path, pattern: str) -> None:
+    """Each `local up` starts with no function logs and no mail, so both show this run only."""
     if directory.is_dir():
-        for path in directory.glob("*.log"):
+        for path in directory.glob(pattern):
             path.unlink()

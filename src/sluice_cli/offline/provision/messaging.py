@@ -84,10 +84,12 @@ def subscription_attributes(props: dict[str, Any]) -> dict[str, str]:
 
 def _subscribe(
     ctx: ProvisionContext, topic_arn: str, protocol: str, endpoint: str, attributes: dict[str, str]
-) -> str:
-    if protocol == "lambda":
-        # moto delivers to Lambda through its own backend (Docker); the local runtime is not it.
-        return "not emulated: SNS → Lambda subscription"
+) -> tuple[str, str]:
+    """Subscribe in moto; answer the subscription ARN and a note on how it is delivered locally.
+
+    moto keeps lambda subscriptions too (filter policy and all); the offline stack's SNS → Lambda
+    bridge (`offline/sns_bridge.py`) delivers to them through the local runtime.
+    """
     response = ctx.client("sns").subscribe(
         TopicArn=topic_arn,
         Protocol=protocol,
@@ -95,7 +97,12 @@ def _subscribe(
         Attributes=attributes,
         ReturnSubscriptionArn=True,
     )
-    return str(response["SubscriptionArn"])
+    note = ""
+    if protocol == "lambda":
+        note = "lambda: invoked asynchronously by the local runtime"
+        if ctx.runtime.find(endpoint) is None:
+            note = f"lambda {endpoint} is not a function of this stack: deliveries to it fail"
+    return str(response["SubscriptionArn"]), note
 
 
 @provisioner("AWS::SNS::Topic")
@@ -118,9 +125,9 @@ def sns_topic(ctx: ProvisionContext, logical_id: str, props: dict[str, Any]) -> 
     arn = ctx.client("sns").create_topic(**request)["TopicArn"]
     notes = []
     for subscription in props.get("Subscription", []):
-        result = _subscribe(ctx, arn, subscription["Protocol"], subscription["Endpoint"], {})
-        if result.startswith("not emulated"):
-            notes.append(result)
+        _, note = _subscribe(ctx, arn, subscription["Protocol"], subscription["Endpoint"], {})
+        if note:
+            notes.append(note)
     return Resource(
         logical_id, "AWS::SNS::Topic", arn, {"TopicArn": arn, "TopicName": name}, note="; ".join(notes)
     )
@@ -128,12 +135,10 @@ def sns_topic(ctx: ProvisionContext, logical_id: str, props: dict[str, Any]) -> 
 
 @provisioner("AWS::SNS::Subscription")
 def sns_subscription(ctx: ProvisionContext, logical_id: str, props: dict[str, Any]) -> Resource:
-    result = _subscribe(
+    arn, note = _subscribe(
         ctx, props["TopicArn"], props["Protocol"], props["Endpoint"], subscription_attributes(props)
     )
-    if result.startswith("not emulated"):
-        return Resource(logical_id, "AWS::SNS::Subscription", logical_id, {}, emulated=False, note=result)
-    return Resource(logical_id, "AWS::SNS::Subscription", result, {"Arn": result})
+    return Resource(logical_id, "AWS::SNS::Subscription", arn, {"Arn": arn}, note=note)
 
 
 @provisioner("AWS::SNS::TopicPolicy")

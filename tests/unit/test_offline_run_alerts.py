@@ -1,0 +1,103 @@
+"""`sluice run`'s alert check: which emails a run's outcome calls for, and how they are reported."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+
+from sluice.alerting import Notification, render_alert
+from sluice_cli.commands.run import print_alerts
+from sluice_cli.commands.runreport import AlertMail, TrackedFile, alert_subject, expected_alerts, summarize
+
+RECEIVED_AT = 1_800_000_000.25  # 2027-01-15T08:00:00.250Z
+
+
+def tracked(key: str, state: str, expected: str, **item: object) -> TrackedFile:
+    return TrackedFile(
+        key=key,
+        data_size=10,
+        rows=None,
+        expected_states=frozenset({expected}),
+        uploaded_at=RECEIVED_AT - 5,
+        version_id="v1",
+        item={"state": state, **item},
+    )
+
+
+def mail(subject: str) -> AlertMail:
+    return AlertMail(subject, "oncall@localhost.localdomain", RECEIVED_AT, "What fired:  file INVALID\n")
+
+
+@pytest.mark.parametrize(("state", "kind"), [("INVALID", "file_invalid"), ("FAILED", "file_failed")])
+def test_the_expected_subject_is_the_one_the_notifier_renders(state: str, kind: str) -> None:
+    message = {"kind": kind, "object": {"bucket": "raw", "key": "incoming/x.csv", "version_id": "v1"}}
+    rendered = render_alert(Notification(message_id="m-1", message=json.dumps(message)))
+    assert rendered.subject == alert_subject(state, "incoming/x.csv")
+
+
+def test_invalid_and_failed_for_good_files_call_for_an_alert_each() -> None:
+    files = [
+        tracked("incoming/ok.csv", "SUCCEEDED", "SUCCEEDED"),
+        tracked("incoming/bad.csv", "INVALID", "INVALID"),
+        tracked("incoming/failing.csv", "FAILED", "SUCCEEDED", attempts=2),
+        tracked("incoming/retrying.csv", "FAILED", "SUCCEEDED", attempts=1),  # one more delivery to go
+    ]
+
+    assert expected_alerts(files, max_receive_count=2) == [
+        "[Sluice] File INVALID: incoming/bad.csv",
+        "[Sluice] File FAILED: incoming/failing.csv",
+    ]
+
+
+def test_a_missing_alert_fails_the_run_and_a_received_one_is_reported() -> None:
+    files = [tracked("incoming/bad.csv", "INVALID", "INVALID")]
+
+    missing = summarize(files, None, rate_limit=10, wall_seconds=3, max_receive_count=2, alerts=[])
+    received = summarize(
+        files,
+        None,
+        rate_limit=10,
+        wall_seconds=3,
+        max_receive_count=2,
+        alerts=[mail("[Sluice] File INVALID: incoming/bad.csv")],
+    )
+
+    assert not missing.ok
+    assert missing.problems == [
+        "no alert email “[Sluice] File INVALID: incoming/bad.csv” reached the SMTP sink"
+    ]
+    assert received.ok
+    assert received.as_dict()["alerts"] == [
+        {
+            "subject": "[Sluice] File INVALID: incoming/bad.csv",
+            "to": "oncall@localhost.localdomain",
+            "received_at": "2027-01-15T08:00:00.250Z",
+        }
+    ]
+
+
+def test_without_a_sink_alerts_are_not_checked() -> None:
+    files = [tracked("incoming/bad.csv", "INVALID", "INVALID")]
+
+    summary = summarize(files, None, rate_limit=10, wall_seconds=3, max_receive_count=2)
+
+    assert summary.ok
+    assert summary.as_dict()["alerts"] is None
+
+
+def test_the_alerts_section_shows_each_subject_and_the_first_lines_of_its_body() -> None:
+    console = Console(record=True, width=100)
+    body = "What fired:  file INVALID\nFile:  s3://raw/incoming/bad.csv\n\nA\nB\nC\n"
+    alert = AlertMail("[Sluice] File INVALID: incoming/bad.csv", "oncall@x", RECEIVED_AT, body)
+
+    print_alerts([alert], console, mail_dir=None)
+
+    text = console.export_text()
+    assert "[Sluice] File INVALID: incoming/bad.csv" in text  # printed as text, not read as markup
+    assert "What fired:  file INVALID" in text
+    assert "File:  s3://raw/incoming/bad.csv" in text
+    lines = text.splitlines()
+    assert [line.strip() for line in lines[-2:]] == ["A", "B"]  # four non-empty lines at most
+    assert len(lines) == 6  # the heading, the subject, four lines of the body

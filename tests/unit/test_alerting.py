@@ -249,6 +249,23 @@ def test_the_dispatchers_own_failed_for_good_alert_is_read() -> None:
     assert "sluice redrive --source ingest-dlq --dry-run" in alert.body
 
 
+def test_a_lambda_error_document_as_cause_reads_as_its_message_without_the_stack_trace() -> None:
+    # A task's Cause is the function's error document when a Lambda task failed.
+    cause = json.dumps(
+        {
+            "errorMessage": "api still failing after 5 attempts",
+            "errorType": "TransientDownstreamError",
+            "stackTrace": ['  File "app.py", line 1, in handler\n'],
+        }
+    )
+    message = {"event": "file.failed_for_good", "object": OBJECT, "error": "TransientDownstreamError"}
+    alert = render_alert(notification({**message, "cause": cause}))
+
+    assert "TransientDownstreamError: api still failing after 5 attempts" in alert.body
+    assert "stackTrace" not in alert.body
+    assert "app.py" not in alert.body
+
+
 def test_a_step_functions_status_change_event_names_the_execution_and_its_error() -> None:
     event = {
         "version": "0",

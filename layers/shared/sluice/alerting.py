@@ -80,9 +80,22 @@ class FileAlert(BaseModel):
     @classmethod
     def _from_state_machine(cls, data: Any) -> Any:
         if isinstance(data, dict) and "kind" not in data and data.get("event") in FILE_ALERT_EVENTS:
-            error = ": ".join(str(data[k]) for k in ("error", "cause") if data.get(k))
+            cause = lambda_error_message(data["cause"]) if data.get("cause") else None
+            error = ": ".join(str(part) for part in (data.get("error"), cause) if part)
             data = {**data, "kind": FILE_ALERT_EVENTS[data["event"]], "reason": data.get("reason") or error}
         return data
+
+
+def lambda_error_message(cause: Any) -> str:
+    """A Step Functions task failure's Cause, readable: a Lambda error document (errorType,
+    errorMessage, stackTrace) becomes its message; the stack trace stays in the function's logs."""
+    try:
+        document = json.loads(cause) if isinstance(cause, str) else cause
+    except ValueError:
+        return str(cause)
+    if isinstance(document, dict) and document.get("errorMessage"):
+        return str(document["errorMessage"])
+    return str(cause)
 
 
 class AlarmDimension(BaseModel):

@@ -14,7 +14,7 @@ SAM_VERSION := 1.170.0
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/uv/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test lint format validate build unit integration clean
+.PHONY: help setup run test lint format build unit integration bench load clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,12 @@ unit: setup ## unit tests only (fast, no sockets)
 
 integration: setup ## integration tests only (the offline stack)
 	.venv/bin/pytest tests/integration $(PYTEST_ARGS)
+
+bench: setup ## benchmarks: API utilization vs the seed design, CPU path, memory, latency, cost (docs/performance.md)
+	.venv/bin/python -m bench $(BENCH_ARGS)
+
+load: setup ## locust, headless, against the offline stack (loadtest/README.md for a deployed stack)
+	.venv/bin/python -m bench.load $(LOAD_ARGS)
 
 clean: ## remove build output and local state
 	rm -rf .aws-sam .sluice .pytest_cache .ruff_cache .coverage .coverage.* htmlcov

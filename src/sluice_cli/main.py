@@ -7,7 +7,10 @@ from sluice_cli.commands.local import local_app
 from sluice_cli.commands.logs import logs
 from sluice_cli.commands.run import run
 from sluice_cli.commands.status import status
+from sluice_cli.monitor import monitor
 from sluice_cli.redrive_cli import redrive
+from sluice_cli.report import report
+from sluice_cli.simulate import simulate
 
 app = typer.Typer(
     name="sluice",
@@ -21,6 +24,9 @@ app.command()(status)
 app.command()(invoke)
 app.command()(logs)
 app.command()(redrive)
+app.command()(simulate)
+app.command()(monitor)
+app.command()(report)
 
 if __name__ == "__main__":
     app()

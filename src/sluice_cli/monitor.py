@@ -76,11 +76,12 @@ def take_snapshot(
     outputs: Mapping[str, Any],
     *,
     api_stats: Callable[[], dict[str, Any]] | None = None,
+    api_from_cloudwatch: bool = False,
     now: Callable[[], float] = time.time,
     max_scan_pages: int = MAX_SCAN_PAGES,
 ) -> Snapshot:
-    """Read everything once. `api_stats`: the simulator's stats (offline); without it the rate
-    comes from CloudWatch (a deployed stack)."""
+    """Read everything once. The API rate: from `api_stats` (the simulator's, offline), from
+    CloudWatch with `api_from_cloudwatch` (a deployed stack), else not read."""
     snapshot = Snapshot(t=round(now(), 3))
     readings: list[tuple[str, Callable[[], None]]] = [
         ("IngestQueue", lambda: _queue(snapshot, clients("sqs"), outputs)),
@@ -88,13 +89,11 @@ def take_snapshot(
         ("executions", lambda: _executions(snapshot, clients("stepfunctions"), outputs)),
         ("files", lambda: _files(snapshot, clients("dynamodb"), outputs, max_scan_pages)),
         ("concurrency", lambda: _concurrency(snapshot, clients("ssm"), outputs)),
-        (
-            "API",
-            (lambda: _api_offline(snapshot, api_stats()))
-            if api_stats is not None
-            else (lambda: _api_deployed(snapshot, clients("cloudwatch"), now())),
-        ),
     ]
+    if api_stats is not None:
+        readings.append(("API", lambda: _api_offline(snapshot, api_stats())))
+    elif api_from_cloudwatch:
+        readings.append(("API", lambda: _api_deployed(snapshot, clients("cloudwatch"), now())))
     for name, read in readings:
         try:
             read()
@@ -231,10 +230,11 @@ def snapshot_source(target: StackTarget) -> Callable[[], Snapshot]:
     made = {service: target.client(service) for service in SERVICES}
     api_url = str(target.outputs.get("ApiUrl") or "")
     offline = target.endpoint_url is not None
+    # Offline: the simulator's /stats (none without one); deployed: ProcessObject's metrics.
     stats = (lambda: simulator_stats(api_url)) if offline and api_url else None
-    if offline and not api_url:
-        stats = lambda: {}  # noqa: E731 - an offline stack without a simulator: no rate to show
-    return lambda: take_snapshot(made.__getitem__, target.outputs, api_stats=stats)
+    return lambda: take_snapshot(
+        made.__getitem__, target.outputs, api_stats=stats, api_from_cloudwatch=not offline
+    )
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:

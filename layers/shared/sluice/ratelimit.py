@@ -9,17 +9,22 @@ schedule kept in the ControlTable.
 
 The schedule is GCRA ("next free slot"): item `pk = "ratelimit#downstream"` holds `tat`, the
 theoretical arrival time, epoch seconds of the first slot nobody holds yet. Claiming n slots is
-one conditional UpdateItem (optimistic concurrency): `start = max(tat, now)`,
-`tat' = start + n × interval`, written only if `tat` is still the value read; on
-ConditionalCheckFailed the fresh value comes back with the failure
-(ReturnValuesOnConditionCheckFailure) and the claim is recomputed. The claimer owns the slots
+`start = max(tat, now)`, `tat' = start + n × interval`, in one UpdateItem: while the bucket is
+busy (tat >= now, the case under a backlog) an atomic `ADD tat :n×interval` conditional on
+`tat >= :now`, which succeeds however many invocations claimed meanwhile (the new tat comes
+back, the claimer's slots end there); when it is idle a `SET tat = :now + n×interval`
+conditional on `tat < :now`. A condition fails only when the bucket switched between busy and
+idle since the claimer last looked; the item comes back with the failure
+(ReturnValuesOnConditionCheckFailure) and the other form is tried. The claimer owns the slots
 `start + i × interval`, i < n. Slots are at least `interval` apart across all claims.
 
 A slot is only worth something if it is used on time: slots claimed early and used late would
 bunch up with later slots and break the window. So a `RateLimiter` (one per invocation, shared
-by its worker threads) claims only for callers waiting right now: concurrent waiters are batched
-into one claim (one write for many requests), each sleeps until its own slot, and sends. A claim
-never reaches more than `max_ahead_seconds` past now; beyond that the caller just waits.
+by its worker threads) keeps the slots it claimed in a local reservoir and never hands one out
+late (see below). One claim serves every thread waiting at that moment plus a short stretch of
+the invocation's recent use (`claim_ahead_seconds`), so a busy invocation writes to DynamoDB
+once per several requests, not once per request. A claim never reaches more than
+`max_ahead_seconds` past now; beyond that the caller just waits.
 
 Pacing, and why it is (1 + L) / R. What the API counts is *arrivals*, and a request arrives
 after its slot, by the thread's wake-up plus the request's trip. Say every arrival lags its slot
@@ -43,13 +48,16 @@ on a `ManualClock` without sleeping.
 import math
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
 from decimal import Decimal
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 BUCKET_KEY = "ratelimit#downstream"
 DEFAULT_LATENESS_SECONDS = 0.05  # L: slot → arrival at the API; paces at R / 1.05 = 95.2% of R
 MAX_FORFEITS = 3  # consecutive late wake-ups before a caller sends on the slot it has anyway
+CLAIM_AHEAD_SECONDS = 0.2  # a claim covers this long of the invocation's recent use...
+MAX_BATCH = 64  # ...but never more slots than this
+RATE_WINDOW = 1.0  # seconds of hand-outs that make "recent use"
 
 
 class Clock(Protocol):
@@ -131,38 +139,67 @@ class SharedBucket:
         self._tat: str | None = None  # the last value seen
 
     def claim(self, count: int) -> float:
-        """Take `count` consecutive slots; the first one's time. Slots are `interval` apart."""
+        """Take `count` consecutive slots; the first one's time. Slots are `interval` apart.
+
+        One write in the usual case, whatever the other invocations did meanwhile: a busy bucket
+        (tat at or after now) is extended with an atomic ADD, an idle one restarted at now with a
+        SET; each is conditional on the bucket being in that case, so only a switch between busy
+        and idle since our last look costs a second write.
+        """
         for _ in range(self._max_conflicts):
             now = self.clock.now()
-            start = max(float(self._tat), now) if self._tat is not None else now
-            if start - now > self._max_ahead:
-                self.clock.sleep_until(start - self._max_ahead)
+            seen = float(self._tat) if self._tat is not None else None
+            if seen is not None and seen - now > self._max_ahead:
+                self.clock.sleep_until(seen - self._max_ahead)
                 continue
-            new_tat = _micros(start + count * self.interval)
-            if self._write(new_tat):
+            start = (
+                self._extend(now, count) if seen is not None and seen >= now else self._restart(now, count)
+            )
+            if start is not None:
                 return start
         raise RateLimitContention(f"could not claim a rate slot in {self._max_conflicts} tries")
 
-    def _write(self, new_tat: str) -> bool:
-        values = {":new": Decimal(new_tat)}
-        condition = "attribute_not_exists(tat)"
-        if self._tat is not None:
-            values[":old"], condition = Decimal(self._tat), "tat = :old"
+    def _extend(self, now: float, count: int) -> float | None:
+        """Busy bucket: tat += count × interval, if tat >= now still. The first slot, or None."""
+        delta = Decimal(_micros(count * self.interval))
+        answer = self._update(
+            "ADD tat :delta", "tat >= :now", {":delta": delta, ":now": Decimal(_micros(now))}
+        )
+        if answer is None:
+            return None
+        new_tat = answer["tat"]
+        self._tat = str(new_tat)
+        return float(new_tat - delta)
+
+    def _restart(self, now: float, count: int) -> float | None:
+        """Idle (or new) bucket: tat = now + count × interval, if tat < now still. Now, or None."""
+        new_tat = _micros(now + count * self.interval)
+        condition = "attribute_not_exists(tat) OR tat < :now"
+        answer = self._update(
+            "SET tat = :new", condition, {":new": Decimal(new_tat), ":now": Decimal(_micros(now))}
+        )
+        if answer is None:
+            return None
+        self._tat = new_tat
+        return now
+
+    def _update(self, update: str, condition: str, values: dict[str, Decimal]) -> dict[str, Any] | None:
+        """The item's new attributes, or None when the condition failed (our view is refreshed)."""
         try:
-            self._table.update_item(
+            answer = self._table.update_item(
                 Key=self._key,
-                UpdateExpression="SET tat = :new",
+                UpdateExpression=update,
                 ConditionExpression=condition,
                 ExpressionAttributeValues=values,
+                ReturnValues="UPDATED_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except self._conflict as error:
             # The item inside the error is not deserialized by the resource: {"tat": {"N": "..."}}
             old = error.response.get("Item", {}).get("tat")
             self._tat = old["N"] if old else None
-            return False
-        self._tat = new_tat
-        return True
+            return None
+        return dict(answer.get("Attributes", {}))
 
 
 def _micros(when: float) -> str:
@@ -172,28 +209,40 @@ def _micros(when: float) -> str:
     return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
 
-@dataclass(slots=True)
-class _Ticket:
-    slot: float | None = None
-    error: BaseException | None = None
-
-
 class RateLimiter:
     """Paces the threads of one invocation on the shared bucket; `acquire` before every request.
 
-    One thread at a time claims, for itself and every thread waiting at that moment; threads
-    that arrive during a claim are served by the next one. A caller that wakes more than
-    `wake_tolerance` seconds after its slot gives it up and queues again (module doc).
+    Slots are claimed into a local reservoir and handed out earliest first. One thread at a time
+    claims: for every thread waiting at that moment, and ahead for what this invocation has been
+    using (its hand-outs over the last second × `claim_ahead_seconds`, at most `max_batch`), so a
+    busy invocation makes one DynamoDB write per several requests instead of one each. A slot
+    claimed ahead is only ever used on time: one that has passed by more than `wake_tolerance`
+    is dropped from the reservoir, and a caller that wakes more than `wake_tolerance` after its
+    slot gives it up and takes another (module doc). What was claimed and not used is capacity
+    the stack does not get back, which is why the reservoir follows the demand.
     """
 
-    def __init__(self, bucket: SharedBucket, *, wake_tolerance: float | None = None):
+    def __init__(
+        self,
+        bucket: SharedBucket,
+        *,
+        wake_tolerance: float | None = None,
+        claim_ahead_seconds: float = CLAIM_AHEAD_SECONDS,
+        max_batch: int = MAX_BATCH,
+    ):
         self._bucket = bucket
         self._clock = bucket.clock
         self.wake_tolerance = bucket.lateness / 2 if wake_tolerance is None else wake_tolerance
+        self._claim_ahead = claim_ahead_seconds
+        self._max_batch = max_batch
         self._cond = threading.Condition()
-        self._waiting: list[_Ticket] = []
+        self._slots: deque[float] = deque()  # claimed, not handed out yet, in time order
+        self._handed: deque[float] = deque()  # when slots were handed out, the last RATE_WINDOW
+        self._waiters = 0
         self._claiming = False
-        self.forfeited = 0  # slots given up because the caller woke too late for them
+        self.claims = 0  # writes to the bucket
+        self.expired = 0  # claimed ahead, never handed out in time
+        self.forfeited = 0  # handed out, given up because the caller woke too late for it
         self.late_sends = 0  # sent late anyway, after MAX_FORFEITS consecutive forfeits
 
     def acquire(self) -> float:
@@ -214,37 +263,41 @@ class RateLimiter:
         return slot
 
     def _take_slot(self) -> float:
-        ticket = _Ticket()
         with self._cond:
-            self._waiting.append(ticket)
-            while ticket.slot is None and ticket.error is None:
-                if self._claiming:
-                    self._cond.wait()
-                else:
-                    self._claim_for_waiters()
-        if ticket.error is not None:
-            raise ticket.error
-        return cast(float, ticket.slot)  # the loop above ends with a slot or an error
+            self._waiters += 1
+            try:
+                while True:
+                    now = self._clock.now()
+                    while self._slots and now - self._slots[0] > self.wake_tolerance:
+                        self._slots.popleft()
+                        self.expired += 1
+                    if self._slots:
+                        self._handed.append(now)
+                        return self._slots.popleft()
+                    if self._claiming:
+                        self._cond.wait()
+                    else:
+                        self._claim(now)
+            finally:
+                self._waiters -= 1
 
-    def _claim_for_waiters(self) -> None:
-        """Called holding the lock; releases it for the DynamoDB write."""
-        batch, self._waiting = self._waiting, []
+    def _claim(self, now: float) -> None:
+        """Called holding the lock; releases it for the DynamoDB write. A failure goes to the
+        claimer; the threads waiting try a claim of their own."""
+        while self._handed and now - self._handed[0] > RATE_WINDOW:
+            self._handed.popleft()
+        demand = math.ceil(len(self._handed) / RATE_WINDOW * self._claim_ahead)
+        count = max(self._waiters, min(self._max_batch, demand))
         self._claiming = True
         self._cond.release()
         try:
-            start = self._bucket.claim(len(batch))
-            error = None
-        except Exception as failure:  # every waiter of this batch gets it
-            start, error = 0.0, failure
+            start = self._bucket.claim(count)
         finally:
             self._cond.acquire()
             self._claiming = False
-        for index, ticket in enumerate(batch):
-            if error is None:
-                ticket.slot = start + index * self._bucket.interval
-            else:
-                ticket.error = error
-        self._cond.notify_all()
+            self._cond.notify_all()
+        self.claims += 1
+        self._slots.extend(start + index * self._bucket.interval for index in range(count))
 
 
 def shared_limiter(

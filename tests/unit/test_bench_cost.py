@@ -1,0 +1,393 @@
+"""The benchmark's pure parts: the price table and cost model, what the request counter and the
+REPORT parser count, the utilization figures and the table rows built from them."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bench() -> ModuleType:
+    """The bench package (repo root, not on pytest's pythonpath): registered from its directory, as
+    conftest's load_function imports a handler from its file."""
+    if "bench" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "bench", REPO / "bench" / "__init__.py", submodule_search_locations=[str(REPO / "bench")]
+        )
+        assert spec, "bench/__init__.py not found"
+        assert spec.loader, "bench/__init__.py has no loader"
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["bench"] = package
+        spec.loader.exec_module(package)
+    return sys.modules["bench"]
+
+
+_bench()
+from bench.cost import (  # noqa: E402 - the package is registered just above
+    MINUTES_PER_MONTH,
+    US_EAST_1,
+    RowLambda,
+    Usage,
+    billing_class,
+    cost,
+    distributed_map_usage,
+    fixed_monthly,
+    gb_seconds,
+    per_million_rows,
+    usage_from_requests,
+)
+from bench.counting import (  # noqa: E402
+    BENCH_USER_AGENT,
+    RequestCounter,
+    identify,
+    invocations,
+    parse_report,
+    state_transitions,
+    utilization_figures,
+)
+from bench.load import locust_summary, seconds_of  # noqa: E402
+
+# -- prices and the cost model ---------------------------------------------------------------------
+
+
+def test_the_price_table_is_us_east_1_on_demand() -> None:
+    assert US_EAST_1.state_transition * 1000 == pytest.approx(0.025)
+    assert US_EAST_1.lambda_gb_second == pytest.approx(0.0000133334)
+    assert US_EAST_1.lambda_request * 1e6 == pytest.approx(0.20)
+    assert US_EAST_1.sqs_request * 1e6 == pytest.approx(0.40)
+    assert US_EAST_1.dynamodb_write_unit * 1e6 == pytest.approx(0.625)
+    assert US_EAST_1.dynamodb_read_unit * 1e6 == pytest.approx(0.125)
+    assert US_EAST_1.s3_put_class * 1000 == pytest.approx(0.005)
+    assert US_EAST_1.s3_get_class * 1000 == pytest.approx(0.0004)
+
+
+def test_cost_per_million_rows_adds_every_component() -> None:
+    # GIVEN what 10,000 rows used
+    usage = Usage(
+        rows=10_000,
+        state_transitions=2_000,  # $0.05
+        lambda_requests=100,  # $0.00002
+        lambda_gb_seconds=1_000,  # $0.0133334
+        sqs_requests=500,  # $0.0002
+        dynamodb_write_units=10_000,  # $0.00625
+        dynamodb_read_units=1_000,  # $0.000125
+        s3_put_requests=100,  # $0.0005
+        s3_get_requests=1_000,  # $0.0004
+        sns_publishes=10,  # $0.000005
+    )
+
+    dollars = per_million_rows(usage)
+
+    # THEN each component is scaled by a million / 10,000 = 100, and the total is their sum
+    assert dollars["Step Functions transitions"] == pytest.approx(5.0)
+    assert dollars["Lambda duration"] == pytest.approx(1.33334)
+    assert dollars["DynamoDB writes"] == pytest.approx(0.625)
+    assert dollars["S3 GET/HEAD"] == pytest.approx(0.04)
+    assert dollars["total"] == pytest.approx(100 * sum(cost(usage).values()))
+    assert dollars["total"] == pytest.approx(7.08334)
+
+
+def test_no_rows_is_not_a_cost_per_row() -> None:
+    with pytest.raises(ValueError, match="no rows"):
+        per_million_rows(Usage(rows=0, state_transitions=5))
+
+
+def test_gb_seconds_is_billed_time_times_configured_memory() -> None:
+    assert gb_seconds(1000, 256) == pytest.approx(0.25)
+    assert gb_seconds(1, 1024) == pytest.approx(0.001)
+
+
+def test_usages_add_and_scale() -> None:
+    one = Usage(rows=10, state_transitions=3, sqs_requests=2)
+
+    assert one + one == Usage(rows=20, state_transitions=6, sqs_requests=4)
+    assert one.scaled(0.5) == Usage(rows=5, state_transitions=1.5, sqs_requests=1)
+
+
+@pytest.mark.parametrize(
+    ("service", "operation", "kind"),
+    [
+        ("sqs", "ReceiveMessage", "sqs"),
+        ("sqs", "GetQueueAttributes", "sqs"),
+        ("dynamodb", "UpdateItem", "dynamodb_write"),
+        ("dynamodb", "PutItem", "dynamodb_write"),
+        ("dynamodb", "GetItem", "dynamodb_read"),
+        ("dynamodb", "DescribeTable", None),
+        ("s3", "PutObject", "s3_put"),
+        ("s3", "UploadPart", "s3_put"),
+        ("s3", "ListObjectsV2", "s3_put"),
+        ("s3", "GetObject", "s3_get"),
+        ("s3", "HeadObject", "s3_get"),
+        ("s3", "DeleteObject", None),
+        ("sns", "Publish", "sns"),
+        ("lambda", "Invoke", None),  # priced from the runtime's REPORT lines
+        ("states", "StartExecution", None),  # priced from the histories' transitions
+        ("ssm", "GetParameter", None),  # standard parameters: free
+        ("monitoring", "GetMetricData", "cloudwatch_metrics"),
+    ],
+)
+def test_each_request_is_priced_in_its_class(service: str, operation: str, kind: str | None) -> None:
+    assert billing_class(service, operation) == kind
+
+
+def test_usage_from_request_counts() -> None:
+    requests = {
+        ("sqs", "ReceiveMessage"): 3,
+        ("dynamodb", "UpdateItem"): 10,
+        ("dynamodb", "TransactWriteItems"): 2,  # two units each
+        ("s3", "GetObject"): 4,
+        ("monitoring", "GetMetricData"): 1,  # four metrics asked each
+        ("states", "StartExecution"): 99,
+    }
+
+    usage = usage_from_requests(
+        requests, rows=100, state_transitions=40, lambda_requests=5, lambda_gb_seconds=1.5
+    )
+
+    assert usage == Usage(
+        rows=100,
+        state_transitions=40,
+        lambda_requests=5,
+        lambda_gb_seconds=1.5,
+        sqs_requests=3,
+        dynamodb_write_units=14,
+        s3_get_requests=4,
+        cloudwatch_metric_reads=4,
+    )
+
+
+def test_a_distributed_map_pays_a_child_execution_and_an_invocation_per_row() -> None:
+    # GIVEN per file what Sluice does around the rows, and a per-row function of 200.4 ms
+    per_file = Usage(rows=0, state_transitions=30, lambda_requests=4, lambda_gb_seconds=0.5, sqs_requests=3)
+
+    usage = distributed_map_usage(per_file, files=2, rows=1_000, row_lambda=RowLambda(200.4, 128))
+
+    assert usage.rows == 1_000
+    assert usage.state_transitions == 2 * 30 + 1_000
+    assert usage.lambda_requests == 2 * 4 + 1_000
+    # billed to the millisecond, rounded up: 201 ms at 128 MB each
+    assert usage.lambda_gb_seconds == pytest.approx(2 * 0.5 + 1_000 * 0.201 * 0.125)
+    assert usage.sqs_requests == 6
+    # The transitions alone cost $25 a million rows.
+    assert per_million_rows(usage)["Step Functions transitions"] >= 25.0
+
+
+def test_a_schedule_costs_the_same_every_month_whatever_the_rows() -> None:
+    idle_run = Usage(rows=0, state_transitions=8, lambda_requests=2, lambda_gb_seconds=0.05)
+
+    monthly = fixed_monthly(idle_run, MINUTES_PER_MONTH)
+
+    expected = MINUTES_PER_MONTH * (8 * 0.025 / 1000 + 2 * 0.2 / 1e6 + 0.05 * 0.0000133334)
+    assert monthly == pytest.approx(expected)
+
+
+# -- counting what the stack did -------------------------------------------------------------------
+
+
+def environ(
+    method: str,
+    path: str,
+    *,
+    service: str,
+    target: str = "",
+    query: str = "",
+    body: bytes = b"",
+    content_type: str = "",
+    agent: str = "Boto3/1.40 exec-env/AWS_Lambda_python3.13",
+) -> dict[str, Any]:
+    env = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "CONTENT_TYPE": content_type,
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_USER_AGENT": agent,
+        "HTTP_AUTHORIZATION": (
+            f"AWS4-HMAC-SHA256 Credential=testing/20261122/us-east-1/{service}/aws4_request, Signature=x"
+        ),
+        "wsgi.input": io.BytesIO(body),
+    }
+    if target:
+        env["HTTP_X_AMZ_TARGET"] = target
+    return env
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            environ("POST", "/", service="dynamodb", target="DynamoDB_20120810.UpdateItem"),
+            ("dynamodb", "UpdateItem"),
+        ),
+        (environ("POST", "/", service="sqs", target="AmazonSQS.ReceiveMessage"), ("sqs", "ReceiveMessage")),
+        (environ("GET", "/raw/in/a.csv", service="s3"), ("s3", "GetObject")),
+        (environ("HEAD", "/raw/in/a.csv", service="s3"), ("s3", "HeadObject")),
+        (environ("PUT", "/out/parts/1.jsonl", service="s3"), ("s3", "PutObject")),
+        (environ("PUT", "/raw/big.csv", service="s3", query="partNumber=2&uploadId=u"), ("s3", "UploadPart")),
+        (environ("POST", "/raw/big.csv", service="s3", query="uploads"), ("s3", "CreateMultipartUpload")),
+        (
+            environ("POST", "/raw/big.csv", service="s3", query="uploadId=u"),
+            ("s3", "CompleteMultipartUpload"),
+        ),
+        (environ("GET", "/out", service="s3", query="list-type=2&prefix=parts%2F"), ("s3", "ListObjectsV2")),
+        (environ("DELETE", "/out/parts/1.jsonl", service="s3"), ("s3", "DeleteObject")),
+        (
+            environ(
+                "POST",
+                "/",
+                service="sns",
+                body=b"Action=Publish&TopicArn=arn",
+                content_type="application/x-www-form-urlencoded",
+            ),
+            ("sns", "Publish"),
+        ),
+        (
+            environ("POST", "/2015-03-31/functions/arn%3Aaws/invocations", service="lambda"),
+            ("lambda", "Invoke"),
+        ),
+    ],
+)
+def test_requests_are_identified_by_service_and_operation(
+    env: dict[str, Any], expected: tuple[str, str]
+) -> None:
+    body = env["wsgi.input"].read()
+    assert identify(env, body) == expected
+
+
+def test_the_counter_counts_the_stack_apart_from_the_bench_and_leaves_bodies_intact() -> None:
+    seen_bodies: list[bytes] = []
+
+    def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen_bodies.append(env["wsgi.input"].read(int(env["CONTENT_LENGTH"] or 0)))
+        start_response("200 OK", [])
+        return [b"{}"]
+
+    counter = RequestCounter(app)
+    update = json.dumps({"TableName": "sluice-ControlTable", "Key": {}}).encode()
+    publish = b"Action=Publish&Message=hi"
+    calls = [
+        environ("POST", "/", service="dynamodb", target="DynamoDB_20120810.UpdateItem", body=update),
+        environ("POST", "/", service="dynamodb", target="DynamoDB_20120810.UpdateItem", body=update),
+        environ("POST", "/", service="sns", body=publish, content_type="application/x-www-form-urlencoded"),
+        environ("GET", "/raw/a.csv", service="s3", agent=f"Boto3/1.40 {BENCH_USER_AGENT}"),
+    ]
+    for env in calls:
+        counter(env, lambda *_: None)
+
+    assert counter.counts() == {("dynamodb", "UpdateItem"): 2, ("sns", "Publish"): 1}
+    assert counter.bench_counts() == {("s3", "GetObject"): 1}
+    assert counter.table_counts() == {("UpdateItem", "sluice-ControlTable"): 2}
+    assert seen_bodies == [update, update, publish, b""]  # the emulator still gets every body
+
+    counter.reset()
+    assert not counter.counts()
+    assert not counter.table_counts()
+
+
+def test_lambda_report_lines_give_invocations_and_billed_time(tmp_path: Path) -> None:
+    report = "\t".join(
+        [
+            "REPORT RequestId: r1",
+            "Duration: 1233.40 ms",
+            "Billed Duration: 1234 ms",
+            "Memory Size: 256 MB",
+            "Max Memory Used: 90 MB",
+        ]
+    )
+    function = "ProcessObjectFunction"
+    lines = [
+        {"level": "INFO", "message": "file done", "function": function},
+        {"level": "PLATFORM", "message": "START RequestId: r1 Version: $LATEST", "function": function},
+        {"level": "PLATFORM", "message": report, "function": function, "timestamp": "t"},
+    ]
+    (tmp_path / "ProcessObjectFunction.log").write_text(
+        "\n".join(json.dumps(line) for line in lines) + "\nnot json\n", encoding="utf-8"
+    )
+
+    found = list(invocations(tmp_path))
+
+    assert [(i.function, i.billed_ms, i.memory_mb) for i in found] == [("ProcessObjectFunction", 1234, 256)]
+    assert parse_report(lines[1]) is None
+
+
+def test_state_transitions_are_the_states_entered_plus_task_retries() -> None:
+    events = [
+        {"type": "ExecutionStarted"},
+        {"type": "TaskStateEntered"},
+        {"type": "TaskScheduled"},
+        {"type": "TaskFailed"},
+        {"type": "TaskScheduled"},  # the Retry: billed as one more transition
+        {"type": "TaskSucceeded"},
+        {"type": "TaskStateExited"},
+        {"type": "MapStateEntered"},
+        {"type": "PassStateEntered"},
+        {"type": "ChoiceStateEntered"},
+        {"type": "SucceedStateEntered"},
+        {"type": "ExecutionSucceeded"},
+    ]
+
+    assert state_transitions(events) == 6
+
+
+# -- the figures -------------------------------------------------------------------------------------
+
+
+def test_utilization_figures_count_whole_seconds_from_the_first_request() -> None:
+    stats = {
+        "requests": 250,
+        "accepted": 249,
+        "accepted_rate": 46.5,
+        "active_seconds": 5.3,
+        "max_requests_in_any_second": 50,
+        "throttled": 1,
+        "duplicate_deliveries": 0,
+        # idle before the first request, then five whole seconds, then the last partial one
+        "arrivals_per_second": [0, 0, 40, 48, 47, 30, 48, 12],
+        "latency_ms": {"p50": 201.0},
+    }
+
+    figures = utilization_figures(stats, limit=50)
+
+    assert figures["utilization"] == pytest.approx(0.93)
+    assert figures["median_per_second"] == 47
+    assert figures["share_of_seconds_at_90_percent"] == pytest.approx(3 / 5)
+    assert (figures["busiest_second"], figures["throttled_429"]) == (50, 1)
+
+
+# -- make load's pure parts --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("45s", 45), ("2m", 120), ("1h30m", 5400), ("90", 90)])
+def test_locust_run_times_read_as_seconds(text: str, seconds: float) -> None:
+    assert seconds_of(text) == seconds
+
+
+def test_the_locust_stats_file_is_summarised_per_request_type(tmp_path: Path) -> None:
+    header = (
+        "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,"
+        "Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,"
+        "50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%"
+    )
+    rows = [
+        "s3,put_object,40,0,12,14,8,60,3000,0.9,0.0,12,13,14,15,20,25,40,60,60,60,60",
+        "sluice,upload→terminal,38,1,2100,2300,900,9000,3000,0.8,0.02,2100,2400,2600,2800,3500,4200,8000,9000,9000,9000,9000",
+        ",Aggregated,78,1,60,1100,8,9000,3000,1.7,0.02,60,1900,2200,2400,3000,3900,6000,9000,9000,9000,9000",
+    ]
+    stats = tmp_path / "load_stats.csv"
+    stats.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+
+    summary = locust_summary(stats)
+
+    terminal = next(row for row in summary if row["name"] == "upload→terminal")
+    assert (terminal["requests"], terminal["failures"]) == (38, 1)
+    assert (terminal["median_ms"], terminal["p95_ms"]) == (2100.0, 4200.0)
+    assert [row["name"] for row in summary] == ["put_object", "upload→terminal", "Aggregated"]

@@ -351,8 +351,10 @@ def test_a_failing_head_row_stops_the_reader_while_the_window_is_full(world: Wor
     with pytest.raises(TransientDownstreamError):
         world.segment(CountdownContext()).run(0)
 
-    # THEN the reader stopped at the window's edge and nothing was committed past the failed row
-    assert {request.payload["id"] for request in world.server.received} == {1, 2, 3}
+    # THEN the reader stopped at the window's edge (row 3 may or may not have been read before row 1
+    # gave up, depending on thread timing) and nothing was committed past the failed row
+    sent = {request.payload["id"] for request in world.server.received}
+    assert {1, 2} <= sent <= {1, 2, 3}
     checkpoint, counts = world.store.load_checkpoint(world.obj)
     assert (checkpoint.next_row, checkpoint.byte_offset, counts.total) == (1, 0, 0)
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import cpupath, memory, summary
-from bench.utilization import Workload, run_design, seed_design, sluice_design
+from bench.utilization import Workload, ramp_design, run_design, seed_design, sluice_design
 from sluice_cli.report import make_charts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip", action="append", default=[], choices=PARTS, help="leave a part out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--docs-img", type=Path, default=None, help="also copy the charts here (docs/img)")
+    parser.add_argument(
+        "--keep-skipped",
+        action="store_true",
+        help="a skipped part keeps its figures and samples from the previous run in --out (dated)",
+    )
     return parser.parse_args(argv)
 
 
@@ -108,7 +113,7 @@ def run_parts(args: argparse.Namespace, record: Record, say: Say) -> dict[str, A
     if "utilization" not in args.skip:
         began = time.monotonic()
         results["utilization"] = {"workload": asdict(workload)}
-        for design in (sluice_design(), seed_design(args.seed_budget)):
+        for design in (sluice_design(), ramp_design(), seed_design(args.seed_budget)):
             say(f"utilization: {design.name}…")
             state_dir = STATE / design.name
             shutil.rmtree(state_dir, ignore_errors=True)
@@ -144,14 +149,45 @@ def print_table(results: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
+@dataclass
+class Carried:
+    """What a skipped part keeps from the previous run: its results, its samples, that run's date."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    samples: list[str] = field(default_factory=list)
+    date: str = ""
+
+
+def carried_over(out: Path, skipped: list[str]) -> Carried:
+    """The previous run's figures and samples of the parts skipped now (the memory part takes
+    hours; the others can be rerun without losing it)."""
+    try:
+        previous = json.loads((out / "latest.json").read_text(encoding="utf-8"))
+        lines = (out / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        return Carried()
+    keys = {"cpu": ["cpu_path"], "utilization": ["utilization", "cost"], "memory": ["memory"]}
+    results = {key: previous[key] for part in skipped for key in keys[part] if key in previous}
+    runs: set[str] = set()
+    if "memory" in skipped and "memory" in previous:
+        runs.add("ProcessObject")
+    if "utilization" in skipped and "utilization" in previous:
+        runs.update(name for name in previous["utilization"] if name != "workload")
+    samples = [line for line in lines if line.strip() and json.loads(line).get("run") in runs]
+    return Carried(results, samples, previous.get("machine", {}).get("date", ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     samples_path = out / "samples.jsonl"
+    kept = carried_over(out, args.skip) if args.keep_skipped else Carried()
     began = time.monotonic()
     with samples_path.open("w", encoding="utf-8") as samples:
+        for line in kept.samples:
+            samples.write(line + "\n")
 
         def record(item: dict[str, Any]) -> None:
             samples.write(json.dumps(item) + "\n")
@@ -161,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}")
 
         results = run_parts(args, record, say)
+    results.update(kept.results)
+    if kept.results:
+        results["carried_over"] = dict.fromkeys(kept.results, kept.date)
     results["timings_seconds"]["total"] = round(time.monotonic() - began, 1)
     charts = make_charts(samples_path, out)
     if args.docs_img is not None:

@@ -101,6 +101,21 @@ def _pct(value: float | None) -> str:
     return "?" if value is None else f"{100 * value:.1f}%"
 
 
+def _ramp_rows(utilization: dict[str, Any], limit: float) -> list[tuple[str, str, str]]:
+    ramp = utilization.get("sluice-ramp")
+    if not ramp:
+        return []
+    api = ramp["api"]
+    return [
+        (
+            "Sluice, concurrency rising mid-run",
+            f"{api['achieved_rate']:.1f}/s = {_pct(api['utilization'])}; busiest {api['busiest_second']}; "
+            f"429s {api['throttled_429']}",
+            "setting " + " → ".join(str(c) for c in ramp["concurrency_seen"]) + f", limit {limit:g}",
+        )
+    ]
+
+
 def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(figure, value, how it was measured) for the printed table."""
     rows: list[tuple[str, str, str]] = []
@@ -134,6 +149,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 " → ".join(str(c) for c in utilization["sluice"]["concurrency_seen"]) or "?",
                 "ScaleConcurrency during the run (SSM)",
             ),
+            *_ramp_rows(utilization, limit),
             (
                 "Seed design: achieved rate ÷ limit",
                 f"{seed['achieved_rate']:.1f}/s = {_pct(seed['utilization'])}",
@@ -169,11 +185,13 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     memory = results.get("memory")
     if memory:
         size = memory["file_bytes"] / 1024**3
+        earlier = results.get("carried_over", {}).get("memory")
+        when = f"; the run of {earlier}" if earlier else ""
         rows += [
             (
                 f"Memory: peak RSS, {size:.2f} GiB file",
                 f"{memory['peak_rss_mb']:.0f} MB of {memory['memory_size_mb']} MB",
-                f"{memory['segments']} invocations, {memory['rows_processed']:,} rows, ru_maxrss",
+                f"{memory['segments']} invocations, {memory['rows_processed']:,} rows, ru_maxrss{when}",
             ),
             (
                 "Memory: time for the file",

@@ -13,8 +13,9 @@ cost whatever the load.
 Both designs run the same files, API limit and latency, and the template's CheckpointEveryRows
 (with the [local] environment's 100, a 400-row file would write four parts where it writes one):
 - sluice: the template's data path; ConcurrencyInitial 2 and ScaleConcurrency on, its step
-  cooldown shortened to 5 s so the setting moves within the run: the number of invocations
-  sharing the rate bucket changes mid-run;
+  cooldown shortened to 5 s so the setting follows the backlog within the run;
+- sluice-ramp: the same from concurrency 1 with a 15 s step cooldown, so the setting rises while
+  the first round runs and invocations join those already sharing the rate bucket;
 - seed: rows one after another (ApiConcurrency 1), concurrency fixed at 3 (Initial/Min/Max 3,
   ScaleScheduleState DISABLED). Its rate does not depend on the backlog beyond 3 files, so once
   `budget_seconds` have passed the files still queued are taken off the queue and the round in
@@ -94,6 +95,18 @@ def sluice_design() -> Design:
             SCALE_FUNCTION: {"Environment": {"Variables": {"STEP_COOLDOWN_SECONDS": "5"}}},
         },
         measure_latency=True,
+    )
+
+
+def ramp_design() -> Design:
+    """Sluice when the setting rises while files are in progress: from 1, the first step 15 s
+    after the stack starts, so it comes mid-round and new invocations join the ones running."""
+    return Design(
+        name="sluice-ramp",
+        overrides={"ConcurrencyInitial": "1"},
+        function_overrides={
+            SCALE_FUNCTION: {"Environment": {"Variables": {"STEP_COOLDOWN_SECONDS": "15"}}},
+        },
     )
 
 

@@ -32,6 +32,7 @@ def _bench() -> ModuleType:
 
 
 _bench()
+from bench.__main__ import carried_over  # noqa: E402
 from bench.cost import (  # noqa: E402 - the package is registered just above
     MINUTES_PER_MONTH,
     US_EAST_1,
@@ -55,6 +56,7 @@ from bench.counting import (  # noqa: E402
     utilization_figures,
 )
 from bench.load import locust_summary, seconds_of  # noqa: E402
+from bench.summary import table_rows  # noqa: E402
 
 # -- prices and the cost model ---------------------------------------------------------------------
 
@@ -391,3 +393,85 @@ def test_the_locust_stats_file_is_summarised_per_request_type(tmp_path: Path) ->
     assert (terminal["requests"], terminal["failures"]) == (38, 1)
     assert (terminal["median_ms"], terminal["p95_ms"]) == (2100.0, 4200.0)
     assert [row["name"] for row in summary] == ["put_object", "upload→terminal", "Aggregated"]
+
+
+def test_a_skipped_part_keeps_the_previous_runs_figures_and_samples(tmp_path: Path) -> None:
+    # GIVEN a previous run with every part
+    previous = {
+        "machine": {"date": "2026-11-22T04:23:00+00:00"},
+        "cpu_path": {"ratio": 0.01},
+        "utilization": {"workload": {}, "sluice": {}, "seed": {}},
+        "cost": {"total": 1},
+        "memory": {"peak_rss_mb": 116},
+    }
+    (tmp_path / "latest.json").write_text(json.dumps(previous))
+    samples = [
+        {"kind": "rss", "run": "ProcessObject", "rss_mb": 90},
+        {"kind": "snapshot", "run": "sluice"},
+        {"kind": "latency", "run": "seed", "seconds": 1},
+    ]
+    (tmp_path / "samples.jsonl").write_text("\n".join(json.dumps(s) for s in samples) + "\n")
+
+    # WHEN only the memory part is skipped THEN only its figures and samples are kept, dated
+    kept = carried_over(tmp_path, ["memory"])
+    assert kept.results == {"memory": {"peak_rss_mb": 116}}
+    assert [json.loads(line)["run"] for line in kept.samples] == ["ProcessObject"]
+    assert kept.date == "2026-11-22T04:23:00+00:00"
+
+    # and skipping the utilization keeps its cost and every design's samples
+    kept = carried_over(tmp_path, ["utilization"])
+    assert set(kept.results) == {"utilization", "cost"}
+    assert sorted(json.loads(line)["run"] for line in kept.samples) == ["seed", "sluice"]
+
+    # a first run has nothing to keep
+    assert carried_over(tmp_path / "none", ["memory"]).results == {}
+
+
+def _api(rate: float) -> dict[str, object]:
+    return {
+        "achieved_rate": rate,
+        "utilization": rate / 50,
+        "busy_seconds": 60,
+        "median_per_second": round(rate),
+        "share_of_seconds_at_90_percent": 0.8,
+        "busiest_second": 50,
+        "throttled_429": 0,
+        "duplicates": 0,
+    }
+
+
+def test_the_table_shows_the_ramp_run_and_dates_a_carried_memory_figure() -> None:
+    # GIVEN a run with the three designs and a memory figure carried from an earlier run
+    design = {"concurrency_seen": [1, 2, 4], "files_processed": 10}
+    results = {
+        "utilization": {
+            "workload": {"rate_limit": 50, "files": 10, "latency_rows": 20},
+            "sluice": {**design, "api": _api(47.0)},
+            "sluice-ramp": {**design, "api": _api(45.5)},
+            "seed": {**design, "api": _api(13.0)},
+        },
+        "memory": {
+            "file_bytes": 1024**3,
+            "peak_rss_mb": 120.4,
+            "memory_size_mb": 256,
+            "segments": 9,
+            "rows_processed": 16_974_276,
+            "process_seconds": 7200,
+            "rows_per_second": 2357,
+        },
+        "carried_over": {"memory": "2026-11-22T06:00:00+00:00"},
+    }
+
+    # WHEN the table is made
+    rows = {figure: (value, how) for figure, value, how in table_rows(results)}
+
+    # THEN the ramp run has its own row with the settings it went through
+    ramp_value, ramp_how = rows["Sluice, concurrency rising mid-run"]
+    assert ramp_value.startswith("45.5/s = 91.0%; busiest 50; 429s 0")
+    assert ramp_how == "setting 1 → 2 → 4, limit 50"
+    # and the ratio to the seed is of the main run
+    assert rows["Sluice ÷ seed (rate)"][0] == "3.6×"
+    # and the memory figure says which run it came from
+    value, how = rows["Memory: peak RSS, 1.00 GiB file"]
+    assert value == "120 MB of 256 MB"
+    assert how.endswith("ru_maxrss; the run of 2026-11-22T06:00:00+00:00")

@@ -1,10 +1,12 @@
 """RegisterObject (Ingest): parse the S3 Object Created event, register the object version.
 
-Input: a planned item's `message`; output `{"action": "process" | "skip" | "reject", "object":
-OBJECT | null, "reason": str | null, "attempt": int}` (docs/interfaces.md). A body that is not an
-S3 Object Created event is rejected with the reason (`attempt` 0: nothing was registered); the
-state machine moves it to the InvalidQueue, so nothing is lost. A skip says why: the version
-already finished, or another message for it is in flight (the state machine deletes this one).
+Input: a planned item's `message`; output `{"action": "process" | "skip" | "defer" | "reject",
+"object": OBJECT | null, "reason": str | null, "attempt": int, "defer_seconds": int}`
+(docs/interfaces.md). A body that is not an S3 Object Created event is rejected with the reason
+(`attempt` 0: nothing was registered); the state machine moves it to the InvalidQueue, so nothing
+is lost. A skip means the version already finished (the state machine deletes the message); a
+defer, that another message's attempt holds the claim (the state machine hides this message for
+`defer_seconds`, until that claim expires, and registers it again then).
 """
 
 from typing import Any
@@ -20,7 +22,9 @@ from sluice.observability import MetricUnit, logger, metrics, tracer
 from sluice.settings import RegisterSettings
 
 settings = RegisterSettings.from_env()
-store = MetadataStore(boto3.resource("dynamodb").Table(settings.metadata_table))
+store = MetadataStore(
+    boto3.resource("dynamodb").Table(settings.metadata_table), claim_seconds=settings.claim_seconds
+)
 
 
 class RegisterRequest(SqsMessage):
@@ -37,23 +41,23 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     except MalformedEvent as error:
         metrics.add_metric(name="MalformedEvents", unit=MetricUnit.Count, value=1)
         logger.warning("Rejecting: not an S3 Object Created event", extra={"reason": str(error)})
-        return {"action": "reject", "object": None, "reason": str(error), "attempt": 0}
+        return {"action": "reject", "object": None, "reason": str(error), "attempt": 0, "defer_seconds": 0}
 
     logger.set_correlation_id(obj.id)
     tracer.put_annotation(key="object_id", value=obj.id)
-    # The message id claims the item: a second message for the same version in flight is skipped.
+    # The message id claims the item: a second message for the same version in flight is deferred.
     registration = store.register(obj, priority=request.priority, claimant=request.message_id)
-    if registration.action == "skip":
-        # Both kinds of skip (finished, in flight elsewhere); the second also counted on its own.
-        metrics.add_metric(name="DuplicateEventsSkipped", unit=MetricUnit.Count, value=1)
-        if registration.in_flight:
-            metrics.add_metric(name="DuplicateEventsInFlight", unit=MetricUnit.Count, value=1)
-    else:
-        metrics.add_metric(
-            name="FilesReceived" if registration.attempt == 1 else "RetriesRegistered",
-            unit=MetricUnit.Count,
-            value=1,
-        )
+    match registration.action:
+        case "skip":
+            metrics.add_metric(name="DuplicateEventsSkipped", unit=MetricUnit.Count, value=1)
+        case "defer":
+            metrics.add_metric(name="DuplicateEventsDeferred", unit=MetricUnit.Count, value=1)
+        case "process":
+            metrics.add_metric(
+                name="FilesReceived" if registration.attempt == 1 else "RetriesRegistered",
+                unit=MetricUnit.Count,
+                value=1,
+            )
     logger.info(
         f"Object {registration.action}",
         extra={
@@ -68,4 +72,5 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         "object": obj.as_payload(),
         "reason": registration.reason,
         "attempt": registration.attempt,
+        "defer_seconds": registration.defer_seconds,
     }

@@ -21,7 +21,9 @@ from sluice.settings import ValidateSettings
 settings = ValidateSettings.from_env()
 schema = get_schema(settings.row_schema)
 s3 = boto3.client("s3")
-store = MetadataStore(boto3.resource("dynamodb").Table(settings.metadata_table))
+store = MetadataStore(
+    boto3.resource("dynamodb").Table(settings.metadata_table), claim_seconds=settings.claim_seconds
+)
 
 
 class ValidateRequest(BaseModel):

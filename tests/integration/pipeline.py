@@ -39,6 +39,8 @@ OVERRIDES = {
     # Longer than ProcessObject's local timeout: in the checkpoint test the runtime, not the HTTP
     # client, ends the slow segment.
     "ApiTimeoutSeconds": "20",
+    # A duplicate event is deferred until the claim expires: seconds here, not 15 minutes.
+    "ClaimSeconds": "20",
 }
 # ProcessObject's 300 s timeout is the point of the checkpoint test; locally 8 s, so the runtime
 # kills a segment whose API calls have become slow within the test's time.

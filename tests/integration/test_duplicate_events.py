@@ -2,7 +2,8 @@
 
 S3 and EventBridge deliver at least once, and moto's CompleteMultipartUpload emits two events, so
 two messages for one version can land in one batch and run side by side in the Map. The first to
-register claims the item; the other is skipped and deleted, and the rows go downstream once.
+register claims the item; the other is deferred until the claim expires (ClaimSeconds, 20 s in the
+test stack), then registered again, found SUCCEEDED and deleted; the rows go downstream once.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 
+from integration import pipeline
 from integration.pipeline import (
     delivery_counts,
     queue_bodies,
@@ -19,6 +21,7 @@ from integration.pipeline import (
     upload,
     wait_for_state,
 )
+from sluice.metadata import DEFER_MARGIN_SECONDS
 from sluice.models import ObjectRef
 from sluice_cli.offline import OfflineStack
 from sluice_cli.offline.polling import wait_for
@@ -107,20 +110,31 @@ def test_a_version_arriving_twice_in_one_round_is_delivered_once(pipeline_stack:
         # ... and the dispatcher takes both in one round
         execution = stack.start_execution({"source": "test"}, timeout=90)
 
-    # THEN the file succeeded in one attempt: one message claimed it, the other was skipped while
-    # it was in flight (in the same round: not as "already SUCCEEDED" later),
+    # THEN the file succeeded in one attempt: one message claimed it, the other was deferred while
+    # it was in flight (in the same round: not skipped as "already SUCCEEDED" later),
     assert execution["status"] == "SUCCEEDED"
     item = wait_for_state(stack, obj, {"SUCCEEDED"})
     assert (item["attempts"], item["rows_delivered"]) == (1, ROWS)
     answers = register_answers(stack, execution["executionArn"], obj)
-    assert sorted(answer["action"] for answer in answers) == ["process", "skip"]
-    skipped = next(answer for answer in answers if answer["action"] == "skip")
-    assert (
-        skipped["reason"] == f"duplicate event: object version in progress under message {item['claimed_by']}"
-    )
+    assert sorted(answer["action"] for answer in answers) == ["defer", "process"]
+    deferred = next(answer for answer in answers if answer["action"] == "defer")
+    holder = item["claimed_by"]
+    assert deferred["reason"] == f"duplicate event: object version in progress under message {holder}"
+    assert 0 < deferred["defer_seconds"] <= int(pipeline.OVERRIDES["ClaimSeconds"]) + DEFER_MARGIN_SECONDS
     # every row's Idempotency-Key reached the API exactly once,
     assert set(delivery_counts(stack, obj, range(1, ROWS + 1)).values()) == {1}
-    # and both messages are gone: deleted, not left for redelivery nor dead-lettered.
-    assert queue_drained(stack)
+    # the deferred message is kept, hidden, not deleted,
+    assert visible_messages(stack) == 0
+    assert not queue_drained(stack)
+    # and once the claim has expired a later round registers it again, finds the file finished
+    # and deletes it: neither processed again nor dead-lettered.
+    wait_for(
+        lambda: queue_drained(stack),
+        timeout=deferred["defer_seconds"] + 60,
+        what="the deferred copy to come back and be deleted",
+    )
+    item = wait_for_state(stack, obj, {"SUCCEEDED"})
+    assert (item["attempts"], item["rows_delivered"]) == (1, ROWS)
+    assert set(delivery_counts(stack, obj, range(1, ROWS + 1)).values()) == {1}
     dead = queue_bodies(stack, stack.outputs["IngestDLQUrl"])
     assert [m for m in dead if json.loads(m["Body"])["detail"]["object"]["key"] == obj.key] == []

@@ -274,6 +274,7 @@ class Stack:
                 "object": None,
                 "reason": "not an S3 Object Created event",
                 "attempt": 1,
+                "defer_seconds": 0,
             }
         bucket, key, version = (
             detail["bucket"]["name"],
@@ -289,11 +290,16 @@ class Stack:
             "etag": '"e"',
         }
         existing = self.table.get_item(Key={"pk": obj["id"]}, ConsistentRead=True).get("Item")
+        answer = {"object": obj, "reason": None, "defer_seconds": 0}
         if existing and existing["state"] in FINISHED:
-            return {"action": "skip", "object": obj, "reason": None, "attempt": int(existing["attempts"])}
+            return answer | {"action": "skip", "attempt": int(existing["attempts"])}
+        if existing and existing.get("claimed_by") not in (None, message["message_id"]):
+            # Another message's live claim (the fake's claims never expire): come back later.
+            defer = int(existing["defer_seconds"])
+            return answer | {"action": "defer", "attempt": int(existing["attempts"]), "defer_seconds": defer}
         attempt = int(existing["attempts"]) + 1 if existing else 1
         self.table.put_item(Item={"pk": obj["id"], "state": "RECEIVED", "attempts": attempt})
-        return {"action": "process", "object": obj, "reason": None, "attempt": attempt}
+        return answer | {"action": "process", "attempt": attempt}
 
     def validate(self, payload: dict[str, Any]) -> dict[str, Any]:
         obj = payload["object"]

@@ -7,6 +7,7 @@ The harness (asl_harness.py) explains how the Lambda tasks reach the fakes.
 """
 
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterator
 
@@ -15,6 +16,8 @@ from asl_harness import FunctionError, Functions, LambdaServiceError, Stack, s3_
 from moto import mock_aws
 from moto.core.config import default_user_config
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+from sluice_cli.offline.polling import wait_for
 
 StackFactory = Callable[..., Stack]
 
@@ -241,6 +244,29 @@ def test_duplicate_event_of_a_finished_version_is_deleted_without_processing(sta
     assert item is not None
     assert item["state"] == "SUCCEEDED"
     assert stack.published(stack.notifications_url) == []
+
+
+def test_an_event_for_a_version_another_message_holds_is_deferred_not_deleted(stack: Stack) -> None:
+    # GIVEN the version in progress under another message's claim (an aborted attempt, a duplicate)
+    pk = "sluice-raw-example/incoming/orders-valid.csv#v1"
+    stack.table.put_item(
+        Item={"pk": pk, "state": "PROCESSING", "attempts": 1, "claimed_by": "m-0", "defer_seconds": 2}
+    )
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN the file was not touched, and the message is hidden for the claim's remainder, not gone
+    assert execution["status"] == "SUCCEEDED"
+    assert "ValidateObject" not in called(stack)
+    assert "ProcessObject" not in called(stack)
+    assert stack.item("incoming/orders-valid.csv")["state"] == "PROCESSING"
+    assert stack.receive(stack.ingest_url) == []
+    assert stack.queue_depth(stack.ingest_url) == 1
+    # ... and comes back when the claim has expired, to be registered again
+    (again,) = wait_for(lambda: stack.receive(stack.ingest_url), timeout=10, what="the deferred message")
+    assert json.loads(again["Body"])["detail"]["object"]["key"] == "incoming/orders-valid.csv"
+    assert stack.queue_depth(stack.ingest_url) == 1
 
 
 @pytest.mark.parametrize(("setting", "bound"), [("2", 2), ("50", 3), ("0", 2)])

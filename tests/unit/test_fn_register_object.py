@@ -26,6 +26,7 @@ def handler(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Iterator[tuple[ModuleType, Any]]:
     monkeypatch.setenv("METADATA_TABLE", "MetadataTable")
+    monkeypatch.setenv("CLAIM_SECONDS", "120")
     capture_powertools_output(monkeypatch)
     with mock_aws():
         table = create_pk_table("MetadataTable")
@@ -55,6 +56,7 @@ def test_sample_event_registers_the_object_version(
         },
         "reason": None,
         "attempt": 1,
+        "defer_seconds": 0,
     }
     stored = item(table)
     assert (stored["state"], stored["attempts"], stored["size"]) == ("RECEIVED", 1, 1024)
@@ -98,10 +100,10 @@ def test_duplicate_event_of_a_finished_version_is_skipped(
     assert (item(table)["state"], item(table)["attempts"]) == ("SUCCEEDED", 1)
     metrics = emitted_metrics(capsys.readouterr().out)
     assert metrics["DuplicateEventsSkipped"] == 1
-    assert "DuplicateEventsInFlight" not in metrics
+    assert "DuplicateEventsDeferred" not in metrics
 
 
-def test_second_message_for_a_version_in_flight_is_skipped(
+def test_second_message_for_a_version_in_flight_is_deferred_to_the_claims_end(
     handler: tuple[ModuleType, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     # GIVEN the version registered from one message and not finished yet
@@ -114,17 +116,20 @@ def test_second_message_for_a_version_in_flight_is_skipped(
         {**EVENT, "message_id": "second-copy", "receipt_handle": "AQEBsecond=="}, FakeLambdaContext()
     )
 
-    # THEN it is skipped (the state machine deletes it), naming the message that carries the work
+    # THEN it is deferred to the end of the first message's claim (CLAIM_SECONDS 120 + 5 s margin; the
+    # state machine hides it that long), naming the message that carries the work
     first = EVENT["message_id"]
+    assert 120 <= answer.pop("defer_seconds") <= 125
     assert answer == {
-        "action": "skip",
+        "action": "defer",
         "object": registered["object"],
         "reason": f"duplicate event: object version in progress under message {first}",
         "attempt": 1,
     }
     assert (item(table)["attempts"], item(table)["claimed_by"]) == (1, first)
     metrics = emitted_metrics(capsys.readouterr().out)
-    assert (metrics["DuplicateEventsSkipped"], metrics["DuplicateEventsInFlight"]) == (1, 1)
+    assert metrics["DuplicateEventsDeferred"] == 1
+    assert "DuplicateEventsSkipped" not in metrics
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,14 @@ from botocore.exceptions import ClientError
 from handler_support import create_pk_table
 from moto import mock_aws
 
-from sluice.metadata import CLAIM_SECONDS, MetadataConflict, MetadataStore, Registration
+from sluice.metadata import (
+    CLAIM_SECONDS,
+    DEFER_MARGIN_SECONDS,
+    MAX_VISIBILITY_SECONDS,
+    MetadataConflict,
+    MetadataStore,
+    Registration,
+)
 from sluice.models import Checkpoint, FileState, ObjectRef, RowCounts
 
 NOW = datetime(2026, 11, 22, 3, 0, 0, tzinfo=UTC)
@@ -101,7 +108,6 @@ def test_duplicate_event_for_a_finished_version_is_skipped(
     registration = store.register(OBJ)
 
     assert registration == Registration("skip", attempt=1, state=finished, reason=f"already {finished.value}")
-    assert not registration.in_flight
     assert raw(table)["attempts"] == 1
     assert raw(table)["state"] == finished.value
 
@@ -249,11 +255,13 @@ def epoch(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-def in_progress_under(holder: str) -> str:
-    return f"duplicate event: object version in progress under message {holder}"
+def deferred(attempt: int, state: FileState, holder: str, seconds: int) -> Registration:
+    """Another message's live claim: come back `seconds` from now (its expiry + the margin)."""
+    reason = f"duplicate event: object version in progress under message {holder}"
+    return Registration("defer", attempt, state, reason=reason, defer_seconds=seconds)
 
 
-def test_a_second_message_for_a_version_in_flight_is_skipped(
+def test_a_second_message_for_a_version_in_flight_is_deferred_until_the_claim_expires(
     store: MetadataStore, table: Any, clock: Clock
 ) -> None:
     # GIVEN message A registered the version (and claimed it)
@@ -267,10 +275,10 @@ def test_a_second_message_for_a_version_in_flight_is_skipped(
     store.start_processing(OBJ, ["a"])
     processing = store.register(OBJ, claimant=B)
 
-    # THEN B is skipped, naming A, and nothing about the item changes
-    assert received == Registration("skip", 1, FileState.RECEIVED, reason=in_progress_under(A))
-    assert processing == Registration("skip", 1, FileState.PROCESSING, reason=in_progress_under(A))
-    assert received.in_flight
+    # THEN B is deferred to the end of A's claim (renewed by start_processing), naming A, and nothing
+    # about the item changes
+    assert received == deferred(1, FileState.RECEIVED, A, CLAIM_SECONDS - 5 + DEFER_MARGIN_SECONDS)
+    assert processing == deferred(1, FileState.PROCESSING, A, CLAIM_SECONDS + DEFER_MARGIN_SECONDS)
     item = raw(table)
     assert (item["attempts"], item["claimed_by"], item["state"]) == (1, A, "PROCESSING")
 
@@ -300,8 +308,8 @@ def test_an_expired_claim_is_taken_over_by_another_message(
     assert registration == Registration("process", 2, FileState.RECEIVED)
     assert (raw(table)["claimed_by"], raw(table)["claim_expires_at"]) == (B, epoch(clock.now) + CLAIM_SECONDS)
     assert store.start_processing(OBJ, ["a"]) == saved
-    assert store.register(OBJ, claimant=A) == Registration(
-        "skip", 2, FileState.PROCESSING, in_progress_under(B)
+    assert store.register(OBJ, claimant=A) == deferred(
+        2, FileState.PROCESSING, B, CLAIM_SECONDS + DEFER_MARGIN_SECONDS
     )
 
 
@@ -320,9 +328,9 @@ def test_a_failed_version_is_taken_over_by_another_message_and_then_protected(
     taken = store.register(OBJ, claimant=B)
     duplicate = store.register(OBJ, claimant=A)
 
-    # THEN B retries it (attempt 2, RECEIVED again, checkpoint kept) and A is skipped: one retry, not two
+    # THEN B retries it (attempt 2, RECEIVED again, checkpoint kept) and A waits: one retry, not two
     assert taken == Registration("process", 2, FileState.RECEIVED)
-    assert duplicate == Registration("skip", 2, FileState.RECEIVED, reason=in_progress_under(B))
+    assert duplicate == deferred(2, FileState.RECEIVED, B, CLAIM_SECONDS + DEFER_MARGIN_SECONDS)
     item = raw(table)
     assert (item["state"], item["attempts"], item["claimed_by"]) == ("RECEIVED", 2, B)
     assert store.start_processing(OBJ, ["a"]) == saved
@@ -347,8 +355,44 @@ def test_start_processing_and_save_checkpoint_renew_the_claim(
     registration = store.register(OBJ, claimant=B)
 
     # THEN A still holds it
-    assert registration.reason == in_progress_under(A)
+    assert registration == deferred(1, FileState.PROCESSING, A, 10 * 60 + DEFER_MARGIN_SECONDS)
     assert (raw(table)["claimed_by"], raw(table)["attempts"]) == (A, 1)
+
+
+def test_a_redrive_while_an_aborted_attempts_claim_holds_is_processed_once_it_expires(
+    store: MetadataStore, table: Any, clock: Clock
+) -> None:
+    # GIVEN A's attempt aborted mid-file (no FAILED recorded) and its message dead-lettered
+    store.register(OBJ, claimant=A)
+    store.start_processing(OBJ, ["a"])
+    saved = Checkpoint(next_row=4, byte_offset=40, parts=1, header=["a"])
+    clock.now = NOW + timedelta(minutes=2)
+    store.save_checkpoint(OBJ, saved, RowCounts(total=3, delivered=3))
+
+    # WHEN the operator redrives it at once: the redriven message B has a new id
+    clock.now = NOW + timedelta(minutes=3)
+    first = store.register(OBJ, claimant=B)
+
+    # THEN B is deferred to the end of A's claim, not dropped,
+    assert first == deferred(1, FileState.PROCESSING, A, CLAIM_SECONDS - 60 + DEFER_MARGIN_SECONDS)
+    # and when SQS shows it again, B takes the file over and resumes at A's checkpoint
+    clock.now += timedelta(seconds=first.defer_seconds)
+    assert store.register(OBJ, claimant=B) == Registration("process", 2, FileState.RECEIVED)
+    assert store.start_processing(OBJ, ["a"]) == saved
+
+
+def test_the_claim_length_is_the_stores_and_a_deferral_never_exceeds_sqs_maximum(
+    table: Any, clock: Clock
+) -> None:
+    short = MetadataStore(table, clock=clock, claim_seconds=60)
+    short.register(OBJ, claimant=A)
+    assert raw(table)["claim_expires_at"] == epoch(NOW) + 60
+    assert short.register(OBJ, claimant=B).defer_seconds == 60 + DEFER_MARGIN_SECONDS
+
+    other = ObjectRef(bucket="b", key="long.csv")
+    longest = MetadataStore(table, clock=clock, claim_seconds=MAX_VISIBILITY_SECONDS)
+    longest.register(other, claimant=A)
+    assert longest.register(other, claimant=B).defer_seconds == MAX_VISIBILITY_SECONDS
 
 
 def test_registration_without_a_claimant_neither_claims_nor_checks(store: MetadataStore, table: Any) -> None:
@@ -390,7 +434,7 @@ def test_a_message_losing_the_create_race_is_skipped(table: Any) -> None:
 
     registration = MetadataStore(RacingTable(), clock=lambda: NOW).register(OBJ, claimant=B)
 
-    assert registration == Registration("skip", 1, FileState.RECEIVED, reason=in_progress_under(A))
+    assert registration == deferred(1, FileState.RECEIVED, A, CLAIM_SECONDS + DEFER_MARGIN_SECONDS)
     assert (raw(table)["attempts"], raw(table)["claimed_by"]) == (1, A)
 
 
@@ -410,7 +454,7 @@ def test_a_claim_taken_between_check_and_update_wins(table: Any) -> None:
     registration = MetadataStore(ClaimingTable(), clock=lambda: NOW).register(OBJ, claimant=B)
 
     # THEN the condition in B's write, not B's earlier read, decides: B is the duplicate
-    assert registration == Registration("skip", 2, FileState.RECEIVED, reason=in_progress_under(C))
+    assert registration == deferred(2, FileState.RECEIVED, C, CLAIM_SECONDS + DEFER_MARGIN_SECONDS)
     assert (raw(table)["attempts"], raw(table)["claimed_by"]) == (2, C)
 
 

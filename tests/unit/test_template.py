@@ -26,7 +26,7 @@ from asl_graph import (
 from moto.events.models import EventPattern
 from sam_transform import REPO, definition_of, load_sam_template, transform_template
 
-from sluice import settings
+from sluice import metadata, settings
 from sluice.alerting import Notification, render_alert
 
 FUNCTIONS: dict[str, tuple[str, type[settings.Settings]]] = {  # logical id -> (code dir, settings model)
@@ -715,6 +715,39 @@ def test_visibility_timeouts_cover_what_runs_before_the_next_extension(sam: dict
     )
     assert timeout["ProcessObjectFunction"] == 300
     assert sam["Resources"]["ProcessObjectFunction"]["Properties"]["MemorySize"] == 256
+
+
+def test_a_claim_outlives_the_longest_gap_between_two_renewals(sam: dict) -> None:
+    """docs/metadata.md, The claim: register, start_processing and each checkpoint renew it."""
+    backoff = 2 + 4 + 8
+    default_timeout = sam["Globals"]["Function"]["Timeout"]
+    timeout = {
+        name: sam["Resources"][name]["Properties"].get("Timeout", default_timeout) for name in FUNCTIONS
+    }
+    claim = sam["Parameters"]["ClaimSeconds"]
+    # a segment between two checkpoints, then a failed invocation retried; ValidateObject before the first
+    longest_gap = timeout["ProcessObjectFunction"] + backoff + timeout["ValidateObjectFunction"] + backoff
+    assert claim["Default"] >= longest_gap
+    assert (
+        claim["Default"]
+        == metadata.CLAIM_SECONDS
+        == settings.MetadataSettings.model_fields["claim_seconds"].default
+    )
+    # a deferred message waits out the claim under one ChangeMessageVisibility
+    assert claim["MaxValue"] <= metadata.MAX_VISIBILITY_SECONDS
+    assert sam["Globals"]["Function"]["Environment"]["Variables"]["CLAIM_SECONDS"] == {"Ref": "ClaimSeconds"}
+
+
+def test_every_parameter_is_grouped_for_the_console_and_described_in_the_readme(sam: dict) -> None:
+    parameters = set(sam["Parameters"])
+    groups = sam["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    assert {name for group in groups for name in group["Parameters"]} == parameters
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `(\w+)` \| `?([^`|]*)`? \|", readme, re.MULTILINE))
+    assert rows.keys() == parameters
+    for name, default in rows.items():
+        expected = str(sam["Parameters"][name].get("Default", "")) or "(empty)"
+        assert default.strip() == expected, name
 
 
 @pytest.mark.parametrize(

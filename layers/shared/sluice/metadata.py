@@ -8,7 +8,9 @@ documented there too.
 
 Registration also *claims* the item for the SQS message that carries the work (docs/metadata.md,
 The claim): while one message's attempt is in flight, another message for the same version
-(a duplicate event in the same batch) is skipped instead of processing the file side by side.
+(a duplicate event in the same batch, a redrive while an aborted attempt's claim still holds) is
+deferred until the claim expires instead of processing the file side by side; it is then skipped
+if the file finished meanwhile, or takes the claim over if the holder vanished.
 """
 
 import re
@@ -31,8 +33,9 @@ RETENTION = timedelta(days=180)  # the table's TTL (expires_at) drops an item th
 # + the state machine's Retry backoff before a failed invocation runs again, 2+4+8   14 s
 # + margin: a retried invocation failing before its first checkpoint, Lambda and
 #   Step Functions latency (ValidateObject before the first segment: 30 + 14 s)     586 s
-# = 900 s (15 min). A longer claim only delays another message's takeover after a claimant
-# vanished without a FAILED (an aborted dispatcher); its own redelivered message is never held.
+# = 900 s (15 min), the template's ClaimSeconds default (CLAIM_SECONDS in every function's
+# environment). A longer claim only delays a deferred message's takeover after a claimant vanished
+# without a FAILED (an aborted dispatcher); its own redelivered message is never held.
 CLAIM_SECONDS = 15 * 60
 FINISHED = tuple(state.value for state in FileState if state.finished)
 SUCCEEDED = (FileState.SUCCEEDED.value, FileState.SUCCEEDED_WITH_REJECTS.value)
@@ -47,19 +50,24 @@ CLAIM_FREE = (
 )
 
 
+# The longest an SQS message can be kept invisible (ChangeMessageVisibility's maximum, 12 h).
+MAX_VISIBILITY_SECONDS = 12 * 60 * 60
+# A deferred message comes back this long after the claim it waits for has expired, so that the
+# claim is certainly free when it is registered again (DynamoDB and SQS clocks differ a little).
+DEFER_MARGIN_SECONDS = 5
+
+
 @dataclass(frozen=True)
 class Registration:
-    """What RegisterObject does with an object version: process it (attempt n) or skip it (why)."""
+    """What RegisterObject does with an object version: process it (attempt n), skip it (it
+    finished: the message can go), or defer it (another message's attempt holds the claim: this
+    message comes back after `defer_seconds`, when that attempt has finished or lost the claim)."""
 
-    action: Literal["process", "skip"]
+    action: Literal["process", "skip", "defer"]
     attempt: int
     state: FileState
     reason: str | None = None
-
-    @property
-    def in_flight(self) -> bool:
-        """Skipped because another message's attempt holds the claim (not because it finished)."""
-        return self.action == "skip" and not self.state.finished
+    defer_seconds: int = 0
 
 
 class MetadataConflict(Exception):
@@ -76,9 +84,12 @@ def iso(moment: datetime) -> str:
 
 
 class MetadataStore:
-    def __init__(self, table: Any, *, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self, table: Any, *, clock: Callable[[], datetime] = utc_now, claim_seconds: int = CLAIM_SECONDS
+    ) -> None:
         self._table = table  # a boto3 dynamodb Table resource
         self._clock = clock
+        self._claim_seconds = claim_seconds
 
     def register(
         self, obj: ObjectRef, *, priority: int | None = None, claimant: str | None = None
@@ -89,8 +100,10 @@ class MetadataStore:
         RECEIVED, PROCESSING and FAILED versions are processed again and keep their checkpoint, so
         the retry resumes where the last attempt stopped.
 
-        `claimant` (RegisterObject passes the SQS message id) claims the item for CLAIM_SECONDS: a
-        RECEIVED or PROCESSING version whose live claim another message holds is skipped. The same
+        `claimant` (RegisterObject passes the SQS message id) claims the item for `claim_seconds`:
+        a RECEIVED or PROCESSING version whose live claim another message holds is deferred until
+        that claim expires, never dropped: the holder may have died without recording FAILED (an
+        aborted dispatcher), and then this message is the only one left for the file. The same
         message, an expired claim or a FAILED version takes the claim and starts a new attempt
         (state RECEIVED until start_processing). Without a claimant nothing is claimed or checked.
         """
@@ -102,17 +115,20 @@ class MetadataStore:
                 return Registration(action="process", attempt=1, state=FileState.RECEIVED)
             if not existing:
                 continue
-            if skip := _skip(existing, claimant, now):
-                return skip
+            if held := _held(existing, claimant, now):
+                return held
             try:
                 attributes = self._count_attempt(obj, now, priority, claimant)
             except ClientError as error:
                 existing = condition_failed_item(error)
-                if existing is not None and (skip := _skip(existing, claimant, now)):
-                    return skip
+                if existing is not None and (held := _held(existing, claimant, now)):
+                    return held
                 continue
             return Registration("process", int(attributes["attempts"]), FileState(attributes["state"]))
         raise MetadataConflict(f"{obj.id}: could not register (item changing under us)")
+
+    def _claim_until(self, now: datetime) -> int:
+        return _epoch(now) + self._claim_seconds
 
     def _put_new(
         self, obj: ObjectRef, now: datetime, priority: int | None, claimant: str | None
@@ -131,7 +147,7 @@ class MetadataStore:
             item["priority"] = priority
         if claimant is not None:
             item["claimed_by"] = claimant
-            item["claim_expires_at"] = _claim_expiry(now)
+            item["claim_expires_at"] = self._claim_until(now)
         try:
             self._table.put_item(
                 Item=item,
@@ -158,7 +174,7 @@ class MetadataStore:
             condition += f" AND {CLAIM_FREE}"
             values |= {
                 ":claimant": claimant,
-                ":claim_until": _claim_expiry(now),
+                ":claim_until": self._claim_until(now),
                 ":received": FileState.RECEIVED.value,
                 ":failed": FileState.FAILED.value,
                 ":epoch": _epoch(now),
@@ -212,7 +228,7 @@ class MetadataStore:
             ":now": iso(now),
             ":fresh": Checkpoint(header=header).model_dump(),
             ":zero": 0,
-            ":claim_until": _claim_expiry(now),
+            ":claim_until": self._claim_until(now),
             **FINISHED_VALUES,
         }
         attributes = self._transition(obj, update, values)
@@ -233,7 +249,7 @@ class MetadataStore:
         values = {
             ":processing": FileState.PROCESSING.value,
             ":now": iso(now),
-            ":claim_until": _claim_expiry(now),
+            ":claim_until": self._claim_until(now),
             ":checkpoint": checkpoint.model_dump(),
             ":total": counts.total,
             ":delivered": counts.delivered,
@@ -313,12 +329,9 @@ def _epoch(now: datetime) -> int:
     return int(now.timestamp())
 
 
-def _claim_expiry(now: datetime) -> int:
-    return _epoch(now) + CLAIM_SECONDS
-
-
-def _skip(item: dict, claimant: str | None, now: datetime) -> Registration | None:
-    """Why `claimant` must not process this item (finished, or another message's live claim), or None.
+def _held(item: dict, claimant: str | None, now: datetime) -> Registration | None:
+    """Why `claimant` must not process this item now (finished: skip; another message's live
+    claim: defer until it expires), or None.
 
     The claim part mirrors CLAIM_FREE: it reads the item a failed write returned, which the
     condition judged with the same `now`.
@@ -328,13 +341,13 @@ def _skip(item: dict, claimant: str | None, now: datetime) -> Registration | Non
     if state.finished:
         return Registration("skip", attempt, state, reason=f"already {state.value}")
     holder = item.get("claimed_by")
-    if (
-        claimant is None
-        or holder in (None, claimant)
-        or state is FileState.FAILED
-        or item.get("claim_expires_at", 0) <= _epoch(now)
-    ):
+    expires = int(item.get("claim_expires_at", 0))
+    if claimant is None or holder in (None, claimant) or state is FileState.FAILED or expires <= _epoch(now):
         return None
     return Registration(
-        "skip", attempt, state, reason=f"duplicate event: object version in progress under message {holder}"
+        "defer",
+        attempt,
+        state,
+        reason=f"duplicate event: object version in progress under message {holder}",
+        defer_seconds=min(expires - _epoch(now) + DEFER_MARGIN_SECONDS, MAX_VISIBILITY_SECONDS),
     )

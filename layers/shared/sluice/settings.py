@@ -43,18 +43,23 @@ class PlanSettings(Settings):
     default_priority: int = Field(default=5, ge=0, le=9)
 
 
-class RegisterSettings(Settings):
+class MetadataSettings(Settings):
+    """What every function that writes the metadata table reads: the table and the claim's length."""
+
     metadata_table: str
+    claim_seconds: int = Field(default=900, ge=10, le=43_200)  # docs/metadata.md, The claim
 
 
-class ValidateSettings(Settings):
-    metadata_table: str
+class RegisterSettings(MetadataSettings):
+    """RegisterObject reads nothing more."""
+
+
+class ValidateSettings(MetadataSettings):
     row_schema: str = "orders-v1"
     max_file_bytes: int = Field(default=5 * 1024**3, ge=1)
 
 
-class ProcessSettings(Settings):
-    metadata_table: str
+class ProcessSettings(MetadataSettings):
     control_table: str
     idempotency_table: str
     processed_bucket: str

@@ -1038,7 +1038,7 @@ def alarms_on(alarms: dict[str, dict], namespace: str, metric: str, dimension: A
 
 
 def test_every_alarm_goes_to_the_alert_topic(alarms: dict[str, dict]) -> None:
-    assert len(alarms) == 9 + 3 * len(FUNCTIONS)  # the components below, three per function
+    assert len(alarms) == 11 + 3 * len(FUNCTIONS)  # the components below, three per function
     for name, alarm in alarms.items():
         assert alarm["AlarmActions"] == [{"Ref": "AlertTopic"}], name
         assert alarm["OKActions"] == [{"Ref": "AlertTopic"}], name
@@ -1067,6 +1067,16 @@ def test_issue_5_every_component_has_its_alarm(alarms: dict[str, dict]) -> None:
         "Dispatcher executions timed out": ("AWS/States", "ExecutionsTimedOut", "DispatcherStateMachine"),
         "Dispatcher executions throttled": ("AWS/States", "ExecutionThrottled", "DispatcherStateMachine"),
         "Downstream API throttling": ("Sluice", "ApiThrottles", None),  # dimension service=sluice
+        "Dynatrace metric delivery behind": (
+            "AWS/Firehose",
+            "DeliveryToHttpEndpoint.DataFreshness",
+            "DynatraceDeliveryStream",
+        ),
+        "Splunk log delivery behind": (
+            "AWS/Firehose",
+            "DeliveryToSplunk.DataFreshness",
+            "SplunkDeliveryStream",
+        ),
     }
     for name in FUNCTIONS:
         expected[f"{name} errors"] = ("AWS/Lambda", "Errors", name)
@@ -1121,6 +1131,23 @@ def test_queues_are_watched_for_depth_age_and_dead_letters(alarms: dict[str, dic
         name = {"Fn::GetAtt": [queue, "QueueName"]}
         (not_empty,) = alarms_on(alarms, "AWS/SQS", "ApproximateNumberOfMessagesVisible", name)
         assert (not_empty["ComparisonOperator"], not_empty["Threshold"]) == ("GreaterThanThreshold", 0), queue
+
+
+@pytest.mark.parametrize(
+    ("alarm_id", "condition", "stream"),
+    [
+        ("DynatraceDeliveryFreshnessAlarm", "DynatraceOn", "DynatraceDeliveryStream"),
+        ("SplunkDeliveryFreshnessAlarm", "SplunkOn", "SplunkDeliveryStream"),
+    ],
+)
+def test_each_delivery_stream_is_watched_only_when_it_exists(
+    resources: dict, alarm_id: str, condition: str, stream: str
+) -> None:
+    # AWS's recommended Firehose alarm: the oldest record held longer than 15 minutes
+    assert resources[alarm_id]["Condition"] == resources[stream]["Condition"] == condition
+    alarm = resources[alarm_id]["Properties"]
+    assert alarm["MetricName"].endswith(".DataFreshness")
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 900)
 
 
 @pytest.mark.parametrize("metric", ["ExecutionsFailed", "ExecutionsTimedOut", "ExecutionThrottled"])
@@ -1202,7 +1229,9 @@ def test_dashboard_shows_the_dynatrace_dashboards_metrics_and_the_concurrency_se
     assert {("Sluice", name) for name in (*sluice, "ConcurrencySetting")} <= shown
 
 
-def test_dashboard_shows_every_queue_the_dispatcher_and_every_function(dashboard: dict, alarms: dict) -> None:
+def test_dashboard_shows_every_queue_the_dispatcher_and_every_function(
+    dashboard: dict, alarms: dict, resources: dict
+) -> None:
     shown = dashboard_metrics(dashboard)
     assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "IngestQueue.QueueName") in shown
     assert ("AWS/SQS", "ApproximateAgeOfOldestMessage", "IngestQueue.QueueName") in shown
@@ -1214,7 +1243,11 @@ def test_dashboard_shows_every_queue_the_dispatcher_and_every_function(dashboard
         for metric in ("Errors", "Invocations", "Throttles", "Duration"):
             assert ("AWS/Lambda", metric, name) in shown, (name, metric)
     (alarm_widget,) = [w for w in dashboard["widgets"] if w["type"] == "alarm"]
-    assert {arn.removesuffix(".Arn") for arn in alarm_widget["properties"]["alarms"]} == alarms.keys()
+    # every alarm the stack always has; a Dynatrace or Splunk delivery alarm exists only with its
+    # stream, and the dashboard's body cannot name an alarm that may not exist
+    always = {name for name in alarms if "Condition" not in resources[name]}
+    assert always == alarms.keys() - {"DynatraceDeliveryFreshnessAlarm", "SplunkDeliveryFreshnessAlarm"}
+    assert {arn.removesuffix(".Arn") for arn in alarm_widget["properties"]["alarms"]} == always
 
 
 # ------------------------------------------------------------------------ Dynatrace and Splunk (issue 5)

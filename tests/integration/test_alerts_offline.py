@@ -69,8 +69,9 @@ def test_an_invalid_file_is_announced_by_an_email_naming_it_the_reason_and_what_
     assert "customer_email" in item["reason"]
     assert obj.id in body
     assert "Stage:" in body
-    assert "sluice status" in body  # the commands that help
-    assert "ValidateObjectFunction" in body  # whose logs say why
+    assert "sluice status" in body  # the commands that help, as they run offline
+    assert "sluice logs -f ValidateObjectFunction" in body  # whose logs say why
+    assert "--stack-name" not in body  # there is no CloudFormation stack offline
     assert mail.to == pipeline_stack.parameters["AlertRecipients"]
     assert mail.message["From"] == pipeline_stack.parameters["AlertSender"]
     # Sent with no AUTH and no password secret: the sink offers neither, and the mail came.
@@ -104,6 +105,7 @@ def test_a_file_that_fails_for_good_is_announced_with_the_redrive_that_brings_it
     assert f"received {MAX_RECEIVE_COUNT} time(s)" in body  # the last delivery before the DLQ
     assert "IngestDLQ" in body
     assert "sluice redrive --source ingest-dlq --dry-run" in body
+    assert "--stack-name" not in body
     assert "ProcessObjectFunction" in body
     assert item["error"].split(":", 1)[0] in body  # the error the state machine caught
     assert emails_with(pipeline_stack, subject) == 1  # one alert, on the last receive only

@@ -187,6 +187,9 @@ class OfflineStack:
             region=self.region,
             max_workers=self._max_workers,
             destination_sender=self._send_to_destination,
+            # No CloudFormation stack to name offline: the commands an alert email suggests are then
+            # the offline ones (`sluice status`, `sluice logs -f …`), not `--stack-name sluice-local`.
+            extra_environment={"STACK_NAME": ""},
         )
         self.server = EmulatorServer(self.runtime, port=self._port)
         port = self.server.bind()

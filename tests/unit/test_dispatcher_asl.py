@@ -273,14 +273,19 @@ def test_an_event_for_a_version_another_message_holds_is_deferred_not_deleted(st
 def test_files_in_flight_never_exceed_the_live_concurrency_within_its_bounds(
     make_stack: StackFactory, setting: str, bound: int
 ) -> None:
-    # GIVEN four files, the live setting, bounds 2..3, and files that take a while
+    # GIVEN four files, the live setting, bounds 2..3, and files that stay in flight until the
+    # bound is reached once (or 5 s): how far the Map goes is then its concurrency, not the timing
+    # of a busy machine
     stack = make_stack(ConcurrencyMin="2", ConcurrencyMax="3")
     stack.ssm.put_parameter(Name=stack.parameter, Value=setting, Type="String", Overwrite=True)
     stack.rounds_per_execution = 10
     real = stack.process
 
     def slow(payload: dict) -> dict:
-        time.sleep(0.2)
+        deadline = time.monotonic() + 5
+        while stack.functions.max_in_flight["ProcessObject"] < bound and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)  # a Map over its bound would start another one meanwhile
         return real(payload)
 
     stack.functions.handlers["ProcessObject"] = slow

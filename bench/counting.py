@@ -213,6 +213,19 @@ def state_transitions(history_events: Iterable[dict[str, Any]]) -> int:
     return entered + max(0, scheduled - task_entries)
 
 
+def overlapping(executions: Iterable[dict[str, Any]], window: tuple[float, float]) -> list[dict[str, Any]]:
+    """The executions (ListExecutions entries) that ran during `window` (epoch seconds): started
+    before it ended and not stopped before it began. One started by the scheduler just before the
+    uploads may do all of a run's work (the seed design's long rounds do): leaving it out counted
+    no transitions at all. Its few idle rounds before the window are counted with it."""
+    return [
+        e
+        for e in executions
+        if e["startDate"].timestamp() <= window[1]
+        and (e.get("stopDate") is None or e["stopDate"].timestamp() >= window[0])
+    ]
+
+
 def execution_history(sfn: Any, execution_arn: str) -> Iterator[dict[str, Any]]:
     token: str | None = None
     while True:

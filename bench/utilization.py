@@ -46,6 +46,7 @@ from bench.counting import (
     RequestCounter,
     execution_history,
     invocations,
+    overlapping,
     state_transitions,
     utilization_figures,
 )
@@ -425,16 +426,11 @@ class Run:
 
     def data_path_counts(self, *, rows: int, window: tuple[float, float]) -> dict[str, Any]:
         """The run's usage: everything it did but the ScaleConcurrency schedule (fixed cost).
-        Executions count when they started within `window` (epoch seconds): from the uploads to
-        the end of the drain, not the idle ones the scheduler started before."""
+        Executions count when they ran during `window` (epoch seconds): from the uploads to the
+        end of the drain, not the idle ones that ended before it."""
         sfn = self.clients["stepfunctions"]
         pages = sfn.get_paginator("list_executions").paginate(stateMachineArn=self.stack.state_machine_arn())
-        executions = [
-            e
-            for page in pages
-            for e in page["executions"]
-            if window[0] <= e["startDate"].timestamp() <= window[1]
-        ]
+        executions = overlapping((e for page in pages for e in page["executions"]), window)
         transitions = sum(state_transitions(execution_history(sfn, e["executionArn"])) for e in executions)
         calls = self.invocations()
         scale_runs = sum(1 for c in calls if c.function == SCALE_FUNCTION)

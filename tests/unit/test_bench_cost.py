@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -51,6 +52,7 @@ from bench.counting import (  # noqa: E402
     RequestCounter,
     identify,
     invocations,
+    overlapping,
     parse_report,
     state_transitions,
     utilization_figures,
@@ -475,3 +477,21 @@ def test_the_table_shows_the_ramp_run_and_dates_a_carried_memory_figure() -> Non
     value, how = rows["Memory: peak RSS, 1.00 GiB file"]
     assert value == "120 MB of 256 MB"
     assert how.endswith("ru_maxrss; the run of 2026-11-22T06:00:00+00:00")
+
+
+def test_an_execution_counts_when_it_ran_during_the_window_even_if_it_started_before() -> None:
+    # GIVEN the uploads at t=100 and the drain's end at t=200
+    def at(seconds: float) -> datetime:
+        return datetime.fromtimestamp(seconds, UTC)
+
+    executions = [
+        {"name": "idle-before", "startDate": at(40), "stopDate": at(42)},
+        {"name": "started-just-before", "startDate": at(97), "stopDate": at(180)},  # did the work
+        {"name": "inside", "startDate": at(120), "stopDate": at(130)},
+        {"name": "still-running", "startDate": at(150)},
+        {"name": "after", "startDate": at(205), "stopDate": at(206)},
+    ]
+
+    # THEN only those that ran between the two count
+    counted = [e["name"] for e in overlapping(executions, (100.0, 200.0))]
+    assert counted == ["started-just-before", "inside", "still-running"]

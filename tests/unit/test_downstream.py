@@ -12,6 +12,7 @@ import pytest
 from datapath_support import ApiServer, Received, Reply, create_tables
 from moto import mock_aws
 
+from sluice import downstream, ratelimit
 from sluice.downstream import (
     DeliveryAbandoned,
     DownstreamClient,
@@ -325,6 +326,28 @@ def test_client_from_settings_without_api_url_uses_the_simulated_api() -> None:
         )
 
         assert client.deliver(ROW, KEY).answer == {"status": "accepted", "id": f"sim-{KEY[:16]}"}
+
+
+def test_the_pacing_tolerates_the_configured_lateness(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a downstream reached over a jittery network: up to 250 ms from slot to arrival
+    built: list[tuple[dict[str, Any], ratelimit.RateLimiter]] = []
+
+    def spy(table: Any, **kwargs: Any) -> ratelimit.RateLimiter:
+        limiter = ratelimit.shared_limiter(table, **kwargs)
+        built.append((kwargs, limiter))
+        return limiter
+
+    monkeypatch.setattr(downstream, "shared_limiter", spy)
+    with mock_aws():
+        table = create_tables()["ControlTable"]
+        client_from_settings(settings(api_rate_limit=10, api_rate_lateness_seconds=0.25), table)
+
+    # THEN the stack's bucket paces for it, and a thread waking more than half of it late forfeits
+    ((kwargs, limiter),) = built
+    assert kwargs == {"limit": 10.0, "lateness_seconds": 0.25}
+    assert limiter.wake_tolerance == pytest.approx(0.125)
+    # and without the setting, the default the pacing proof in ratelimit.py is written for
+    assert settings().api_rate_lateness_seconds == ratelimit.DEFAULT_LATENESS_SECONDS
 
 
 def test_once_stopped_a_failed_row_is_abandoned_instead_of_retried() -> None:

@@ -279,5 +279,9 @@ def client_from_settings(settings: ProcessSettings, control_table: Any) -> Downs
         backoff_max_seconds=settings.api_backoff_max_seconds,
     )
     return DownstreamClient(
-        transport, shared_limiter(control_table, limit=settings.api_rate_limit), policy=policy
+        transport,
+        shared_limiter(
+            control_table, limit=settings.api_rate_limit, lateness_seconds=settings.api_rate_lateness_seconds
+        ),
+        policy=policy,
     )

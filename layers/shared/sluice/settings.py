@@ -10,6 +10,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sluice.ratelimit import DEFAULT_LATENESS_SECONDS
+
 
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -66,6 +68,8 @@ class ProcessSettings(MetadataSettings):
     row_schema: str = "orders-v1"
     api_url: str = ""  # empty: the simulated API of seed 002, in-process
     api_rate_limit: float = Field(default=50.0, gt=0)  # requests per second, for the whole stack
+    # slot → arrival at the API the pacing tolerates; it sends at api_rate_limit / (1 + this)
+    api_rate_lateness_seconds: float = Field(default=DEFAULT_LATENESS_SECONDS, ge=0, le=1)
     api_concurrency: int = Field(default=16, ge=1)  # requests in flight in one invocation
     api_timeout_seconds: float = Field(default=10.0, gt=0)
     api_max_attempts: int = Field(default=5, ge=1)

@@ -35,9 +35,12 @@ setup: .venv/.installed $(SAM) ## install the project and the SAM CLI (uv, Pytho
 run: setup ## the main job, offline: generate files, run them through the stack, print the summary
 	.venv/bin/sluice run
 
-lint: setup ## ruff lint and format check, cfn-lint, sam validate (plain and --lint)
+lint: setup ## ruff lint and format check, mypy, cfn-lint, sam validate (plain and --lint)
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	.venv/bin/mypy layers/shared/sluice src/sluice_cli bench loadtest
+	# every handler is an app.py: one mypy run each, or their module names collide
+	for handler in functions/*/app.py; do .venv/bin/mypy --explicit-package-bases $$handler || exit 1; done
 	.tools/sam/bin/cfn-lint template.yaml
 	$(SAM) validate --template template.yaml
 	$(SAM) validate --lint --template template.yaml

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 import shlex
@@ -24,6 +25,10 @@ from samtranslator.yaml_helper import yaml_parse
 
 ARTIFACT_BUCKET = "sluice-offline-artifacts"
 DEFAULT_LOCAL_STACK_NAME = "sluice-local"
+
+# samtranslator counts its own usage metrics for a publisher the CLI never gives it, and warns
+# "There are unpublished metrics" when they are garbage-collected: noise in every stack start.
+logging.getLogger("samtranslator.metrics.metrics").setLevel(logging.ERROR)
 
 
 class TemplateError(Exception):

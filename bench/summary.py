@@ -191,7 +191,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             (
                 f"Memory: peak RSS, {size:.2f} GiB file",
                 f"{memory['peak_rss_mb']:.0f} MB of {memory['memory_size_mb']} MB",
-                f"{memory['segments']} invocations, {memory['rows_processed']:,} rows, ru_maxrss{when}",
+                f"{memory['segments']} invocations, {memory['rows_processed']:,} rows, VmHWM{when}",
             ),
             (
                 "Memory: time for the file",

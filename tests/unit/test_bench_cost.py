@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,7 @@ from bench.counting import (  # noqa: E402
     utilization_figures,
 )
 from bench.load import locust_summary, seconds_of  # noqa: E402
+from bench.memory_worker import peak_rss_mb  # noqa: E402
 from bench.summary import table_rows  # noqa: E402
 
 # -- prices and the cost model ---------------------------------------------------------------------
@@ -476,7 +478,7 @@ def test_the_table_shows_the_ramp_run_and_dates_a_carried_memory_figure() -> Non
     # and the memory figure says which run it came from
     value, how = rows["Memory: peak RSS, 1.00 GiB file"]
     assert value == "120 MB of 256 MB"
-    assert how.endswith("ru_maxrss; the run of 2026-11-22T06:00:00+00:00")
+    assert how.endswith("VmHWM; the run of 2026-11-22T06:00:00+00:00")
 
 
 def test_an_execution_counts_when_it_ran_during_the_window_even_if_it_started_before() -> None:
@@ -495,3 +497,25 @@ def test_an_execution_counts_when_it_ran_during_the_window_even_if_it_started_be
     # THEN only those that ran between the two count
     counted = [e["name"] for e in overlapping(executions, (100.0, 200.0))]
     assert counted == ["started-just-before", "inside", "still-running"]
+
+
+def test_the_peak_is_read_from_the_processs_own_high_water_mark(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t 1212272 kB\nVmHWM:\t   93272 kB\nVmRSS:\t   90000 kB\n")
+
+    assert peak_rss_mb(status) == pytest.approx(91.1, abs=0.05)
+
+
+def test_a_worker_does_not_report_its_parents_memory_as_its_own() -> None:
+    # GIVEN a parent holding 300 MB when it starts the worker (as the bench process holds its own)
+    ballast = b"x" * (300 * 1024**2)
+    code = "from bench.memory_worker import peak_rss_mb; print(peak_rss_mb())"
+
+    # WHEN the child reads its peak
+    child = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True, timeout=60
+    )
+
+    # THEN it is the child's own few MB, not the parent's 300 (ru_maxrss said 300+ here)
+    assert len(ballast) == 300 * 1024**2
+    assert float(child.stdout) < 100

@@ -735,6 +735,8 @@ def test_a_claim_outlives_the_longest_gap_between_two_renewals(sam: dict) -> Non
     )
     # a deferred message waits out the claim under one ChangeMessageVisibility
     assert claim["MaxValue"] <= metadata.MAX_VISIBILITY_SECONDS
+    bounds = settings.MetadataSettings.model_fields["claim_seconds"].metadata
+    assert any(getattr(bound, "le", None) == metadata.MAX_VISIBILITY_SECONDS for bound in bounds)
     assert sam["Globals"]["Function"]["Environment"]["Variables"]["CLAIM_SECONDS"] == {"Ref": "ClaimSeconds"}
 
 

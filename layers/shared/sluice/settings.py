@@ -49,7 +49,10 @@ class MetadataSettings(Settings):
     """What every function that writes the metadata table reads: the table and the claim's length."""
 
     metadata_table: str
-    claim_seconds: int = Field(default=900, ge=10, le=43_200)  # docs/metadata.md, The claim
+    # docs/metadata.md, The claim: metadata.CLAIM_SECONDS, at most metadata.MAX_VISIBILITY_SECONDS
+    # (written out: importing metadata would load boto3 into PlanBatch's cold start; test_template
+    # checks they agree)
+    claim_seconds: int = Field(default=900, ge=10, le=43_200)
 
 
 class RegisterSettings(MetadataSettings):

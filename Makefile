@@ -11,6 +11,9 @@ export SAM_CLI_TELEMETRY := 0
 # The SAM CLI pins its own boto3 and click, so it lives in its own environment.
 SAM := $(CURDIR)/.tools/sam/bin/sam
 SAM_VERSION := 1.170.0
+# The AWS CLI the tests drive the offline stack with (v1, PyPI's; its own environment too).
+AWS_CLI := $(CURDIR)/.tools/awscli/bin/aws
+AWS_CLI_VERSION := 1.46.3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/uv/bin/uv)
 PYTEST_ARGS ?=
 
@@ -32,8 +35,13 @@ $(SAM): | $(UV)
 
 setup: .venv/.installed $(SAM) ## install the project and the SAM CLI (uv, Python 3.13)
 
-# The judges nobody on the team wrote: stock nginx (limit_req) as a rate-limited downstream.
-setup-judges: ## install nginx from the distribution if it is missing (apt; root or sudo)
+$(AWS_CLI): | $(UV)
+	$(UV) venv -q --python $(PY313) .tools/awscli
+	$(UV) pip install -q --compile-bytecode --python .tools/awscli/bin/python awscli==$(AWS_CLI_VERSION)
+
+# The judges nobody on the team wrote: stock nginx (limit_req) as a rate-limited downstream, and
+# the real AWS CLI against the offline stack.
+setup-judges: $(AWS_CLI) ## install nginx (apt, if missing; root or sudo) and the AWS CLI the tests use
 	@command -v nginx >/dev/null || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx >/dev/null; }

@@ -5,6 +5,8 @@ SHELL := /bin/bash
 # Python 3.13: pyenv's if there is one, else python3.13 on PATH. sam build finds the
 # runtime's interpreter on PATH, so its directory goes first.
 PY313 ?= $(shell PYENV_VERSION=3.13.0 pyenv which python3.13 2>/dev/null || command -v python3.13)
+REQUIRE_PY313 = @test -n "$(PY313)" || { echo >&2 "Python 3.13 not found: install it (pyenv install 3.13.0, or your \
+	distribution's python3.13) so that 'python3.13' is on PATH, or pass PY313=/path/to/python3.13"; exit 1; }
 export PATH := $(dir $(PY313)):$(CURDIR)/.venv/bin:$(PATH)
 export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
@@ -17,7 +19,11 @@ AWS_CLI_VERSION := 1.46.3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/uv/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-judges run test lint format build unit integration bench load clean
+# The layer's pins, exported from uv.lock: the deployed layer runs the versions the tests ran.
+LAYER_REQUIREMENTS = { echo '\# Exported from uv.lock by `make layer-requirements` (group "layer" in pyproject.toml).'; \
+	$(UV) export --frozen --only-group layer --no-hashes --no-emit-project --no-header; }
+
+.PHONY: help setup setup-judges layer-requirements sam run test lint format build unit integration bench load clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,16 +32,19 @@ $(UV):
 	python3 -m venv $(CURDIR)/.tools/uv && $(CURDIR)/.tools/uv/bin/pip install -q uv
 
 .venv/.installed: pyproject.toml uv.lock | $(UV)
+	$(REQUIRE_PY313)
 	$(UV) sync --frozen --python $(PY313) --compile-bytecode
 	touch $@
 
 $(SAM): | $(UV)
+	$(REQUIRE_PY313)
 	$(UV) venv -q --seed --python $(PY313) .tools/sam
 	$(UV) pip install -q --compile-bytecode --python .tools/sam/bin/python aws-sam-cli==$(SAM_VERSION)
 
 setup: .venv/.installed $(SAM) ## install the project and the SAM CLI (uv, Python 3.13)
 
 $(AWS_CLI): | $(UV)
+	$(REQUIRE_PY313)
 	$(UV) venv -q --python $(PY313) .tools/awscli
 	$(UV) pip install -q --compile-bytecode --python .tools/awscli/bin/python awscli==$(AWS_CLI_VERSION)
 
@@ -50,7 +59,15 @@ setup-judges: $(AWS_CLI) ## install nginx (apt, if missing; root or sudo) and th
 run: setup ## the main job, offline: generate files, run them through the stack, print the summary
 	.venv/bin/sluice run
 
-lint: setup ## ruff lint and format check, mypy, cfn-lint, sam validate (plain and --lint)
+layer-requirements: ## write layers/shared/requirements.txt from uv.lock (after changing the "layer" group)
+	@$(LAYER_REQUIREMENTS) > layers/shared/requirements.txt
+
+sam: setup ## the pinned SAM CLI: make sam ARGS="deploy --guided" (or put .tools/sam/bin on PATH)
+	$(SAM) $(ARGS)
+
+lint: setup ## ruff lint and format check, mypy, cfn-lint, sam validate (plain and --lint), layer pins
+	@diff <($(LAYER_REQUIREMENTS)) layers/shared/requirements.txt \
+	  || { echo "layers/shared/requirements.txt is not uv.lock's: run make layer-requirements"; exit 1; }
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy layers/shared/sluice src/sluice_cli bench loadtest

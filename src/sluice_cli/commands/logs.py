@@ -3,14 +3,22 @@
 The Lambda runtime writes one JSON object per line to `.sluice/logs/<FunctionLogicalId>.log`:
 Powertools' records as the function printed them, awslambdaric's error records, and the runtime's
 own START / END / REPORT lines.
+
+Two writers, two timestamp formats (Powertools' "2026-12-02 15:22:18,009+0000", the runtime's ISO
+"2026-12-02T15:22:17.859Z"): records are merged on the instant each one names, not on its text.
+An idle offline stack still runs a dispatcher tick every few seconds, so the runtime's
+START/END/REPORT lines and metric documents are hidden unless `--all` asks for them, and
+`--filter`, `--level` and `--since` narrow the rest, as `sam logs` does.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,6 +65,54 @@ def record_fields(record: dict[str, Any]) -> tuple[str, str, str]:
     if extras:
         message = f"{message} {json.dumps(extras, default=str, separators=(',', ':'))}"
     return timestamp, level, message
+
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+NOISE_LEVELS = frozenset({"PLATFORM", "METRIC"})  # the runtime's START/END/REPORT, metric documents
+_SINCE = re.compile(r"^(?P<amount>\d+)(?P<unit>[smhd])$")
+_SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def record_time(timestamp: str) -> float:
+    """Epoch seconds of either writer's timestamp; 0 for one that cannot be read (sorted first)."""
+    text = timestamp.strip().replace(",", ".").replace("Z", "+00:00")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return 0.0
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def since_seconds(value: str) -> float:
+    """'90s', '5m', '2h', '1d' → seconds."""
+    match = _SINCE.match(value.strip())
+    if match is None:
+        raise typer.BadParameter(f"--since {value!r}: a number and a unit, s, m, h or d (e.g. 5m)")
+    return int(match["amount"]) * _SECONDS_PER_UNIT[match["unit"]]
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which records to print: `sam logs`-like narrowing, and the idle tick's noise hidden by default."""
+
+    text: str | None = None  # case-insensitive substring of the message
+    min_level: str | None = None  # one of LEVELS
+    since: float | None = None  # epoch seconds
+    show_noise: bool = False
+
+    def keep(self, record: dict[str, Any]) -> bool:
+        timestamp, level, message = record_fields(record)
+        if level in NOISE_LEVELS:
+            return self.show_noise
+        if self.min_level and LEVELS.index(self.min_level) > LEVELS.index(_level_rank(level)):
+            return False
+        if self.since is not None and record_time(timestamp) < self.since:
+            return False
+        return self.text is None or self.text.lower() in message.lower()
+
+
+def _level_rank(level: str) -> str:
+    return level if level in LEVELS else "INFO"
 
 
 def format_record(function: str, record: dict[str, Any]) -> str:
@@ -117,7 +173,7 @@ def _records(tail: _Tail) -> Iterator[tuple[str, dict[str, Any], str]]:
         yield tail.function, record, line
 
 
-def logs(
+def logs(  # noqa: PLR0917 - typer reads the options from the signature
     function: Annotated[
         str | None, typer.Argument(help="Logical id (or its start, e.g. ProcessObject).")
     ] = None,
@@ -125,9 +181,27 @@ def logs(
         bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C to stop).")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON lines.")] = False,
+    text: Annotated[
+        str | None, typer.Option("--filter", help="Only records whose message contains this (any case).")
+    ] = None,
+    level: Annotated[
+        str | None, typer.Option(help=f"Only records at this level or above: {', '.join(LEVELS)}.")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Only records of the last 90s, 5m, 2h, 1d.")] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also the runtime's START/END/REPORT lines and metric documents.")
+    ] = False,
     state_dir: Annotated[Path, typer.Option(help="The offline stack's state directory.")] = DEFAULT_STATE_DIR,
 ) -> None:
     """The offline stack's function logs: timestamp, function, level, message."""
+    if level is not None and level.upper() not in LEVELS:
+        raise typer.BadParameter(f"--level {level!r}: one of {', '.join(LEVELS)}")
+    wanted = LogFilter(
+        text=text,
+        min_level=level.upper() if level else None,
+        since=time.time() - since_seconds(since) if since else None,
+        show_noise=show_all,
+    )
     log_dir = state_dir / "logs"
     console = Console(highlight=False, soft_wrap=True)
     tails: dict[Path, _Tail] = {}
@@ -135,8 +209,8 @@ def logs(
     def emit_new() -> None:
         for path in select_files(log_dir, function) if log_dir.is_dir() else []:
             tails.setdefault(path, _Tail(path))
-        batch = [entry for tail in tails.values() for entry in _records(tail)]
-        batch.sort(key=lambda entry: record_fields(entry[1])[0])  # one merged timeline
+        batch = [entry for tail in tails.values() for entry in _records(tail) if wanted.keep(entry[1])]
+        batch.sort(key=lambda entry: record_time(record_fields(entry[1])[0]))  # one merged timeline
         for name, record, line in batch:
             if as_json:
                 typer.echo(line)

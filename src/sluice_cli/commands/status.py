@@ -92,23 +92,26 @@ def status(
     if as_json:
         typer.echo(json.dumps(records, indent=2, default=str))
         return
+    Console().print(status_table(records))
+
+
+def status_table(records: list[dict[str, Any]]) -> Table:
+    """Key and error share what the terminal has left: at 80 columns neither may vanish (rich gives
+    a column without a minimum width nothing when the row is too wide), so the counts are one
+    compact column and the version goes under its key."""
     table = Table(title=f"{len(records)} object version(s)")
-    table.add_column("key", overflow="fold")
-    table.add_column("version", max_width=10, no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    for column in ("rows", "delivered", "rejected", "attempts"):
-        table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("error", overflow="fold")
+    table.add_column("key / version", overflow="fold", min_width=16, ratio=3)
+    table.add_column("state", overflow="fold", min_width=9)
+    table.add_column("rows ok/rej/all", justify="right", overflow="fold", max_width=10)
+    table.add_column("try", justify="right", no_wrap=True)
+    table.add_column("error", overflow="fold", min_width=12, ratio=2)
     for record in records:
         state = record["state"] or "?"
         table.add_row(
-            str(record["key"]),
-            record["version_id"] or "null",
+            f"{record['key']}\n[dim]{record['version_id'] or 'null'}[/]",
             f"[{STATE_STYLES.get(state, 'white')}]{state}[/]",
-            str(record["rows_total"]),
-            str(record["rows_delivered"]),
-            str(record["rows_rejected"]),
+            f"{record['rows_delivered']}/{record['rows_rejected']}/{record['rows_total']}",
             str(record["attempts"]),
             record["error"] or "",
         )
-    Console().print(table)
+    return table

@@ -49,7 +49,9 @@ def test_logs_show_the_functions_structured_lines(pipeline_stack: OfflineStack) 
     obj = upload(pipeline_stack, unique_key("logs"), orders_csv_bytes(3, seed=21)[0])
     wait_for_state(pipeline_stack, obj, {"SUCCEEDED"})
 
-    result = runner.invoke(app, ["logs", "RegisterObject", "--state-dir", str(pipeline_stack.state_dir)])
+    result = runner.invoke(
+        app, ["logs", "RegisterObject", "--all", "--state-dir", str(pipeline_stack.state_dir)]
+    )
 
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if "RegisterObjectFunction" in line]

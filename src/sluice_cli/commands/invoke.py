@@ -16,7 +16,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -50,6 +50,42 @@ def _running_stack_functions(outputs: Path) -> tuple[dict[str, FunctionSpec], st
     return {logical_id: spec_from_json(item) for logical_id, item in data.items()}, endpoint
 
 
+def event_buckets(value: Any) -> set[str]:
+    """Every S3 bucket an event names: `"bucket": "name"`, S3/EventBridge's `"bucket": {"name": …}`,
+    also inside an SQS message's JSON `body`."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "bucket" and isinstance(item, str):
+                found.add(item)
+            elif key == "bucket" and isinstance(item, dict) and isinstance(item.get("name"), str):
+                found.add(item["name"])
+            elif key == "body" and isinstance(item, str):
+                with contextlib.suppress(ValueError):
+                    found |= event_buckets(json.loads(item))
+            else:
+                found |= event_buckets(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= event_buckets(item)
+    return found
+
+
+def _check_event_fits_stack(payload: bytes, outputs: Path) -> None:
+    """A sample event names a bucket of its own: run against a stack without it, ValidateObject would
+    record the file INVALID ("not found") in the stack's table for a file nobody uploaded there."""
+    stack = json.loads(outputs.read_text(encoding="utf-8"))
+    buckets = {value for name, value in stack.items() if name.endswith("BucketName")}
+    unknown = sorted(event_buckets(json.loads(payload)) - buckets)
+    if unknown:
+        raw = stack.get("RawBucketName", "?")
+        raise typer.BadParameter(
+            f"the event names bucket(s) {', '.join(unknown)}, which the running stack does not have: "
+            f"upload the file to it (aws s3 cp FILE s3://{raw}/incoming/ --endpoint-url "
+            f"{stack.get('EndpointUrl')}) and put that bucket, key and version in the event"
+        )
+
+
 def _read_event(event: str | None) -> bytes:
     if event is None:
         return b"{}"
@@ -78,6 +114,7 @@ def invoke(
     running = None if endpoint_url or parameter_overrides else _running_stack_functions(outputs)
     if running is not None:
         functions, endpoint = running
+        _check_event_fits_stack(payload, outputs)
         typer.echo(f"Using the running offline stack at {endpoint}", err=True)
     else:
         endpoint = endpoint_url or NOWHERE
@@ -110,7 +147,20 @@ def invoke(
         runtime.stop()
     body = result.payload.decode("utf-8", errors="replace")
     with contextlib.suppress(ValueError):  # a handler may answer something that is not JSON
-        body = json.dumps(json.loads(body), indent=2)
+        answer = json.loads(body)
+        if endpoint == NOWHERE and _called_aws(answer):
+            # Not the handler's fault: say what to do instead of printing botocore's stack.
+            answer.pop("stackTrace", None)
+            typer.echo(
+                f"{spec.logical_id} called AWS, and no offline stack is running: start one with "
+                "`sluice local up` (then invoke again), or send its calls elsewhere with --endpoint-url.",
+                err=True,
+            )
+        body = json.dumps(answer, indent=2)
     typer.echo(body)
     if result.function_error:
         raise typer.Exit(code=1)
+
+
+def _called_aws(answer: Any) -> bool:
+    return isinstance(answer, dict) and answer.get("errorType") == "EndpointConnectionError"

@@ -1,16 +1,19 @@
 """`sluice logs` merges two timestamp formats into one timeline and narrows it; `sluice status`
-keeps every column readable at 80 columns."""
+keeps every column readable at 80 columns; `sluice invoke` refuses an event for another stack's
+bucket and explains a call that went nowhere."""
 
 from __future__ import annotations
 
 import io
 import json
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from sluice_cli.commands.invoke import event_buckets
 from sluice_cli.commands.logs import record_time
 from sluice_cli.commands.status import status_table
 from sluice_cli.main import app
@@ -84,3 +87,29 @@ def test_status_keeps_the_key_and_the_error_at_80_columns() -> None:
     assert columns[0] == f"{record['key']}{record['version_id']}"
     assert columns[1:4] == ["SUCCEEDED_WITH_REJECTS", "380/20/400", "1"]
     assert columns[4] == str(record["error"]).replace(" ", "")
+
+
+def test_the_buckets_an_event_names_are_found_in_every_event_shape() -> None:
+    sqs_message = {"body": json.dumps({"detail": {"bucket": {"name": "raw-a"}, "object": {"key": "k"}}})}
+    assert event_buckets(sqs_message) == {"raw-a"}
+    assert event_buckets({"object": {"bucket": "raw-b", "key": "k"}}) == {"raw-b"}
+    assert event_buckets({"Records": [{"s3": {"bucket": {"name": "raw-c"}}}]}) == {"raw-c"}
+    assert event_buckets({"marker": 1}) == set()
+
+
+def test_invoke_refuses_an_event_naming_a_bucket_the_running_stack_does_not_have(tmp_path: Path) -> None:
+    # GIVEN a running stack's outputs (the endpoint check is what a live stack passes)
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"RawBucketName": "stack-raw", "EndpointUrl": "http://127.0.0.1:1"}))
+    (tmp_path / "functions.json").write_text("{}")
+    event = Path(__file__).resolve().parents[2] / "events" / "validate-object.json"
+
+    with patch("sluice_cli.commands.invoke.endpoint_alive", return_value=True):
+        result = CliRunner().invoke(
+            app, ["invoke", "ValidateObjectFunction", "-e", str(event), "--outputs", str(outputs)]
+        )
+
+    # THEN nothing runs (nothing could be written to the stack's table), and the user is told why
+    assert result.exit_code == 2, result.output
+    assert "sluice-raw-example" in result.output
+    assert "stack-raw" in result.output

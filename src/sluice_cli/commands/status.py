@@ -62,6 +62,7 @@ def file_record(item: dict[str, Any]) -> dict[str, Any]:
         "rows_delivered": item.get("rows_delivered", 0),
         "rows_rejected": item.get("rows_rejected", 0),
         "attempts": item.get("attempts", 0),
+        "api_mode": item.get("api_mode"),  # absent until processing starts
         "error": item.get("error") or item.get("reason"),
         "received_at": item.get("received_at"),
         "updated_at": item.get("updated_at"),
@@ -98,6 +99,7 @@ def status(
     table.add_column("state", no_wrap=True)
     for column in ("rows", "delivered", "rejected", "attempts"):
         table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("api", no_wrap=True)
     table.add_column("error", overflow="fold")
     for record in records:
         state = record["state"] or "?"
@@ -109,6 +111,7 @@ def status(
             str(record["rows_delivered"]),
             str(record["rows_rejected"]),
             str(record["attempts"]),
+            "[red]simulated[/]" if record["api_mode"] == "simulated" else record["api_mode"] or "",
             record["error"] or "",
         )
     Console().print(table)

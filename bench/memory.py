@@ -3,7 +3,7 @@
 Three processes, so that only the handler's own memory is measured: a moto server (S3 and
 DynamoDB, holding the object's bytes), the handler (bench/memory_worker.py, every segment the
 checkpoint needs in one warm process), and this one sampling the handler's resident memory
-(psutil) and its progress (the metadata item's row count). The API is instant (API_URL empty,
+(psutil) and its progress (the metadata item's row count). The API is instant (API_MODE simulated,
 the simulated API with zero latency and no failures) and the rate limit far above what one
 process can send, so the handler runs as fast as its CPU path allows; the shared rate limiter
 still claims its slots in DynamoDB as in production.
@@ -118,7 +118,8 @@ def _worker_environment(endpoint: str, settings: dict[str, Any]) -> dict[str, st
             "IDEMPOTENCY_TABLE": "IdempotencyTable",
             "PROCESSED_BUCKET": PROCESSED_BUCKET,
             "ROW_SCHEMA": settings["row_schema"],
-            "API_URL": "",  # the in-process simulated API...
+            "STAGE": "local",
+            "API_MODE": "simulated",  # the in-process simulated API...
             "SIMULATED_LATENCY_MIN_SECONDS": "0",  # ...answering at once...
             "SIMULATED_LATENCY_MAX_SECONDS": "0",
             "SIMULATED_FAILURE_RATE": "0",  # ...and always

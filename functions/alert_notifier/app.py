@@ -60,7 +60,7 @@ def smtp_config() -> SmtpConfig:
 )
 def deliver(notification: dict[str, Any]) -> dict[str, Any]:
     received = Notification(**notification)
-    alert = render_alert(received, stack_name=settings.stack_name)
+    alert = render_alert(received, stack_name=settings.stack_name, api_mode=settings.api_mode)
     email = to_email(alert, received, sender=settings.smtp_sender, recipients=settings.recipients)
     attempts = SmtpMailer(smtp_config(), retry).send(email)
     metrics.add_metric(name="AlertEmailsSent", unit=MetricUnit.Count, value=1)

@@ -29,11 +29,13 @@ from sluice.results import PartWriter
 from sluice.schemas import get_schema
 from sluice.settings import ProcessSettings
 
-settings = ProcessSettings.from_env()
+settings = ProcessSettings.from_env()  # refuses an API choice the stage does not allow
 schema = get_schema(settings.row_schema)
 s3 = boto3.client("s3")
 dynamodb = boto3.resource("dynamodb")
-store = MetadataStore(dynamodb.Table(settings.metadata_table), claim_seconds=settings.claim_seconds)
+store = MetadataStore(
+    dynamodb.Table(settings.metadata_table), claim_seconds=settings.claim_seconds, api_mode=settings.api_mode
+)
 client = client_from_settings(settings, dynamodb.Table(settings.control_table))
 limits = SegmentLimits.from_settings(settings)
 persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)

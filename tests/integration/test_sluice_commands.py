@@ -34,6 +34,7 @@ def test_status_lists_every_object_version_with_its_state(pipeline_stack: Offlin
         0,
     )
     assert record["error"] is None
+    assert record["api_mode"] == "http"  # the offline default: the simulator over real HTTP
     table = runner.invoke(app, ["status", "--outputs", str(pipeline_stack.outputs_path)])
     assert table.exit_code == 0
     assert "SUCCEEDED" in table.stdout

@@ -75,6 +75,7 @@ def test_status_keeps_the_key_and_the_error_at_80_columns() -> None:
         "rows_rejected": 20,
         "attempts": 1,
         "error": "header: unexpected column customer_mail",
+        "api_mode": "simulated",
     }
     console = Console(width=80, file=io.StringIO(), force_terminal=False)
     console.print(status_table([record]))
@@ -85,7 +86,7 @@ def test_status_keeps_the_key_and_the_error_at_80_columns() -> None:
     rows = [line.split("│")[1:-1] for line in shown.splitlines() if line.startswith("│")]
     columns = ["".join(row[i].strip() for row in rows).replace(" ", "") for i in range(5)]
     assert columns[0] == f"{record['key']}{record['version_id']}"
-    assert columns[1:4] == ["SUCCEEDED_WITH_REJECTS", "380/20/400", "1"]
+    assert columns[1:4] == ["SUCCEEDED_WITH_REJECTSsimulatedAPI", "380/20/400", "1"]
     assert columns[4] == str(record["error"]).replace(" ", "")
 
 

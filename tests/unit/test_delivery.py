@@ -322,6 +322,8 @@ def test_limits_come_from_the_process_settings() -> None:
             "CONTROL_TABLE": "c",
             "IDEMPOTENCY_TABLE": "i",
             "PROCESSED_BUCKET": "p",
+            "STAGE": "dev",
+            "API_URL": "https://api.example.com/rows",
             "API_CONCURRENCY": "8",
             "CHECKPOINT_EVERY_ROWS": "100",
             "SEGMENT_SAFETY_SECONDS": "45",

@@ -299,6 +299,8 @@ def settings(**values: Any) -> ProcessSettings:
         "IDEMPOTENCY_TABLE": "IdempotencyTable",
         "PROCESSED_BUCKET": "processed",
         "API_RATE_LIMIT": "1000",
+        "STAGE": "local",  # the test servers listen on http://127.0.0.1
+        "API_URL": "https://api.example.com/rows",  # a test that sends gives its server's
     }
     return ProcessSettings.from_env({**base, **{name.upper(): str(value) for name, value in values.items()}})
 
@@ -315,17 +317,21 @@ def test_client_from_settings_posts_to_api_url_paced_on_the_control_table() -> N
         assert table.get_item(Key={"pk": "ratelimit#downstream"})["Item"]["tat"] > 0
 
 
-def test_client_from_settings_without_api_url_uses_the_simulated_api() -> None:
+def test_client_from_settings_in_simulated_mode_uses_the_simulated_api_and_counts_it() -> None:
     with mock_aws():
         table = create_tables()["ControlTable"]
         client = client_from_settings(
             settings(
-                simulated_latency_min_seconds=0, simulated_latency_max_seconds=0, simulated_failure_rate=0
+                api_mode="simulated",
+                simulated_latency_min_seconds=0,
+                simulated_latency_max_seconds=0,
+                simulated_failure_rate=0,
             ),
             table,
         )
 
         assert client.deliver(ROW, KEY).answer == {"status": "accepted", "id": f"sim-{KEY[:16]}"}
+    assert counted(downstream.SIMULATED_DELIVERIES_METRIC) == 1
 
 
 def test_the_pacing_tolerates_the_configured_lateness(monkeypatch: pytest.MonkeyPatch) -> None:

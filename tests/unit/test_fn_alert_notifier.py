@@ -94,6 +94,7 @@ def test_an_alarm_becomes_an_email_with_subject_state_reason_and_command(
     assert "ALARM (was OK)" in body
     assert "Threshold Crossed" in body
     assert "sluice redrive --source ingest-dlq --dry-run" in body
+    assert "simulated" not in body  # ApiMode's default, http: nothing to say
     assert emitted_metrics(capsys.readouterr().out)["AlertEmailsSent"] == 1
 
 
@@ -197,3 +198,16 @@ def test_missing_configuration_fails_the_cold_start_naming_the_variable(
     with pytest.raises(RuntimeError, match="SMTP_HOST") as failure:
         load_function("alert_notifier")
     assert "SMTP_SENDER" in str(failure.value)
+
+
+def test_an_alert_of_a_stack_on_the_simulated_api_says_so_on_its_first_line(
+    aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = Recorder()
+    with smtp_server(recorder) as server:
+        handler(monkeypatch, server.port, API_MODE="simulated").lambda_handler(EVENT, FakeLambdaContext())
+
+    [email] = recorder.messages
+    body = email.get_content()
+    assert body.splitlines()[0] == "API: simulated (no row left the stack)"
+    assert "sluice redrive --source ingest-dlq --dry-run" in body  # the alert itself follows

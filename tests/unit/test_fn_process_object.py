@@ -55,9 +55,11 @@ class Stack:
         return self.module.lambda_handler(self.event(**changes), context or FakeLambdaContext())
 
 
-def deploy(monkeypatch: pytest.MonkeyPatch, api_url: str) -> Stack:
+def deploy(monkeypatch: pytest.MonkeyPatch, api_url: str, api_mode: str = "http") -> Stack:
     """Environment, resources and the sample with rejects, registered; then the handler's cold start."""
     for name, value in {
+        "STAGE": "local",  # the test API listens on http://127.0.0.1
+        "API_MODE": api_mode,
         "METADATA_TABLE": "MetadataTable",
         "CONTROL_TABLE": "ControlTable",
         "IDEMPOTENCY_TABLE": "IdempotencyTable",
@@ -115,7 +117,9 @@ def test_the_sample_is_delivered_and_answered_in_the_documented_shape(
     emitted = emitted_metrics(output)
     assert (emitted["RowsDelivered"], emitted["RowsRejected"]) == (44, 6)
     assert emitted["ApiLatency"] > 0
+    assert "SimulatedDeliveries" not in emitted
     assert stack.obj.id in correlation_ids(output)
+    assert stack.store.get(stack.obj.id)["api_mode"] == "http"  # type: ignore[index]
 
 
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")  # the cached answer adds none
@@ -196,11 +200,48 @@ def test_a_negative_segment_is_refused(stack: Stack) -> None:
         stack.invoke(segment=-1)
 
 
-def test_without_api_url_the_simulated_api_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_in_simulated_mode_the_simulated_api_answers_and_every_record_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     capture_powertools_output(monkeypatch)
     with mock_aws():
-        stack = deploy(monkeypatch, api_url="")
+        stack = deploy(monkeypatch, api_url="", api_mode="simulated")
 
         answer = stack.invoke()
+        item = stack.store.get(stack.obj.id)
 
     assert (answer["done"], answer["rows_delivered"], answer["rows_rejected"]) == (True, 44, 6)
+    assert item is not None
+    assert item["api_mode"] == "simulated"
+    emitted = emitted_metrics(capsys.readouterr().out)
+    assert (emitted["RowsDelivered"], emitted["SimulatedDeliveries"]) == (44, 44)
+
+
+@pytest.mark.parametrize(
+    ("environment", "refusal"),
+    [
+        # GIVEN what a stack deployed as the README said got before issue 9: no ApiUrl, no mode
+        ({"STAGE": "dev", "API_URL": ""}, "API_URL is empty with API_MODE=http"),
+        (
+            {"STAGE": "prod", "API_MODE": "simulated", "API_URL": ""},
+            "API_MODE=simulated is refused on stage prod",
+        ),
+        ({"STAGE": "staging", "API_URL": "http://api.example.com/rows"}, "it must start with https://"),
+    ],
+)
+def test_a_cold_start_with_an_api_choice_the_stage_refuses_fails_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], refusal: str
+) -> None:
+    for name, value in {
+        "METADATA_TABLE": "MetadataTable",
+        "CONTROL_TABLE": "ControlTable",
+        "IDEMPOTENCY_TABLE": "IdempotencyTable",
+        "PROCESSED_BUCKET": PROCESSED_BUCKET,
+        **environment,
+    }.items():
+        monkeypatch.setenv(name, value)
+    if "API_MODE" not in environment:  # the template's default, http
+        monkeypatch.delenv("API_MODE", raising=False)
+
+    with mock_aws(), pytest.raises(RuntimeError, match=refusal):
+        load_function("process_object")

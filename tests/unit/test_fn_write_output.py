@@ -79,6 +79,7 @@ def test_validate_process_and_write_the_sample_with_rejects(monkeypatch: pytest.
         "PROCESSED_BUCKET": PROCESSED_BUCKET,
         "API_RATE_LIMIT": "2000",
         "CHECKPOINT_EVERY_ROWS": "20",
+        "STAGE": "local",  # the test API listens on http://127.0.0.1
     }.items():
         monkeypatch.setenv(name, value)
     capture_powertools_output(monkeypatch)

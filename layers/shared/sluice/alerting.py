@@ -14,7 +14,7 @@ a message that does not parse as one of the known shapes is sent raw.
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any, Literal
@@ -160,8 +160,21 @@ class ExecutionStatusChange(BaseModel):
     cause: str | None = None
 
 
-def render_alert(notification: Notification, *, stack_name: str = "") -> RenderedAlert:
-    """The email for one AlertTopic message; falls back to the raw message, never raises."""
+SIMULATED_API_LINE = "API: simulated (no row left the stack)"
+
+
+def render_alert(
+    notification: Notification, *, stack_name: str = "", api_mode: str = "http"
+) -> RenderedAlert:
+    """The email for one AlertTopic message; falls back to the raw message, never raises.
+    A stack on the simulated API (ApiMode) says so first: its "delivered" rows reached no one."""
+    alert = _render(notification, stack_name)
+    if api_mode == "simulated":
+        return replace(alert, body=f"{SIMULATED_API_LINE}\n\n{alert.body}")
+    return alert
+
+
+def _render(notification: Notification, stack_name: str) -> RenderedAlert:
     try:
         document = json.loads(notification.message)
     except ValueError:

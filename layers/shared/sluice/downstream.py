@@ -18,7 +18,7 @@ never saw.
 
 Two transports answer `post(body, headers)`: `HttpTransport` (urllib3, pooled, thread-safe) and
 `SimulatedApi` (seed 002: latency uniform in [min, max] seconds, a failure rate answered as 503),
-used in-process when API_URL is empty.
+used in-process when API_MODE is simulated.
 """
 
 import email.utils
@@ -259,19 +259,40 @@ def _retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+# Rows the simulated API accepted (API_MODE=simulated): counted "delivered", yet none left the stack.
+SIMULATED_DELIVERIES_METRIC = "SimulatedDeliveries"
+
+
+class _CountedSimulation:
+    """The simulated API, each accepted answer counted in SIMULATED_DELIVERIES_METRIC."""
+
+    def __init__(self, api: Transport) -> None:
+        self._api = api
+
+    def post(self, body: bytes, headers: Mapping[str, str]) -> ApiResponse:
+        response = self._api.post(body, headers)
+        if 200 <= response.status < 300:
+            add_metric(SIMULATED_DELIVERIES_METRIC, MetricUnit.Count, 1)
+        return response
+
+
 def client_from_settings(settings: ProcessSettings, control_table: Any) -> DownstreamClient:
-    """ProcessObject's client: HTTP to API_URL, or the simulated API when it is empty; paced on
-    the stack's shared rate bucket in `control_table` (a boto3 Table resource)."""
+    """ProcessObject's client: HTTP to API_URL (API_MODE=http), or seed 002's simulated API
+    (API_MODE=simulated, counted in SIMULATED_DELIVERIES_METRIC); paced on the stack's shared
+    rate bucket in `control_table` (a boto3 Table resource). ProcessSettings has already refused
+    a choice the stage does not allow."""
     transport: Transport
-    if settings.api_url:
+    if settings.api_mode == "http":
         transport = HttpTransport(
             settings.api_url, pool_size=settings.api_concurrency, timeout_seconds=settings.api_timeout_seconds
         )
     else:
-        transport = SimulatedApi(
-            latency_min_seconds=settings.simulated_latency_min_seconds,
-            latency_max_seconds=settings.simulated_latency_max_seconds,
-            failure_rate=settings.simulated_failure_rate,
+        transport = _CountedSimulation(
+            SimulatedApi(
+                latency_min_seconds=settings.simulated_latency_min_seconds,
+                latency_max_seconds=settings.simulated_latency_max_seconds,
+                failure_rate=settings.simulated_failure_rate,
+            )
         )
     policy = RetryPolicy(
         max_attempts=settings.api_max_attempts,

@@ -85,11 +85,17 @@ def iso(moment: datetime) -> str:
 
 class MetadataStore:
     def __init__(
-        self, table: Any, *, clock: Callable[[], datetime] = utc_now, claim_seconds: int = CLAIM_SECONDS
+        self,
+        table: Any,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        claim_seconds: int = CLAIM_SECONDS,
+        api_mode: str | None = None,  # ProcessObject's API_MODE, recorded by start_processing
     ) -> None:
         self._table = table  # a boto3 dynamodb Table resource
         self._clock = clock
         self._claim_seconds = claim_seconds
+        self._api_mode = api_mode
 
     def register(
         self, obj: ObjectRef, *, priority: int | None = None, claimant: str | None = None
@@ -221,12 +227,13 @@ class MetadataStore:
             "#rows_total = if_not_exists(#rows_total, :zero), "
             "#rows_delivered = if_not_exists(#rows_delivered, :zero), "
             "#rows_rejected = if_not_exists(#rows_rejected, :zero), "
-            "#claim_expires_at = :claim_until"
+            "#claim_expires_at = :claim_until" + (", #api_mode = :api_mode" if self._api_mode else "")
         )
         values = {
             ":processing": FileState.PROCESSING.value,
             ":now": iso(now),
             ":fresh": Checkpoint(header=header).model_dump(),
+            **({":api_mode": self._api_mode} if self._api_mode else {}),
             ":zero": 0,
             ":claim_until": self._claim_until(now),
             **FINISHED_VALUES,

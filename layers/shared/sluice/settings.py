@@ -6,11 +6,51 @@ KeyError deep inside an invocation.
 """
 
 import os
+import re
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sluice.ratelimit import DEFAULT_LATENESS_SECONDS
+
+# The downstream API choice (template parameters Stage, ApiMode, ApiUrl). The rule below is the one
+# place it is written in Python; template.yaml's `Rules` (ApiMode…, ApiUrl…) state the same for
+# deploy time, and tests/unit/test_settings_api_mode.py runs one table of cases against both.
+Stage = Literal["local", "dev", "staging", "prod"]  # the template's Stage AllowedValues
+ApiMode = Literal["http", "simulated"]  # http: POST to API_URL; simulated: seed 002, nothing leaves the stack
+LOCAL_STAGE = "local"  # the offline stack's stage: its downstream is a loopback http:// server
+NO_SIMULATION_STAGES = frozenset({"prod"})  # a stage whose rows must reach the real API
+# https anywhere; plain http only to a loopback server (the offline stack's simulator), which
+# api_choice_problem further keeps to the local stage. template.yaml's ApiUrl AllowedPattern is this.
+API_URL_PATTERN = r"^(https://\S+|http://(127\.0\.0\.1|localhost)(:[0-9]+)?(/\S*)?)?$"
+
+
+def api_choice_problem(stage: str, api_mode: str, api_url: str) -> str | None:
+    """What is wrong with this choice of downstream API on `stage`, in words a person can act on.
+
+    http needs an ApiUrl, https:// on every stage but local (where the offline stack's loopback
+    http:// simulator serves); simulated is refused on the stages in NO_SIMULATION_STAGES.
+    """
+    if api_mode == "simulated":
+        if stage in NO_SIMULATION_STAGES:
+            return (
+                f"API_MODE=simulated is refused on stage {stage}: rows would be reported delivered "
+                "while none leaves the stack; set ApiMode=http and ApiUrl=https://<your API>"
+            )
+        return None
+    if not api_url:
+        return (
+            "API_URL is empty with API_MODE=http: set ApiUrl=https://<your API> "
+            "(or ApiMode=simulated for a performance run outside prod)"
+        )
+    if not re.fullmatch(API_URL_PATTERN, api_url) or (
+        not api_url.startswith("https://") and stage != LOCAL_STAGE
+    ):
+        return (
+            f"API_URL={api_url!r} on stage {stage}: it must start with https:// "
+            f"(plain http:// only to 127.0.0.1 on the {LOCAL_STAGE} stage)"
+        )
+    return None
 
 
 class Settings(BaseModel):
@@ -69,7 +109,9 @@ class ProcessSettings(MetadataSettings):
     idempotency_table: str
     processed_bucket: str
     row_schema: str = "orders-v1"
-    api_url: str = ""  # empty: the simulated API of seed 002, in-process
+    stage: Stage
+    api_mode: ApiMode = "http"
+    api_url: str = ""  # with api_mode http: the endpoint (api_choice_problem says which are refused)
     api_rate_limit: float = Field(default=50.0, gt=0)  # requests per second, for the whole stack
     # slot → arrival at the API the pacing tolerates; it sends at api_rate_limit / (1 + this)
     api_rate_lateness_seconds: float = Field(default=DEFAULT_LATENESS_SECONDS, ge=0, le=1)
@@ -83,6 +125,11 @@ class ProcessSettings(MetadataSettings):
     simulated_failure_rate: float = Field(default=0.05, ge=0, le=1)
     segment_safety_seconds: float = Field(default=30.0, ge=0)  # stop taking rows this long before timeout
     checkpoint_every_rows: int = Field(default=500, ge=1)
+
+    def model_post_init(self, context: object) -> None:
+        # RuntimeError, not ValueError: pydantic would wrap a ValueError into a location-less error.
+        if problem := api_choice_problem(self.stage, self.api_mode, self.api_url):
+            raise RuntimeError(f"ProcessSettings: {problem}")
 
 
 class OutputSettings(Settings):
@@ -108,6 +155,7 @@ class AlertSettings(Settings):
     smtp_secret_max_age_seconds: int = Field(default=300, ge=0)  # Powertools parameters cache
     alert_idempotency_ttl_seconds: int = Field(default=86400, ge=60)  # covers SNS + Lambda async retries
     stack_name: str = ""  # named in the commands an alert suggests
+    api_mode: ApiMode = "http"  # ProcessObject's: an alert of a simulating stack says so
 
     @property
     def recipients(self) -> list[str]:

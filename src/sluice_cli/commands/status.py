@@ -22,6 +22,7 @@ STATE_STYLES = {
     "PROCESSING": "cyan",
     "RECEIVED": "blue",
 }
+SIMULATED_MARK = "\n[red]simulated API[/]"
 _deserializer = TypeDeserializer()
 
 
@@ -62,6 +63,7 @@ def file_record(item: dict[str, Any]) -> dict[str, Any]:
         "rows_delivered": item.get("rows_delivered", 0),
         "rows_rejected": item.get("rows_rejected", 0),
         "attempts": item.get("attempts", 0),
+        "api_mode": item.get("api_mode"),  # absent until processing starts
         "error": item.get("error") or item.get("reason"),
         "received_at": item.get("received_at"),
         "updated_at": item.get("updated_at"),
@@ -98,7 +100,8 @@ def status(
 def status_table(records: list[dict[str, Any]]) -> Table:
     """Key and error share what the terminal has left: at 80 columns neither may vanish (rich gives
     a column without a minimum width nothing when the row is too wide), so the counts are one
-    compact column and the version goes under its key."""
+    compact column, the version goes under its key, and a file sent to the simulated API (no row left
+    the stack) says so under its state."""
     table = Table(title=f"{len(records)} object version(s)")
     table.add_column("key / version", overflow="fold", min_width=16, ratio=3)
     table.add_column("state", overflow="fold", min_width=9)
@@ -109,7 +112,8 @@ def status_table(records: list[dict[str, Any]]) -> Table:
         state = record["state"] or "?"
         table.add_row(
             f"{record['key']}\n[dim]{record['version_id'] or 'null'}[/]",
-            f"[{STATE_STYLES.get(state, 'white')}]{state}[/]",
+            f"[{STATE_STYLES.get(state, 'white')}]{state}[/]"
+            + SIMULATED_MARK * (record["api_mode"] == "simulated"),
             f"{record['rows_delivered']}/{record['rows_rejected']}/{record['rows_total']}",
             str(record["attempts"]),
             record["error"] or "",

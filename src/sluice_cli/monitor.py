@@ -17,7 +17,7 @@ import json
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -147,8 +147,10 @@ def _concurrency(snapshot: Snapshot, ssm: Any, outputs: Mapping[str, Any]) -> No
 
 def _api_offline(snapshot: Snapshot, stats: dict[str, Any]) -> None:
     per_second = stats.get("arrivals_per_second") or []
-    # The last entry is the second in progress: the rate is the one before it.
-    snapshot.api_rate = float(per_second[-2]) if len(per_second) >= 2 else 0.0
+    # The list ends at the second of the *last arrival*, not at now: the rate is the last complete
+    # second before now (`elapsed_seconds` since the same start), 0 once the API has gone quiet.
+    last_complete = int(float(stats.get("elapsed_seconds", len(per_second) - 1))) - 1
+    snapshot.api_rate = float(per_second[last_complete]) if 0 <= last_complete < len(per_second) else 0.0
     snapshot.api_limit = float(stats.get("rate_limit", 0)) or None
     snapshot.api_requests = int(stats.get("requests", 0))
     snapshot.api_throttled = int(stats.get("throttled", 0))
@@ -225,6 +227,19 @@ def render(snapshot: Snapshot, title: str = "Sluice") -> Group:
 # -- the command ------------------------------------------------------------------------------------
 
 
+def plain_line(snapshot: Snapshot) -> str:
+    """One snapshot as one line, for a pipe or a log file (no terminal to redraw a view on)."""
+    stamp = datetime.fromtimestamp(snapshot.t, UTC).strftime("%H:%M:%S")
+    files = " ".join(f"{state}={count}" for state, count in snapshot.files_by_state.items()) or "none"
+    return (
+        f"{stamp} queue={_value(snapshot.queue_visible)} in_flight={_value(snapshot.queue_in_flight)} "
+        f"dlq={_value(snapshot.dlq_visible)} running={_value(snapshot.running_executions)} "
+        f"concurrency={_value(snapshot.concurrency)} api={_value(snapshot.api_rate, '{:.1f}/s')} "
+        f"429s={_value(snapshot.api_throttled)} files: {files}"
+        + "".join(f" ! {error}" for error in snapshot.errors)
+    )
+
+
 def snapshot_source(target: StackTarget) -> Callable[[], Snapshot]:
     """A function that takes one snapshot of `target`, its clients made once."""
     made = {service: target.client(service) for service in SERVICES}
@@ -272,14 +287,22 @@ def monitor(
             append_record(record, snapshot.as_record(run))
         console.print(render(snapshot, title))
         return
-    with Live(console=console, refresh_per_second=4) as live:
-        try:
-            while True:
-                began = time.monotonic()
-                snapshot = take()
-                if record is not None:
-                    append_record(record, snapshot.as_record(run))
+
+    def readings() -> Iterator[Snapshot]:
+        while True:
+            began = time.monotonic()
+            snapshot = take()
+            if record is not None:
+                append_record(record, snapshot.as_record(run))
+            yield snapshot
+            time.sleep(max(0.0, interval - (time.monotonic() - began)))
+
+    try:
+        if not console.is_terminal:  # rich's Live draws nothing into a pipe: a line per reading
+            for snapshot in readings():
+                typer.echo(plain_line(snapshot))
+        with Live(console=console, refresh_per_second=4) as live:
+            for snapshot in readings():
                 live.update(render(snapshot, title))
-                time.sleep(max(0.0, interval - (time.monotonic() - began)))
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass

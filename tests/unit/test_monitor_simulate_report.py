@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -290,3 +291,34 @@ def test_report_draws_only_what_the_samples_hold(tmp_path: Path) -> None:
 
     assert [path.name for path in written] == ["latency.png"]
     assert load_samples(["", json.dumps({"kind": "other"})]).latencies == {}
+
+
+def test_the_api_rate_is_the_last_complete_second_before_now_zero_once_quiet(mocked: Any) -> None:
+    outputs = make_stack(mocked)
+    busy = {**SIMULATOR_STATS, "elapsed_seconds": 4.5}  # now is in the fifth second: the fourth is done
+    quiet = {**SIMULATOR_STATS, "elapsed_seconds": 300.0}  # the last request was minutes ago
+
+    assert take_snapshot(mocked, outputs, api_stats=lambda: busy).api_rate == 47.0
+    assert take_snapshot(mocked, outputs, api_stats=lambda: quiet).api_rate == 0.0
+
+
+def test_monitor_without_a_terminal_prints_a_line_per_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    readings = iter([Snapshot(t=1_800_000_000.0, queue_visible=3, files_by_state={"SUCCEEDED": 2})])
+
+    def take() -> Snapshot:
+        try:
+            return next(readings)
+        except StopIteration:
+            raise KeyboardInterrupt from None  # the user's Ctrl-C after one reading
+
+    monkeypatch.setattr("sluice_cli.monitor.resolve_target", lambda *args: SimpleNamespace(outputs={}))
+    monkeypatch.setattr("sluice_cli.monitor.snapshot_source", lambda target: take)
+    app = typer.Typer()
+    app.command()(monitor)
+
+    result = CliRunner().invoke(app, ["--interval", "0.2"])  # CliRunner's output is not a terminal
+
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "08:00:00 queue=3 in_flight=? dlq=? running=? concurrency=? api=? 429s=? files: SUCCEEDED=2"
+    ]

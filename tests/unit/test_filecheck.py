@@ -186,11 +186,12 @@ def test_a_whole_record_that_ends_the_sample_is_judged(s3: Any) -> None:
     assert check(s3, body).reason == "row 3: expected 6 columns, found 1"
 
 
-def test_a_cr_only_file_is_read_as_processing_reads_it(s3: Any) -> None:
-    cr = HEADER.replace(b"\n", b"\r") + ROW.replace(b"\n", b"\r") * 3
+@pytest.mark.parametrize("line_end", [b"\r", b"\r\n"], ids=["cr-only", "crlf"])
+def test_cr_only_and_crlf_files_are_read_as_processing_reads_them(s3: Any, line_end: bytes) -> None:
+    body = (HEADER + ROW * 3).replace(b"\n", line_end)
 
-    assert check(s3, cr).valid
-    assert check(s3, cr + b"ORD-000004,short\r").reason == "row 4: expected 6 columns, found 2"
+    assert check(s3, body).valid
+    assert check(s3, body + b"ORD-000004,short" + line_end).reason == "row 4: expected 6 columns, found 2"
 
 
 def test_a_quoted_field_reopened_on_every_line_of_the_sample_makes_the_file_invalid(s3: Any) -> None:

@@ -119,12 +119,12 @@ class _Lines:
         self.offset += consumed
         self._record_lines += 1
         self.cut = not ended
+        line = raw.removeprefix(BOM) if self._at_start else raw
+        self._at_start = False
         if self.offset - self._record_start > self._limits.bytes:
             raise _TooLarge(f"row is longer than {self._limits.bytes} bytes")
         if self._record_lines > self._limits.lines:
             raise _TooLarge(f"row spans more than {self._limits.lines} lines")
-        line = raw.removeprefix(BOM) if self._at_start else raw
-        self._at_start = False
         try:
             return line.decode("utf-8")
         except UnicodeDecodeError as error:

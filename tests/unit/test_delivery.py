@@ -40,7 +40,7 @@ from sluice.models import FileState, ObjectRef, ProcessResult
 from sluice.observability import metrics
 from sluice.ratelimit import ManualClock, shared_limiter
 from sluice.results import PartWriter, merge_results
-from sluice.schemas import RowModel, RowSchema
+from sluice.schemas import RowModel, RowSchema, get_schema
 from sluice.settings import ProcessSettings
 
 
@@ -82,7 +82,7 @@ def csv_file() -> bytes:
 
 
 def rejecting_row_33(request: Received, seen: int) -> Reply:
-    if request.payload["id"] == API_REJECT:
+    if request.payload.get("id") == API_REJECT:
         return Reply(422, {"error": "duplicate order"})
     return accept_all(request, seen)
 
@@ -121,11 +121,13 @@ class World:
             remaining_ms=context.get_remaining_time_in_millis,
         )
 
-    def run_all(self, rows_per_segment: int, *, first_segment: int = 0) -> list[ProcessResult]:
+    def run_all(
+        self, rows_per_segment: int, *, first_segment: int = 0, schema: RowSchema = NOTES
+    ) -> list[ProcessResult]:
         results: list[ProcessResult] = []
         segment = first_segment
         for _ in range(100):  # bounded: a file that never ends would fail here, not hang
-            result = self.segment(CountdownContext(calls=rows_per_segment)).run(segment)
+            result = self.segment(CountdownContext(calls=rows_per_segment), schema=schema).run(segment)
             results.append(result)
             if result.done:
                 return results
@@ -412,3 +414,59 @@ def test_a_crash_while_reading_keeps_what_was_committed_and_raises(world: World)
     checkpoint, counts = world.store.load_checkpoint(world.obj)
     assert (checkpoint.next_row, counts.total) == (10, 9)
     assert sorted(world.server.keys()) == sorted(world.key(n) for n in range(1, 10))
+
+
+ORDER_HEADER = b"order_id,customer_email,amount,currency,order_date,quantity\n"
+
+
+def order(number: int, amount: str) -> bytes:
+    return f"ORD-{number:06d},o{number}@example.com,{amount},USD,2026-01-01,1\n".encode()
+
+
+def test_a_poison_amount_is_its_rows_reject_and_the_rows_around_it_are_delivered(world: World) -> None:
+    # GIVEN amounts that pass a naive check: 5,000 digits (its cents do not fit json.dumps'
+    # 4,300-digit int limit) and 30 significant digits (the decimal context would round its cents)
+    amounts = {
+        1: "12.50",
+        2: "9" * 5_000,
+        3: "0.99",
+        4: "123456789012345678901234567.89",
+        5: "999999999999.99",
+    }
+    world.upload(ORDER_HEADER + b"".join(order(number, amount) for number, amount in amounts.items()))
+
+    # WHEN the file is processed (segments of 2 rows: the checkpoint passes the poison rows)
+    results = world.run_all(rows_per_segment=2, schema=get_schema("orders-v1"))
+
+    # THEN the two poison rows are rejected with their reasons and every other row is delivered, exact
+    final = results[-1]
+    assert (final.outcome, final.rows_delivered, final.rows_rejected) == (
+        FileState.SUCCEEDED_WITH_REJECTS,
+        3,
+        2,
+    )
+    cents = {
+        request.payload["order_id"]: request.payload["amount_cents"] for request in world.server.received
+    }
+    assert cents == {"ORD-000001": 1250, "ORD-000003": 99, "ORD-000005": 99_999_999_999_999}
+    accepted, rejects = world.merged(final)
+    assert [row["row"] for row in accepted] == [1, 3, 5]
+    assert rejects[1:] == [
+        "2,amount: must have at most 14 significant digits",
+        "4,amount: must have at most 14 significant digits",
+    ]
+
+
+def test_a_cr_only_file_is_processed_as_its_crlf_twin_across_checkpoints(world: World) -> None:
+    # GIVEN the test file with lone CR line ends (its quoted notes keep their LF)
+    world.upload(csv_file().replace(b"\r\n", b"\r"))
+
+    # WHEN each invocation only has time for 9 rows: every segment resumes at a CR-ended checkpoint
+    final = world.run_all(rows_per_segment=9)[-1]
+
+    # THEN the same rows are delivered and rejected as from the CRLF file
+    assert (final.rows_total, final.rows_delivered, final.rows_rejected) == (60, 55, 5)
+    assert Counter(world.server.keys()) == Counter({world.key(n): 1 for n in POSTED})
+    accepted, rejects = world.merged(final)
+    assert [row["row"] for row in accepted] == DELIVERED
+    assert [line.split(",", 1)[0] for line in rejects[1:]] == ["13", "27", "33", "41", "50"]

@@ -8,6 +8,7 @@ from conftest import SAMPLES
 from datapath_support import RAW_BUCKET, create_buckets
 from moto import mock_aws
 
+from sluice.csvstream import MAX_RECORD_LINES
 from sluice.filecheck import SAMPLE_BYTES, check_object
 from sluice.models import ObjectRef
 from sluice.schemas import get_schema
@@ -149,7 +150,7 @@ def test_a_blank_first_line_is_not_a_header(s3: Any) -> None:
 def test_a_sample_row_with_another_column_count_makes_the_file_invalid(s3: Any) -> None:
     body = HEADER + ROW + ROW + b"ORD-000003;a@example.com;1.00;USD;2026-01-01;1\n"
 
-    assert check(s3, body).reason == "row 3: 1 columns where the header has 6"
+    assert check(s3, body).reason == "row 3: expected 6 columns, found 1"
 
 
 def test_a_bad_column_count_after_the_sampled_rows_is_left_to_row_rejects(s3: Any) -> None:
@@ -171,3 +172,31 @@ def test_a_record_cut_by_the_sample_end_is_not_counted(s3: Any) -> None:
     body = HEADER + ROW * 2 + b'ORD-000003,"' + lines + b'",1.00,USD,2026-01-01,1\n'
 
     assert check(s3, body).valid
+
+
+def test_a_whole_record_that_ends_the_sample_is_judged(s3: Any) -> None:
+    # GIVEN a bad row whose line end is the sample's last byte: whole, not cut by the sample
+    bad = b"ORD-000003;a@example.com;1.00;USD;2026-01-01;1\n"
+    pad = SAMPLE_BYTES - len(HEADER + ROW + bad) - len(b'ORD-000002,"",1.00,USD,2026-01-01,1\n')
+    long_row = b'ORD-000002,"' + b"a" * pad + b'",1.00,USD,2026-01-01,1\n'
+    body = HEADER + ROW + long_row + bad + ROW * 10
+    assert len(HEADER + ROW + long_row + bad) == SAMPLE_BYTES
+
+    # THEN it is judged as any other sampled row
+    assert check(s3, body).reason == "row 3: expected 6 columns, found 1"
+
+
+@pytest.mark.parametrize("line_end", [b"\r", b"\r\n"], ids=["cr-only", "crlf"])
+def test_cr_only_and_crlf_files_are_read_as_processing_reads_them(s3: Any, line_end: bytes) -> None:
+    body = (HEADER + ROW * 3).replace(b"\n", line_end)
+
+    assert check(s3, body).valid
+    assert check(s3, body + b"ORD-000004,short" + line_end).reason == "row 4: expected 6 columns, found 2"
+
+
+def test_a_quoted_field_reopened_on_every_line_of_the_sample_makes_the_file_invalid(s3: Any) -> None:
+    # GIVEN a first row whose quoted field closes and reopens on every line (the sample sees only
+    # part of it): it is over the record's line cap within the sample
+    body = HEADER + b'ORD-000001,"a\n' + b'b","c\n' * 100_000 + b'd",1.00,USD,2026-01-01,1\n'
+
+    assert check(s3, body).reason == f"row 1: row spans more than {MAX_RECORD_LINES} lines"

@@ -1,8 +1,10 @@
 """Row schemas: orders-v1's rules, its transform, its reasons, and the registry."""
 
+from typing import Any, ClassVar
+
 import pytest
 
-from sluice.schemas import SCHEMAS, get_schema
+from sluice.schemas import SCHEMAS, RowModel, RowSchema, get_schema
 
 ORDERS = get_schema("orders-v1")
 GOOD = {
@@ -95,7 +97,7 @@ def test_the_schema_exposes_its_columns_and_a_json_schema_for_the_docs() -> None
     assert ORDERS.columns == ("order_id", "customer_email", "amount", "currency", "order_date", "quantity")
     document = ORDERS.json_schema()
     assert document["required"] == list(ORDERS.columns)
-    assert document["properties"]["amount"]["pattern"] == r"^\d+(\.\d{1,2})?$"
+    assert document["properties"]["amount"]["pattern"] == r"^\d{1,12}(\.\d{1,2})?$"
     assert document["properties"]["currency"]["enum"] == ["USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF"]
     assert all(column["type"] == "string" for column in document["properties"].values())  # CSV text
 
@@ -105,3 +107,45 @@ def test_the_registry_knows_orders_v1_and_names_the_known_ones_otherwise() -> No
     assert get_schema("orders-v1").name == "orders-v1"
     with pytest.raises(ValueError, match=r"unknown row schema 'orders-v9'; known: orders-v1"):
         get_schema("orders-v9")
+
+
+@pytest.mark.parametrize(
+    ("amount", "expected"),
+    [
+        ("9" * 5_000, "amount: must have at most 14 significant digits"),
+        ("123456789012345678901234567.89", "amount: must have at most 14 significant digits"),
+        ("1000000000000", "amount: must be at most 999999999999.99"),
+    ],
+    ids=["5000-digits", "30-significant-digits", "over-the-maximum"],
+)
+def test_an_amount_that_cannot_be_exact_cents_is_rejected_not_rounded(amount: str, expected: str) -> None:
+    assert reason(amount=amount) == expected
+
+
+def test_the_largest_amount_is_exact_cents_below_2_to_the_53() -> None:
+    cents = ORDERS.parse({**GOOD, "amount": "999999999999.99"}).payload["amount_cents"]  # type: ignore[index]
+
+    assert cents == 99_999_999_999_999 < 2**53
+
+
+def test_a_quantity_too_long_to_parse_is_rejected() -> None:
+    assert reason(quantity="9" * 5_000) == "quantity: is too large"
+
+
+class _NotJson(RowModel):
+    schema_name: ClassVar[str] = "test-not-json"
+
+    value: str
+
+    def transform(self) -> dict[str, Any]:
+        return {"value": float(self.value)}  # "nan" is no JSON number
+
+
+def test_a_payload_that_cannot_be_sent_as_json_is_the_rows_reject() -> None:
+    schema = RowSchema("test-not-json", _NotJson)
+
+    assert schema.parse({"value": "1.5"}).payload == {"value": 1.5}
+    assert (
+        schema.parse({"value": "nan"}).reason
+        == "cannot be sent as JSON: Out of range float values are not JSON compliant: nan"
+    )

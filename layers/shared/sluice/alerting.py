@@ -10,10 +10,17 @@ Four shapes arrive on the topic:
 Each becomes a subject that says what fired ("[Sluice ALARM] IngestDLQ not empty") and a body with
 its state and reason, the file or execution, and the commands that help. Rendering never fails:
 a message that does not parse as one of the known shapes is sent raw.
+
+What a message carries (an object key, a reason, an error's cause, the raw message itself) is
+written by whoever named the file or raised the error, so it is rendered inert: control and
+format characters (newlines, CR, tabs, ANSI escapes, bidi overrides, zero-width characters) are
+shown escaped (`\n`, `\x1b`, `\u202e`) and every value is cut to a bounded length, so that no
+value can start a line of its own (a forged "What to do:") or repaint the reader's terminal.
 """
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -39,6 +46,10 @@ FUNCTION_LOGICAL_IDS = (
 EXECUTION_STATUS_CHANGE = "Step Functions Execution Status Change"
 FILE_ALERT_EVENTS = {"file.invalid": "file_invalid", "file.failed_for_good": "file_failed"}
 _SUBJECT_MAX = 200
+# One rendered value: an S3 key is at most 1,024 bytes, so a key fits whole unless escapes
+# lengthen it; a longer reason or cause is in the function's logs.
+_VALUE_MAX = 1_500
+_RAW_MAX = 20_000  # the raw message shown (SNS allows 256 KiB; the rest is in the topic's logs)
 
 
 @dataclass(frozen=True)
@@ -191,7 +202,7 @@ def to_email(
     alert: RenderedAlert, notification: Notification, *, sender: str, recipients: list[str]
 ) -> EmailMessage:
     message = EmailMessage()
-    message["Subject"] = _one_line(alert.subject)[:_SUBJECT_MAX]
+    message["Subject"] = _safe(alert.subject, _SUBJECT_MAX)
     message["From"] = sender
     message["To"] = ", ".join(recipients)
     message["Date"] = formatdate(usegmt=True)
@@ -315,9 +326,12 @@ def _render_raw(document: Any, notification: Notification, stack_name: str) -> R
         ("What fired", "a message on AlertTopic of no known shape"),
         ("Topic", notification.topic_arn or "-"),
     ]
-    body = _body(
-        facts, ["The message as it came:", "", text], [_status(stack_name)], notification, anchor=None
-    )
+    # Line by line, so that each is indented and made safe like any other line of the body.
+    shown = text[:_RAW_MAX].splitlines()
+    if len(text) > _RAW_MAX:
+        shown.append(f"... ({len(text) - _RAW_MAX} characters more)")
+    advice = ["The message as it came:", "", *shown]
+    body = _body(facts, advice, [_status(stack_name)], notification, anchor=None)
     subject = f"[Sluice] {_one_line(notification.subject) or 'Alert'}"
     return RenderedAlert("raw", subject, body)
 
@@ -405,13 +419,17 @@ def _body(
     *,
     anchor: str | None,
 ) -> str:
+    """Every line of the body; each value made safe here, where it becomes a line (`_safe`)."""
     width = max(len(label) for label, _ in facts) + 2
-    lines = [f"{label + ':':<{width}} {value}" for label, value in facts]
+    lines = [f"{label + ':':<{width}} {_safe(value)}" for label, value in facts]
     if advice:
-        lines += ["", "What it means:", *(f"  {line}" if line else "" for line in advice)]
-    lines += ["", "What to do:", *(f"  {command}" for command in commands)]
+        lines += ["", "What it means:", *(f"  {_safe(line)}" if line else "" for line in advice)]
+    lines += ["", "What to do:", *(f"  {_safe(command)}" for command in commands)]
     lines += ["", f"Runbook: {RUNBOOK}" + (f"#{anchor}" if anchor else "")]
-    lines += ["", f"-- alert {notification.message_id} on {notification.topic_arn or 'AlertTopic'}"]
+    lines += [
+        "",
+        f"-- alert {_safe(notification.message_id)} on {_safe(notification.topic_arn or 'AlertTopic')}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -444,6 +462,28 @@ def _squash(text: str) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+# Shown as themselves: the reader knows them; the rest as \xNN or \uNNNN.
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Cc: C0/C1 controls (ESC starts ANSI sequences); Cf: format (bidi overrides and isolates,
+# zero-width); Zl/Zp: U+2028/U+2029, which str.splitlines and some mail readers break lines at.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _safe(text: str, limit: int = _VALUE_MAX) -> str:
+    """`text` inert on one line: control and format characters escaped, at most `limit` characters."""
+    head = text[: limit + 1]  # escaping only lengthens: nothing past here can be shown
+    shown = "".join(_escape(char) for char in head)
+    if len(shown) <= limit and len(head) == len(text):
+        return shown
+    return shown[: limit - 1] + "…"
+
+
+def _escape(char: str) -> str:
+    if unicodedata.category(char) not in _UNSAFE_CATEGORIES:
+        return char
+    return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
 
 
 def _token(text: str) -> str:

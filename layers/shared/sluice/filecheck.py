@@ -6,22 +6,28 @@ A file is INVALID (never retried, routed to the invalid path) when:
 - its header does not name exactly the schema's columns. Names are compared after trimming
   spaces, case-sensitively, and in any order: the rows are read by name, so a reordered file is
   as good as the documented one, while a missing, unexpected or repeated name is not;
-- one of its first SAMPLE_ROWS data rows has a different number of columns than the header
-  (a wrong delimiter or a shifted file shows there; a bad row further down is only rejected).
+- one of its first SAMPLE_ROWS data rows would be rejected by the reader: a different number
+  of columns than the header (a wrong delimiter or a shifted file shows there), malformed CSV,
+  or over a record cap (a bad row further down is only rejected).
 
-It reads one HEAD and one ranged GET of SAMPLE_BYTES, never the whole object. A header-only
-file is valid: it is processed into empty results.
+It reads one HEAD and one ranged GET of SAMPLE_BYTES, never the whole object. The sample is read
+by csvstream's reader, the one ProcessObject reads with (one dialect: LF, CRLF or CR line ends,
+a BOM, the record caps), so a file valid here is one processing reads the same way. A record that
+the sample's end cuts (the file goes on inside it) is not judged: what follows decides it, and
+ProcessObject judges it whole; every record the sample holds whole is judged. A header-only file
+is valid: it is processed into empty results.
 """
 
 import codecs
-import csv
 import io
 from collections import Counter
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from sluice.csvstream import CsvStream, HeaderError
 from sluice.models import ObjectRef
 from sluice.schemas import RowSchema
 
@@ -65,50 +71,33 @@ class _Invalid(Exception):
 def check_sample(sample: bytes, schema: RowSchema, *, truncated: bool) -> FileCheck:
     """Judge the first bytes of a file; `truncated` when the file goes on after them."""
     try:
-        records = csv.reader(io.StringIO(_whole_lines(sample, truncated=truncated), newline=""), strict=False)
+        _check_encoding(sample, truncated=truncated)
         try:
-            header = [name.strip() for name in next(records, [])]
-            rows = _sample_rows(records, truncated=truncated)
-        except csv.Error as error:
-            raise _Invalid(f"malformed CSV near the top: {error}") from None
+            stream = CsvStream(io.BytesIO(sample))
+        except HeaderError as error:
+            raise _Invalid(str(error)) from None
+        if truncated and stream.header_cut:
+            raise _Invalid(f"header: no line end in the first {SAMPLE_BYTES} bytes")
+        header = stream.header
         _check_header(header, schema)
-        for number, fields in rows:
-            if len(fields) != len(header):
-                raise _Invalid(f"row {number}: {len(fields)} columns where the header has {len(header)}")
+        for row in islice(stream, SAMPLE_ROWS):
+            if row.error is not None and not (truncated and row.cut):
+                raise _Invalid(f"row {row.number}: {row.error}")
     except _Invalid as invalid:
         return FileCheck.invalid(str(invalid))
     return FileCheck(valid=True, header=header)
 
 
-def _whole_lines(sample: bytes, *, truncated: bool) -> str:
-    """The sample as text without a BOM, cut after its last complete line if the file goes on."""
+def _check_encoding(sample: bytes, *, truncated: bool) -> None:
+    """The whole sample must be UTF-8 (after a BOM), not only the rows judged."""
     bom = len(codecs.BOM_UTF8) if sample.startswith(codecs.BOM_UTF8) else 0
     try:
         # An incremental decoder keeps a multi-byte character cut by the sample's end for later
         # instead of calling it invalid; `final` only when the sample is the whole file.
-        text = codecs.getincrementaldecoder("utf-8")().decode(sample[bom:], final=not truncated)
+        codecs.getincrementaldecoder("utf-8")().decode(sample[bom:], final=not truncated)
     except UnicodeDecodeError as error:
         at = bom + error.start
         raise _Invalid(f"encoding: not UTF-8 (byte 0x{sample[at]:02x} at offset {at})") from None
-    if not truncated:
-        return text
-    end = text.rfind("\n")
-    if end == -1:
-        raise _Invalid(f"header: no line end in the first {SAMPLE_BYTES} bytes")
-    return text[: end + 1]
-
-
-def _sample_rows(records: Any, *, truncated: bool) -> list[tuple[int, list[str]]]:
-    rows: list[tuple[int, list[str]]] = []
-    for fields in records:
-        if fields:  # blank lines are not rows
-            rows.append((len(rows) + 1, fields))
-        if len(rows) > SAMPLE_ROWS:
-            break
-    else:
-        if truncated and rows:
-            rows.pop()  # the last record may continue past the sample
-    return rows[:SAMPLE_ROWS]
 
 
 def _check_header(header: list[str], schema: RowSchema) -> None:

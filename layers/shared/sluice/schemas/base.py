@@ -1,5 +1,6 @@
 """What every row schema is made of: a pydantic model of the columns, wrapped in a `RowSchema`."""
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -42,11 +43,22 @@ class RowSchema:
         return tuple(self.model.model_fields)
 
     def parse(self, row: Mapping[str, str]) -> RowResult:
+        """The row's payload, or why it is rejected: whatever the row holds, this never raises for it.
+
+        The payload is serialised here once, as the API will get it (strict JSON: no NaN), so that
+        a row that cannot be sent (an integer past Python's 4,300-digit str limit, say) is this
+        row's reject, not an exception in a delivery worker that fails the whole segment.
+        """
         try:
             parsed = self.model.model_validate(dict(row))
         except ValidationError as error:
             return RowResult(reason=describe(error))
-        return RowResult(payload=parsed.transform())
+        try:
+            payload = parsed.transform()
+            json.dumps(payload, allow_nan=False)
+        except (ValueError, ArithmeticError) as error:
+            return RowResult(reason=f"cannot be sent as JSON: {error}")
+        return RowResult(payload=payload)
 
     def json_schema(self) -> dict[str, Any]:
         """The columns as JSON Schema, for the docs."""
@@ -63,6 +75,8 @@ _MESSAGES = {
     "less_than_equal": "must be <= {le}",
     "less_than": "must be < {lt}",
     "decimal_max_places": "must have at most {decimal_places} decimal places",
+    "decimal_max_digits": "must have at most {max_digits} significant digits",
+    "int_parsing_size": "is too large",
     "string_too_long": "must be at most {max_length} characters",
     "too_long": "must be at most {max_length} characters",
     "literal_error": "must be one of {expected}",

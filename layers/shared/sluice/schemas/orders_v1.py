@@ -4,7 +4,7 @@
 |---|---|---|
 | order_id | `ORD-` and 6 to 12 digits | `order_id`, as is |
 | customer_email | an address `local@domain.tld`, at most 254 characters | lower-cased |
-| amount | a plain decimal >= 0 with at most 2 decimals (`12.5`, `0.99`) | `amount_cents`, an integer |
+| amount | a decimal 0..999999999999.99, at most 2 decimals (`12.5`, `0.99`) | `amount_cents`, an integer |
 | currency | one of CURRENCIES, any case | upper-cased |
 | order_date | `YYYY-MM-DD`, a real calendar date | ISO date |
 | quantity | a whole number 1..10000 | an integer |
@@ -12,6 +12,12 @@
 Surrounding spaces are ignored. Each column's shape is checked before its range: pydantic's lax
 mode would otherwise take `1e3` as an amount or `5.0` as a quantity, which an order file never
 means. The JSON Schema describes the columns as the CSV text they are.
+
+Money is exact or rejected, never rounded: an amount is at most AMOUNT_MAX and has at most
+AMOUNT_MAX_DIGITS significant digits, so `amount_cents` is computed exactly (the decimal context
+keeps 28 digits) and stays below 2**53 (99,999,999,999,999 < 9,007,199,254,740,992), which any
+JSON reader, JavaScript's doubles included, reads exactly. A longer amount (5,000 digits, or 30
+significant ones) is the row's reject, as is a quantity too long to parse.
 """
 
 import re
@@ -33,6 +39,9 @@ _EMAIL = r"[^@\s]+@[^@\s]+\.[^@\s.]+"
 _DECIMAL = r"-?\d+(\.\d+)?"
 _INTEGER = r"-?\d+"
 _DATE = r"\d{4}-\d{2}-\d{2}"
+AMOUNT_DECIMALS = 2
+AMOUNT_MAX_DIGITS = 14  # significant: exact in the decimal context's 28 (see above)
+AMOUNT_MAX = Decimal("999999999999.99")  # 12 digits before the point: amount_cents < 10**14 < 2**53
 
 
 def _shaped(pattern: str, problem: str, convert: Callable[[str], Any] = str) -> BeforeValidator:
@@ -69,6 +78,13 @@ def _calendar_date(value: str) -> date:
         raise ValueError(f"{value} is not a calendar date") from None
 
 
+def _at_most_amount_max(value: Decimal) -> Decimal:
+    # Not Field(le=...): pydantic words a Decimal bound as "Decimal('999999999999.99')".
+    if value > AMOUNT_MAX:
+        raise ValueError(f"must be at most {AMOUNT_MAX}")
+    return value
+
+
 def _currency(value: Any) -> Any:
     if isinstance(value, str):
         if not value.strip():
@@ -95,8 +111,13 @@ class OrderV1(RowModel):
     amount: Annotated[
         Decimal,
         _shaped(_DECIMAL, "must be a decimal number like 12.50"),
-        Field(ge=0, decimal_places=2),
-        _column(r"\d+(\.\d{1,2})?", "At most 2 decimals; sent as amount_cents.", "19.99"),
+        Field(ge=0, max_digits=AMOUNT_MAX_DIGITS, decimal_places=AMOUNT_DECIMALS),
+        AfterValidator(_at_most_amount_max),
+        _column(
+            rf"\d{{1,{AMOUNT_MAX_DIGITS - AMOUNT_DECIMALS}}}(\.\d{{1,{AMOUNT_DECIMALS}}})?",
+            "0 to 999999999999.99, at most 2 decimals; sent as amount_cents.",
+            "19.99",
+        ),
     ]
     currency: Annotated[
         Currency,
@@ -121,7 +142,7 @@ class OrderV1(RowModel):
         return {
             "order_id": self.order_id,
             "customer_email": self.customer_email,
-            "amount_cents": int(self.amount * 100),
+            "amount_cents": int(self.amount * 100),  # exact: at most 14 digits (AMOUNT_MAX_DIGITS)
             "currency": self.currency,
             "order_date": self.order_date.isoformat(),
             "quantity": self.quantity,

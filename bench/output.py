@@ -72,9 +72,7 @@ def _write_parts(s3: Any, obj: ObjectRef, rows: int, per_part: int) -> int:
 
 def measure(rows: int = DEFAULT_ROWS, per_part: int = CHECKPOINT_EVERY) -> dict[str, Any]:
     with mock_aws():
-        s3 = boto3.client(
-            "s3", region_name="us-east-1", config=Config(max_pool_connections=MERGE_WORKERS)
-        )
+        s3 = boto3.client("s3", region_name="us-east-1", config=Config(max_pool_connections=MERGE_WORKERS))
         s3.create_bucket(Bucket=BUCKET)
         obj = ObjectRef(bucket="bench-raw", key="big/orders.csv", version_id="v1")
         began = time.monotonic()

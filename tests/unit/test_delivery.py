@@ -27,7 +27,7 @@ from datapath_support import (
 from moto import mock_aws
 from pydantic import Field
 
-from sluice.delivery import Segment, SegmentLimits
+from sluice.delivery import ObjectReplaced, Segment, SegmentLimits
 from sluice.downstream import (
     DownstreamClient,
     HttpTransport,
@@ -482,7 +482,31 @@ def test_a_1000_byte_key_is_processed_and_its_results_written(world: World) -> N
     world.upload(csv_file(), key=key)
 
     results = world.run_all(rows_per_segment=25)
+    parts = list_keys(world.s3, PROCESSED_BUCKET)
 
     accepted, rejects = world.merged(results[-1])
     assert [row["row"] for row in accepted] == DELIVERED
     assert len(rejects) == 6
+    # every key within S3's 1,024 bytes (which moto does not enforce)
+    written = parts + list_keys(world.s3, PROCESSED_BUCKET)
+    assert len(parts) == 2 * results[-1].parts
+    assert max(len(key.encode()) for key in written) <= 1024
+
+
+def list_keys(s3: Any, bucket: str) -> list[str]:
+    return [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_an_unversioned_object_overwritten_meanwhile_is_not_read_as_this_file(world: World) -> None:
+    # GIVEN an unversioned bucket's file registered by its content, then overwritten by another upload
+    world.s3.create_bucket(Bucket="plain-raw")
+    first = world.s3.put_object(Bucket="plain-raw", Key="in/notes.csv", Body=csv_file())
+    world.obj = ObjectRef(bucket="plain-raw", key="in/notes.csv", etag=first["ETag"])
+    world.attempt = world.store.register(world.obj).attempt
+    world.s3.put_object(Bucket="plain-raw", Key="in/notes.csv", Body=b"id,note\n1,other content\n")
+
+    # WHEN its segment starts, THEN it refuses to read the other upload's rows under this identity
+    with pytest.raises(ObjectReplaced, match="not this content"):
+        world.segment(CountdownContext()).run(0)
+    assert world.server.received == []
+    assert world.store.get(world.obj.id)["state"] == "RECEIVED"  # type: ignore[index]  # nothing written

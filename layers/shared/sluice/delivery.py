@@ -59,6 +59,10 @@ from sluice.schemas import RowSchema
 from sluice.settings import ProcessSettings
 
 
+class ObjectReplaced(RuntimeError):
+    """An unversioned object was overwritten: this identity's content can no longer be read."""
+
+
 @dataclass(slots=True)
 class _Entry:
     """A row on its way: rejected already (`reason`), answered in an earlier segment
@@ -184,6 +188,12 @@ class Segment:
 
     def _open(self, segment: int) -> CsvStream:
         """The row stream from the checkpoint. The first segment reads the header and enters PROCESSING."""
+        version = {"VersionId": self._obj.version_id} if self._obj.version_id else {}
+        head = self._s3.head_object(Bucket=self._obj.bucket, Key=self._obj.key, **version)
+        if self._obj.version_label.startswith("null-") and head.get("ETag") != self._obj.etag:
+            # Unversioned: the key now holds another upload, a file of its own (null-{its etag}).
+            raise ObjectReplaced(f"{self._obj.id}: the key now holds {head.get('ETag')}, not this content")
+        self._resend_token = head.get("Metadata", {}).get(RESEND_METADATA, "")
         stream = None
         if segment == 0:
             stream = CsvStream.from_s3(self._s3, self._obj)
@@ -194,9 +204,6 @@ class Segment:
         if self._checkpoint.ahead:
             loaded = self._parts.read_ahead(self._checkpoint.ahead_file)
             self._answered = {row: loaded[row] for row in self._checkpoint.ahead}
-        version = {"VersionId": self._obj.version_id} if self._obj.version_id else {}
-        head = self._s3.head_object(Bucket=self._obj.bucket, Key=self._obj.key, **version)
-        self._resend_token = head.get("Metadata", {}).get(RESEND_METADATA, "")
         if stream is None or self._checkpoint.byte_offset > 0:
             if stream is not None:
                 stream.close()  # only its header was needed: the stored checkpoint is further on

@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output-rows", type=int, default=output.DEFAULT_ROWS, help="rows of the output part's file"
     )
+    parser.add_argument(
+        "--output-latency-ms", type=float, default=0, help="a wait before each S3 call (output)"
+    )
     parser.add_argument("--skip", action="append", default=[], choices=PARTS, help="leave a part out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--docs-img", type=Path, default=None, help="also copy the charts here (docs/img)")
@@ -130,7 +133,7 @@ def run_parts(args: argparse.Namespace, record: Record, say: Say) -> dict[str, A
     if "output" not in args.skip:
         say(f"output: WriteOutput's merge of {args.output_rows:,} rows' parts…")
         began = time.monotonic()
-        results["output"] = output.measure(args.output_rows)
+        results["output"] = output.measure(args.output_rows, latency_ms=args.output_latency_ms)
         timings["output"] = round(time.monotonic() - began, 1)
         write_results(args.out, results)
     if "memory" not in args.skip:

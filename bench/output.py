@@ -8,7 +8,9 @@ orders-v1 row, its key and the API simulator's answer), 1 % of rows rejected —
 many pooled connections). It checks that the output holds every row once, in order.
 
 What the figure is: moto on this machine, where a request costs CPU of the same two cores the
-merge runs on, not S3's latency; a floor on the request count's cost, not a forecast of AWS.
+merge runs on (moto's own handling is most of it), not a forecast of AWS. `latency_ms` adds a
+fixed wait before every S3 call (S3's first-byte latency, which moto has none of), so the figure
+also shows what the merge's threads do about latency.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from moto import mock_aws
 from sluice.csvstream import CsvStream
 from sluice.downstream import idempotency_key
 from sluice.models import FileState, ObjectRef, ProcessResult
-from sluice.results import MERGE_WORKERS, Layout, PartWriter, merge_results
+from sluice.results import MERGE_CONNECTIONS, MERGE_WORKERS, Layout, PartWriter, merge_results
 from sluice.schemas import get_schema
 from sluice.settings import ProcessSettings
 from sluice_cli.workload import orders_csv_bytes
@@ -70,14 +72,20 @@ def _write_parts(s3: Any, obj: ObjectRef, rows: int, per_part: int) -> int:
     return parts
 
 
-def measure(rows: int = DEFAULT_ROWS, per_part: int = CHECKPOINT_EVERY) -> dict[str, Any]:
+def measure(
+    rows: int = DEFAULT_ROWS, per_part: int = CHECKPOINT_EVERY, latency_ms: float = 0
+) -> dict[str, Any]:
     with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1", config=Config(max_pool_connections=MERGE_WORKERS))
+        s3 = boto3.client(
+            "s3", region_name="us-east-1", config=Config(max_pool_connections=MERGE_CONNECTIONS)
+        )
         s3.create_bucket(Bucket=BUCKET)
         obj = ObjectRef(bucket="bench-raw", key="big/orders.csv", version_id="v1")
         began = time.monotonic()
         parts = _write_parts(s3, obj, rows, per_part)
         setup = time.monotonic() - began
+        if latency_ms:
+            s3.meta.events.register("before-call.s3.*", lambda **_: time.sleep(latency_ms / 1000))
         rejected = rows // REJECT_EVERY
         result = ProcessResult(
             done=True,
@@ -111,6 +119,7 @@ def measure(rows: int = DEFAULT_ROWS, per_part: int = CHECKPOINT_EVERY) -> dict[
         "accepted_bytes": len(accepted),
         "upload_parts": head.get("PartsCount", 1),
         "workers": MERGE_WORKERS,
+        "latency_ms": latency_ms,
         "setup_seconds": round(setup, 1),
         "merge_seconds": round(seconds, 1),
         "mib_per_second": round(len(accepted) / 1024**2 / seconds, 1),
@@ -120,4 +129,5 @@ def measure(rows: int = DEFAULT_ROWS, per_part: int = CHECKPOINT_EVERY) -> dict[
 if __name__ == "__main__":  # python -m bench.output [rows]
     import sys
 
-    print(json.dumps(measure(int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_ROWS), indent=2))
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_ROWS
+    print(json.dumps(measure(rows, latency_ms=float(sys.argv[2]) if len(sys.argv) > 2 else 0), indent=2))

@@ -189,7 +189,8 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"WriteOutput: merge of {merge['rows']:,} rows",
                 f"{merge['merge_seconds']:.0f} s",
                 f"{merge['parts']:,} parts ({merge['accepted_bytes'] / 1024**2:,.0f} MiB) into "
-                f"{merge['upload_parts']} upload parts, {merge['workers']} threads; moto in-process",
+                f"{merge['upload_parts']} upload parts, {merge['workers']} threads; moto in-process"
+                + (f", +{merge['latency_ms']:.0f} ms per S3 call" if merge.get("latency_ms") else ""),
             )
         )
     memory = results.get("memory")

@@ -2,7 +2,7 @@
 
 Input `{"object": OBJECT, "result": <ProcessObject's last answer>}`; output
 `{"accepted_key", "rejects_key", "summary_key"}` (docs/interfaces.md). Merges exactly the parts
-the answer names (`parts`, `runs`), S3 copying or MERGE_WORKERS threads joining them. Idempotent:
+the answer names (`parts`, `runs`), S3 copying big ones, threads reading and joining small ones. Idempotent:
 a re-run overwrites the results, or only finishes the clean-up once summary.json exists
 (sluice/results.py).
 """
@@ -17,11 +17,11 @@ from pydantic import BaseModel
 
 from sluice.models import ObjectRef, ProcessResult
 from sluice.observability import MetricUnit, logger, metrics, tracer
-from sluice.results import MERGE_WORKERS, merge_results
+from sluice.results import MERGE_CONNECTIONS, merge_results
 from sluice.settings import OutputSettings
 
 settings = OutputSettings.from_env()
-s3 = boto3.client("s3", config=Config(max_pool_connections=MERGE_WORKERS))  # the merge's threads
+s3 = boto3.client("s3", config=Config(max_pool_connections=MERGE_CONNECTIONS))  # the merge's threads
 
 
 class OutputRequest(BaseModel):

@@ -4,7 +4,8 @@ the samples (bench/results/samples.jsonl) and their charts (sluice_cli.report).
 Parts, each skippable with --skip: `cpu` (seconds), `utilization` (Sluice and the seed's design on
 the offline stack, plus latency and the counts the cost comes from: a few minutes), `memory`
 (ProcessObject through a --memory-size-gb file: long, CPU-bound; see docs/performance.md),
-`hostile` (ProcessObject through a --hostile-size-mb file of hostile records: peak RSS).
+`hostile` (ProcessObject through a --hostile-size-mb file of hostile records: peak RSS),
+`output` (WriteOutput's merge of a --output-rows file's parts on moto: minutes).
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import cpupath, memory, summary
+from bench import cpupath, memory, output, summary
 from bench.utilization import Workload, ramp_design, run_design, seed_design, sluice_design
 from sluice_cli.report import make_charts
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("cpu", "utilization", "memory", "hostile")
+PARTS = ("cpu", "utilization", "memory", "hostile", "output")
 STATE = ROOT / ".sluice" / "bench"  # the stacks' logs and state, the memory part's scratch files
 Record = Callable[[dict[str, Any]], None]
 Say = Callable[[str], None]
@@ -82,6 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpu-repeats", type=int, default=5)
     parser.add_argument("--memory-size-gb", type=float, default=1.0, help="size of the memory part's file")
     parser.add_argument("--hostile-size-mb", type=int, default=64, help="size of the hostile part's file")
+    parser.add_argument(
+        "--output-rows", type=int, default=output.DEFAULT_ROWS, help="rows of the output part's file"
+    )
+    parser.add_argument(
+        "--output-latency-ms", type=float, default=0, help="a wait before each S3 call (output)"
+    )
     parser.add_argument("--skip", action="append", default=[], choices=PARTS, help="leave a part out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--docs-img", type=Path, default=None, help="also copy the charts here (docs/img)")
@@ -124,6 +131,12 @@ def run_parts(args: argparse.Namespace, record: Record, say: Say) -> dict[str, A
             )
         results["cost"] = summary.costs(results["utilization"], results.get("cpu_path"))
         timings["utilization"] = round(time.monotonic() - began, 1)
+        write_results(args.out, results)
+    if "output" not in args.skip:
+        say(f"output: WriteOutput's merge of {args.output_rows:,} rows' parts…")
+        began = time.monotonic()
+        results["output"] = output.measure(args.output_rows, latency_ms=args.output_latency_ms)
+        timings["output"] = round(time.monotonic() - began, 1)
         write_results(args.out, results)
     if "memory" not in args.skip:
         began = time.monotonic()
@@ -187,6 +200,7 @@ def carried_over(out: Path, skipped: list[str]) -> Carried:
         "utilization": ["utilization", "cost"],
         "memory": ["memory"],
         "hostile": ["memory_hostile"],
+        "output": ["output"],
     }
     results = {key: previous[key] for part in skipped for key in keys[part] if key in previous}
     runs: set[str] = set()

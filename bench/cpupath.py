@@ -49,10 +49,11 @@ def sluice_rows(data: bytes, schema: RowSchema, client: DownstreamClient, obj: O
     for row in stream:
         if row.fields is None:
             continue
-        parsed = schema.parse(dict(zip(header, row.fields, strict=True)))
+        record = dict(zip(header, row.fields, strict=True))
+        parsed = schema.parse(record)
         if parsed.payload is None:
             continue
-        key = idempotency_key(obj, row.number)
+        key = idempotency_key(obj, row.number, record)
         delivery = client.deliver(parsed.payload, key)
         accepted_line(row.number, key, parsed.payload, delivery.answer)
         delivered += 1

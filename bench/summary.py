@@ -182,6 +182,17 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             ("CPU path: csv.reader rows/s", f"{cpu['csv_reader_rows_per_second']:,}", "same bytes"),
             ("CPU path: ratio", f"{cpu['ratio']:.3f}", "Sluice ÷ csv.reader"),
         ]
+    merge = results.get("output")
+    if merge:
+        rows.append(
+            (
+                f"WriteOutput: merge of {merge['rows']:,} rows",
+                f"{merge['merge_seconds']:.0f} s",
+                f"{merge['parts']:,} parts ({merge['accepted_bytes'] / 1024**2:,.0f} MiB) into "
+                f"{merge['upload_parts']} upload parts, {merge['workers']} threads; moto in-process"
+                + (f", +{merge['latency_ms']:.0f} ms per S3 call" if merge.get("latency_ms") else ""),
+            )
+        )
     memory = results.get("memory")
     if memory:
         size = memory["file_bytes"] / 1024**3

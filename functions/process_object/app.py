@@ -63,10 +63,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         obj,
         s3_client=s3,
         store=store,
-        parts=PartWriter(s3, settings.processed_bucket, obj),
+        parts=PartWriter(s3, settings.processed_bucket, obj, attempt=request.attempt),
         schema=schema,
         client=client,
         limits=limits,
         remaining_ms=context.get_remaining_time_in_millis,
+        attempt=request.attempt,
     )
     return segment.run(request.segment).model_dump(mode="json")

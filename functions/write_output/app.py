@@ -1,8 +1,10 @@
 """WriteOutput (Output): merge a finished file's parts into its results in ProcessedBucket.
 
 Input `{"object": OBJECT, "result": <ProcessObject's last answer>}`; output
-`{"accepted_key", "rejects_key", "summary_key"}` (docs/interfaces.md). Idempotent: a re-run
-overwrites the results, or only finishes the clean-up once summary.json exists (sluice/results.py).
+`{"accepted_key", "rejects_key", "summary_key"}` (docs/interfaces.md). Merges exactly the parts
+the answer names (`parts`, `runs`), S3 copying big ones, threads reading and joining small ones. Idempotent:
+a re-run overwrites the results, or only finishes the clean-up once summary.json exists
+(sluice/results.py).
 """
 
 from dataclasses import asdict
@@ -10,15 +12,16 @@ from typing import Any
 
 import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config
 from pydantic import BaseModel
 
 from sluice.models import ObjectRef, ProcessResult
 from sluice.observability import MetricUnit, logger, metrics, tracer
-from sluice.results import merge_results
+from sluice.results import MERGE_CONNECTIONS, merge_results
 from sluice.settings import OutputSettings
 
 settings = OutputSettings.from_env()
-s3 = boto3.client("s3")
+s3 = boto3.client("s3", config=Config(max_pool_connections=MERGE_CONNECTIONS))  # the merge's threads
 
 
 class OutputRequest(BaseModel):

@@ -251,6 +251,11 @@ class ApiSimulator:
             self._limiter.limit = self._config.rate_limit
             return self._config
 
+    def refuse(self, rules: Sequence[RejectRule]) -> None:
+        """Replace the rules that refuse rows: a test's outage of one row is a rule with status 503."""
+        with self._lock:
+            self._config = dataclasses.replace(self._config, rejects=tuple(rules))
+
     def deliveries(self) -> dict[str, int]:
         """Idempotency-Key -> how many times it was answered 2xx."""
         with self._lock:

@@ -6,13 +6,16 @@ stack is shared and only the downstream simulator is reset between them.
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from sluice.csvstream import CsvStream
 from sluice.downstream import idempotency_key
 from sluice.models import ObjectRef
+from sluice.results import Layout
 from sluice_cli.apisim import ApiSimulatorConfig
 from sluice_cli.commands.status import scan_items
 from sluice_cli.offline import OfflineStack
@@ -97,10 +100,18 @@ def wait_for_state(
 
 
 def delivery_counts(stack: OfflineStack, obj: ObjectRef, rows: Iterable[int]) -> dict[int, int]:
-    """How many times the API answered 2xx for each row (by its Idempotency-Key)."""
+    """How many times the API answered 2xx for each row (by its Idempotency-Key, from its content)."""
     assert stack.api is not None
     deliveries = stack.api.deliveries()
-    return {row: deliveries.get(idempotency_key(obj, row), 0) for row in rows}
+    version = {"VersionId": obj.version_id} if obj.version_id else {}
+    body = stack.client("s3").get_object(Bucket=obj.bucket, Key=obj.key, **version)["Body"].read()
+    stream = CsvStream(io.BytesIO(body))
+    keys = {
+        row.number: idempotency_key(obj, row.number, dict(zip(stream.header, row.fields, strict=True)))
+        for row in stream
+        if row.fields is not None
+    }
+    return {row: deliveries.get(keys.get(row, ""), 0) for row in rows}
 
 
 def read_object(stack: OfflineStack, bucket: str, key: str) -> bytes:
@@ -114,7 +125,8 @@ def results(stack: OfflineStack, obj: ObjectRef) -> dict[str, Any]:
     written last, says the results are complete.
     """
     bucket = stack.outputs["ProcessedBucketName"]
-    base = f"results/{obj.key}/{obj.version_id or 'null'}"
+    keys = Layout(obj).results
+    base = keys.summary_key.rsplit("/", 1)[0]
     s3 = stack.client("s3")
 
     def written() -> bool:

@@ -12,6 +12,7 @@ import time
 from integration.pipeline import (
     API_RATE,
     MAX_RECEIVE_COUNT,
+    OVERRIDES,
     delivery_counts,
     item_of,
     queue_bodies,
@@ -23,6 +24,7 @@ from integration.pipeline import (
     upload,
     wait_for_state,
 )
+from sluice_cli.apisim import UNKNOWN_CUSTOMER_RULE, RejectRule
 from sluice_cli.offline import OfflineStack
 from sluice_cli.offline.polling import wait_for
 from sluice_cli.workload import InvalidKind, RejectKind, generate_invalid_csv, orders_csv_bytes
@@ -225,3 +227,38 @@ def test_an_empty_queue_is_a_no_op(pipeline_stack: OfflineStack) -> None:
         pipeline_stack.client("dynamodb").scan(TableName=pipeline_stack.outputs["MetadataTableName"])["Items"]
     )
     assert items_after == items_before
+
+
+def test_rows_answered_behind_a_row_that_failed_for_good_are_not_sent_again(
+    pipeline_stack: OfflineStack,
+) -> None:
+    """GIVEN row 20 of 40 answered 503 by the API every time, WHEN the first attempt fails on it
+    and the file is retried once the row is accepted again, THEN the API accepted every row exactly
+    once: the rows it had answered behind row 20 were kept with the checkpoint, not re-sent."""
+    api = pipeline_stack.api
+    assert api is not None
+    data, _ = orders_csv_bytes(40, seed=8)
+    api.refuse([RejectRule(field="order_id", pattern="^ORD-000020$", error="row 20 is down", status=503)])
+    try:
+        obj = upload(pipeline_stack, unique_key("failed-row"), data)
+        wait_for(
+            lambda: api.stats()["responses_by_status"].get("503", 0) >= int(OVERRIDES["ApiMaxAttempts"]),
+            timeout=60,
+            what="row 20 to fail every one of its attempts",
+        )
+    finally:
+        api.refuse([UNKNOWN_CUSTOMER_RULE])  # the retry's row 20 is accepted
+    kept = wait_for(
+        lambda: item_of(pipeline_stack, obj).get("checkpoint", {}).get("ahead"),
+        timeout=10,
+        interval=0.05,
+        what="the failed attempt's checkpoint to keep the rows answered behind row 20",
+    )
+
+    item = wait_for_state(pipeline_stack, obj, {"SUCCEEDED"}, timeout=90)
+
+    assert min(kept) > 20
+    assert item["attempts"] == 2
+    assert item["rows_delivered"] == 40
+    assert set(delivery_counts(pipeline_stack, obj, range(1, 41)).values()) == {1}
+    assert [line["row"] for line in results(pipeline_stack, obj)["accepted"]] == list(range(1, 41))

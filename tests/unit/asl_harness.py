@@ -332,6 +332,8 @@ class Stack:
             "rows_total": rows,
             "rows_delivered": rows - 1,
             "rows_rejected": 1,
+            "parts": segment + 1,
+            "runs": [[0, payload["attempt"]]],
         }
 
     def write_output(self, payload: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from datapath_support import (
 from moto import mock_aws
 from pydantic import Field
 
-from sluice.delivery import Segment, SegmentLimits
+from sluice.delivery import ObjectReplaced, Segment, SegmentLimits
 from sluice.downstream import (
     DownstreamClient,
     HttpTransport,
@@ -35,11 +35,11 @@ from sluice.downstream import (
     TransientDownstreamError,
     idempotency_key,
 )
-from sluice.metadata import MetadataStore
+from sluice.metadata import Fenced, MetadataStore
 from sluice.models import FileState, ObjectRef, ProcessResult
 from sluice.observability import metrics
 from sluice.ratelimit import ManualClock, shared_limiter
-from sluice.results import PartWriter, merge_results
+from sluice.results import Layout, PartWriter, merge_results
 from sluice.schemas import RowModel, RowSchema, get_schema
 from sluice.settings import ProcessSettings
 
@@ -95,11 +95,16 @@ class World:
     control: Any
     obj: ObjectRef = field(init=False)
     limits: SegmentLimits = field(default_factory=lambda: SegmentLimits(concurrency=3, checkpoint_every=4))
+    attempt: int = 1
 
-    def upload(self, body: bytes, key: str = "in/notes.csv") -> ObjectRef:
-        version = self.s3.put_object(Bucket=RAW_BUCKET, Key=key, Body=body)["VersionId"]
-        self.obj = ObjectRef(bucket=RAW_BUCKET, key=key, version_id=version, size=len(body))
-        self.store.register(self.obj)
+    def upload(
+        self, body: bytes, key: str = "in/notes.csv", metadata: dict[str, str] | None = None
+    ) -> ObjectRef:
+        answer = self.s3.put_object(Bucket=RAW_BUCKET, Key=key, Body=body, Metadata=metadata or {})
+        self.obj = ObjectRef(
+            bucket=RAW_BUCKET, key=key, version_id=answer["VersionId"], size=len(body), etag=answer["ETag"]
+        )
+        self.attempt = self.store.register(self.obj).attempt
         return self.obj
 
     def segment(self, context: CountdownContext, *, attempts: int = 2, schema: RowSchema = NOTES) -> Segment:
@@ -114,11 +119,12 @@ class World:
             self.obj,
             s3_client=self.s3,
             store=self.store,
-            parts=PartWriter(self.s3, PROCESSED_BUCKET, self.obj),
+            parts=PartWriter(self.s3, PROCESSED_BUCKET, self.obj, attempt=self.attempt),
             schema=schema,
             client=client,
             limits=self.limits,
             remaining_ms=context.get_remaining_time_in_millis,
+            attempt=self.attempt,
         )
 
     def run_all(
@@ -140,8 +146,11 @@ class World:
         rejects = self.s3.get_object(Bucket=PROCESSED_BUCKET, Key=keys.rejects_key)["Body"].read().decode()
         return [json.loads(line) for line in body.splitlines()], rejects.splitlines()
 
-    def key(self, number: int) -> str:
-        return idempotency_key(self.obj, number)
+    def key(self, number: int, resend_token: str = "") -> str:
+        """Row `number`'s Idempotency-Key, from the row as csv_file writes it."""
+        return idempotency_key(
+            self.obj, number, {"id": str(number), "note": note(number)}, resend_token=resend_token
+        )
 
 
 @pytest.fixture
@@ -241,20 +250,21 @@ def test_a_row_failing_for_good_checkpoints_the_rows_before_it_and_the_retry_fin
     outage.clear()
     results = world.run_all(rows_per_segment=1_000)
 
-    # THEN the results hold every row exactly once, and only rows from 20 on were posted again
-    accepted, _ = world.merged(results[-1])
+    # THEN the results hold every row exactly once, and only row 20 was posted again: the rows the
+    # API answered behind it while it failed were kept with the checkpoint, not sent a second time
+    accepted, rejects = world.merged(results[-1])
     assert [row["row"] for row in accepted] == DELIVERED
+    assert [line.split(",", 1)[0] for line in rejects[1:]] == ["13", "27", "33", "41", "50"]
     posted = Counter(world.server.keys())
     assert posted[world.key(20)] == 3  # 2 failed attempts, then delivered
-    again = {n for n in POSTED if posted[world.key(n)] > 1}
-    assert again
-    assert min(again) == 20
-    assert all(posted[world.key(n)] == 1 for n in POSTED if n < 20)
+    assert {n for n in POSTED if posted[world.key(n)] > 1} == {20}
+    assert checkpoint.ahead  # some rows past 20 were answered before the segment stopped
+    assert (results[-1].rows_total, results[-1].rows_delivered, results[-1].rows_rejected) == (60, 55, 5)
 
 
 def test_a_fresh_start_forgets_the_parts_of_an_earlier_processing(world: World) -> None:
     world.upload(csv_file())
-    stale = "parts/in/notes.csv/" + (world.obj.version_id or "null") + "/000099.accepted.jsonl"
+    stale = Layout(world.obj).part_keys(0, 0)[0]  # an earlier processing's part 0
     world.s3.put_object(Bucket=PROCESSED_BUCKET, Key=stale, Body=b'{"row": 999}\n')
 
     results = world.run_all(rows_per_segment=1_000)
@@ -389,12 +399,14 @@ def test_a_row_in_retry_when_time_runs_short_is_left_to_the_next_segment(world: 
     # WHEN the next segments run
     results = world.run_all(rows_per_segment=1_000, first_segment=paused.segment)
 
-    # THEN the results hold every row once; rows 5-8 were posted twice, with the same keys
+    # THEN the results hold every row once; only row 5, never answered, was posted twice: rows 6-8,
+    # answered while it waited, were kept with the checkpoint and not sent again
+    assert checkpoint.ahead == [6, 7, 8]
     accepted, _ = world.merged(results[-1])
     assert [row["row"] for row in accepted] == DELIVERED
     posted = Counter(world.server.keys())
-    assert {n for n in POSTED if posted[world.key(n)] == 2} == {5, 6, 7, 8}
-    assert all(posted[world.key(n)] == 1 for n in POSTED if n not in {5, 6, 7, 8})
+    assert {n for n in POSTED if posted[world.key(n)] == 2} == {5}
+    assert all(posted[world.key(n)] == 1 for n in POSTED if n != 5)
 
 
 class BrokenOnRow10(NoteRow):
@@ -470,3 +482,89 @@ def test_a_cr_only_file_is_processed_as_its_crlf_twin_across_checkpoints(world: 
     accepted, rejects = world.merged(final)
     assert [row["row"] for row in accepted] == DELIVERED
     assert [line.split(",", 1)[0] for line in rejects[1:]] == ["13", "27", "33", "41", "50"]
+def test_a_stale_attempt_is_fenced_out_and_only_the_live_attempts_parts_make_the_file(world: World) -> None:
+    # GIVEN attempt 1 paused after 9 rows (checkpoint at row 10, 3 parts), then lost the file:
+    # another message took it over as attempt 2
+    world.upload(csv_file())
+    world.segment(CountdownContext(calls=9)).run(0)
+    stale = world.segment(CountdownContext())  # attempt 1's runner, still alive
+    world.attempt = world.store.register(world.obj).attempt
+    assert world.attempt == 2
+
+    # WHEN attempt 1's runner goes on with its next segment
+    with pytest.raises(Fenced, match="attempt 1 fenced out"):
+        stale.run(1)
+
+    # THEN it stopped at its first checkpoint: the item is still at row 10, and it sent at most the
+    # rows of one part plus its window and its workers (4 + 12 + 3) past it
+    checkpoint, counts = world.store.load_checkpoint(world.obj)
+    assert (checkpoint.next_row, checkpoint.parts, counts.total) == (10, 3, 9)
+    assert len(world.server.received) <= 9 + 4 + 12 + 3
+
+    # AND attempt 2 finishes the file from row 10; its results are every row once, in order: the
+    # part attempt 1's runner wrote as part 3 is not among them
+    results = world.run_all(rows_per_segment=1_000)
+    assert results[-1].runs == [[0, 1], [3, 2]]
+    accepted, _ = world.merged(results[-1])
+    assert [row["row"] for row in accepted] == DELIVERED
+
+
+def test_the_same_bytes_uploaded_again_carry_the_same_keys_unless_a_resend_token_is_set(world: World) -> None:
+    # GIVEN a file delivered once
+    body = csv_file()
+    world.upload(body)
+    world.run_all(rows_per_segment=1_000)
+    first = set(world.server.keys())
+
+    # WHEN the same bytes come again as a new version (a re-upload, a retried PUT, a copy in place)
+    world.upload(body)
+    world.run_all(rows_per_segment=1_000)
+
+    # THEN every row carries the key it had: the API can tell they are the same rows
+    assert set(world.server.keys()[len(first) :]) == first
+    assert first == {world.key(n) for n in POSTED}
+
+    # WHEN the user asks for a re-send with a resend token in the object's metadata
+    world.upload(body, metadata={"sluice-resend-token": "2026-12-02"})
+    world.run_all(rows_per_segment=1_000)
+
+    # THEN the rows carry new keys, the token's
+    resent = set(world.server.keys()[2 * len(first) :])
+    assert resent == {world.key(n, resend_token="2026-12-02") for n in POSTED}
+    assert resent.isdisjoint(first)
+
+
+def test_a_1000_byte_key_is_processed_and_its_results_written(world: World) -> None:
+    key = "in/" + "n" * 993 + ".csv"
+    assert len(key.encode()) == 1000
+    world.upload(csv_file(), key=key)
+
+    results = world.run_all(rows_per_segment=25)
+    parts = list_keys(world.s3, PROCESSED_BUCKET)
+
+    accepted, rejects = world.merged(results[-1])
+    assert [row["row"] for row in accepted] == DELIVERED
+    assert len(rejects) == 6
+    # every key within S3's 1,024 bytes (which moto does not enforce)
+    written = parts + list_keys(world.s3, PROCESSED_BUCKET)
+    assert len(parts) == 2 * results[-1].parts
+    assert max(len(key.encode()) for key in written) <= 1024
+
+
+def list_keys(s3: Any, bucket: str) -> list[str]:
+    return [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_an_unversioned_object_overwritten_meanwhile_is_not_read_as_this_file(world: World) -> None:
+    # GIVEN an unversioned bucket's file registered by its content, then overwritten by another upload
+    world.s3.create_bucket(Bucket="plain-raw")
+    first = world.s3.put_object(Bucket="plain-raw", Key="in/notes.csv", Body=csv_file())
+    world.obj = ObjectRef(bucket="plain-raw", key="in/notes.csv", etag=first["ETag"])
+    world.attempt = world.store.register(world.obj).attempt
+    world.s3.put_object(Bucket="plain-raw", Key="in/notes.csv", Body=b"id,note\n1,other content\n")
+
+    # WHEN its segment starts, THEN it refuses to read the other upload's rows under this identity
+    with pytest.raises(ObjectReplaced, match="not this content"):
+        world.segment(CountdownContext()).run(0)
+    assert world.server.received == []
+    assert world.store.get(world.obj.id)["state"] == "RECEIVED"  # type: ignore[index]  # nothing written

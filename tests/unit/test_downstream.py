@@ -81,14 +81,23 @@ def scripted(*replies: Reply) -> Any:
     return respond
 
 
-def test_the_idempotency_key_is_the_documented_hash() -> None:
+def test_the_idempotency_key_is_the_documented_hash_of_the_rows_content() -> None:
     obj = ObjectRef(bucket="raw", key="in/orders.csv", version_id="v1")
-    unversioned = ObjectRef(bucket="raw", key="in/orders.csv")
+    record = {"order_id": "A-1", "amount": "9.50"}
+    content = hashlib.sha256(b'{"order_id": "A-1", "amount": "9.50"}').hexdigest()
 
-    assert idempotency_key(obj, 7) == hashlib.sha256(b"raw/in/orders.csv#v1:7").hexdigest()[:32]
-    assert idempotency_key(unversioned, 7) == hashlib.sha256(b"raw/in/orders.csv#null:7").hexdigest()[:32]
-    assert len(idempotency_key(obj, 8)) == 32
-    assert idempotency_key(obj, 8) != idempotency_key(obj, 7)
+    key = idempotency_key(obj, 7, record)
+
+    assert key == hashlib.sha256(f'["raw", "in/orders.csv", 7, "{content}", ""]'.encode()).hexdigest()[:32]
+    # the same row under another version (a re-upload, a copy in place, unversioned) keeps its key
+    for other in (obj.model_copy(update={"version_id": "v2"}), ObjectRef(bucket="raw", key="in/orders.csv")):
+        assert idempotency_key(other, 7, record) == key
+    # another row number, other content, another key or bucket, or a resend token: another key
+    assert idempotency_key(obj, 8, record) != key
+    assert idempotency_key(obj, 7, {**record, "amount": "9.51"}) != key
+    assert idempotency_key(obj.model_copy(update={"key": "in/other.csv"}), 7, record) != key
+    assert idempotency_key(obj, 7, record, resend_token="again") != key
+    assert len(key) == 32
 
 
 def test_an_accepted_row_keeps_the_answer_and_the_api_gets_json_and_the_key() -> None:

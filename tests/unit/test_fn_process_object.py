@@ -1,5 +1,7 @@
 """ProcessObject handler with events/process-object.json: moto AWS, a loopback API, Powertools idempotency."""
 
+import csv
+import io
 import threading
 import time
 from collections import Counter
@@ -108,8 +110,11 @@ def test_the_sample_is_delivered_and_answered_in_the_documented_shape(
         "rows_total": 50,
         "rows_delivered": 44,
         "rows_rejected": 6,
+        "parts": 5,  # 50 rows, a part every 10
+        "runs": [[0, 1]],  # all written by attempt 1
     }
-    expected = {idempotency_key(stack.obj, n) for n in range(1, 51) if n not in REJECTED_ROWS}
+    records = enumerate(csv.DictReader(io.StringIO(SAMPLE.decode())), start=1)
+    expected = {idempotency_key(stack.obj, n, record) for n, record in records if n not in REJECTED_ROWS}
     assert Counter(api.keys()) == Counter(dict.fromkeys(expected, 1))
     parts = stack.s3.list_objects_v2(Bucket=PROCESSED_BUCKET, Prefix="parts/")["Contents"]
     assert len(parts) == 2 * 5  # 50 rows, a part every 10
@@ -140,8 +145,9 @@ def test_another_attempt_runs_again_and_resumes_at_the_stored_checkpoint(
 ) -> None:
     first = stack.invoke()
 
-    # a new attempt (the state machine's retry of the file) is a new idempotency key: it runs for
-    # real, finds the checkpoint at the end of the file, and has nothing left to send
+    # a new attempt (the state machine's retry of the file, registered again) is a new idempotency
+    # key: it runs for real, finds the checkpoint at the end of the file, and has nothing left to send
+    assert stack.store.register(stack.obj).attempt == 2
     second = stack.invoke(attempt=2)
 
     assert second == first

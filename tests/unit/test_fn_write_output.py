@@ -37,7 +37,7 @@ def read(s3: Any, key: str) -> str:
 
 
 def test_the_parts_become_the_results(s3: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    parts = PartWriter(s3, PROCESSED_BUCKET, OBJ)
+    parts = PartWriter(s3, PROCESSED_BUCKET, OBJ, attempt=1)
     parts.write(0, [accepted_line(n, f"k{n}", {"n": n}, {"ok": True}) for n in range(1, 11)], [])
     parts.write(1, [accepted_line(n, f"k{n}", {"n": n}, {"ok": True}) for n in range(11, 21)], [])
     module = load_function("write_output")

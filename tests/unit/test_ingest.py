@@ -44,11 +44,17 @@ def test_url_encoded_key_is_decoded() -> None:
     )
 
 
-def test_unversioned_bucket_event_has_no_version() -> None:
+def test_unversioned_bucket_event_has_no_version_and_its_etag_names_the_content() -> None:
     obj = parse_object_created(body(**{"version-id": None}))
 
     assert obj.version_id is None
-    assert obj.id.endswith("#null")
+    assert obj.id.endswith("#null-" + obj.etag.strip('"'))  # type: ignore[union-attr]
+    # a suspended bucket's "null" version id is no version either: the content tells uploads apart
+    suspended = parse_object_created(body(**{"version-id": "null"}))
+    other = parse_object_created(body(**{"version-id": "null", "etag": "0123abcd"}))
+    assert suspended.id == obj.id
+    assert other.id.endswith("#null-0123abcd")
+    assert parse_object_created(body(**{"version-id": None, "etag": None})).id.endswith("#null")
 
 
 def test_moto_spelling_of_the_etag_is_accepted() -> None:

@@ -15,6 +15,7 @@ from sluice.metadata import (
     CLAIM_SECONDS,
     DEFER_MARGIN_SECONDS,
     MAX_VISIBILITY_SECONDS,
+    Fenced,
     MetadataConflict,
     MetadataStore,
     Registration,
@@ -96,6 +97,22 @@ def test_unversioned_object_has_no_version_or_etag_attributes(store: MetadataSto
     assert "etag" not in item
 
 
+def test_an_unversioned_re_upload_with_new_content_is_a_new_file(store: MetadataStore, table: Any) -> None:
+    # GIVEN an unversioned (or suspended) bucket's upload that SUCCEEDED: every upload's version is "null"
+    first = ObjectRef(bucket="b", key="plain.csv", version_id="null", etag='"aaa"')
+    store.register(first)
+    set_state(table, FileState.SUCCEEDED, first)
+
+    # WHEN the key is uploaded again, with new content (a new ETag), and then the first content again
+    changed = store.register(first.model_copy(update={"etag": '"bbb"'}))
+    same = store.register(ObjectRef(bucket="b", key="plain.csv", etag='"aaa"'))
+
+    # THEN the new content is processed as a new file; the same content is the same file, finished
+    assert changed == Registration("process", 1, FileState.RECEIVED)
+    assert same.action == "skip"
+    assert raw(table, first)["pk"] == "b/plain.csv#null-aaa"
+
+
 @pytest.mark.parametrize(
     "finished", [FileState.SUCCEEDED, FileState.SUCCEEDED_WITH_REJECTS, FileState.INVALID]
 )
@@ -117,9 +134,9 @@ def test_retry_after_failure_counts_the_attempt_and_keeps_the_checkpoint(
 ) -> None:
     # GIVEN a first attempt that checkpointed half the file, then FAILED
     store.register(OBJ)
-    store.start_processing(OBJ, ["order_id", "amount"])
+    store.start_processing(OBJ, ["order_id", "amount"], attempt=1)
     saved = Checkpoint(next_row=501, byte_offset=20_480, parts=1, header=["order_id", "amount"])
-    store.save_checkpoint(OBJ, saved, RowCounts(total=500, delivered=498, rejected=2))
+    store.save_checkpoint(OBJ, saved, RowCounts(total=500, delivered=498, rejected=2), attempt=1)
     set_state(table, FileState.FAILED)
     started_at = raw(table)["started_at"]
 
@@ -131,7 +148,7 @@ def test_retry_after_failure_counts_the_attempt_and_keeps_the_checkpoint(
     assert registration == Registration(action="process", attempt=2, state=FileState.FAILED)
     assert raw(table)["priority"] == 1
     assert raw(table)["expires_at"] == int((clock.now + timedelta(days=180)).timestamp())
-    resumed = store.start_processing(OBJ, ["order_id", "amount"])
+    resumed = store.start_processing(OBJ, ["order_id", "amount"], attempt=2)
     assert resumed == saved
     item = raw(table)
     assert item["state"] == "PROCESSING"
@@ -272,7 +289,7 @@ def test_a_second_message_for_a_version_in_flight_is_deferred_until_the_claim_ex
     # WHEN message B brings the same version, while it is RECEIVED and then PROCESSING
     clock.now = NOW + timedelta(seconds=5)
     received = store.register(OBJ, claimant=B)
-    store.start_processing(OBJ, ["a"])
+    store.start_processing(OBJ, ["a"], attempt=1)
     processing = store.register(OBJ, claimant=B)
 
     # THEN B is deferred to the end of A's claim (renewed by start_processing), naming A, and nothing
@@ -296,9 +313,9 @@ def test_an_expired_claim_is_taken_over_by_another_message(
 ) -> None:
     # GIVEN A's attempt stopped renewing its claim mid-file (its execution was aborted)
     store.register(OBJ, claimant=A)
-    store.start_processing(OBJ, ["a"])
+    store.start_processing(OBJ, ["a"], attempt=1)
     saved = Checkpoint(next_row=6, byte_offset=60, parts=1, header=["a"])
-    store.save_checkpoint(OBJ, saved, RowCounts(total=5, delivered=5))
+    store.save_checkpoint(OBJ, saved, RowCounts(total=5, delivered=5), attempt=1)
 
     # WHEN B arrives the second the claim runs out
     clock.now = NOW + timedelta(seconds=CLAIM_SECONDS)
@@ -307,7 +324,7 @@ def test_an_expired_claim_is_taken_over_by_another_message(
     # THEN B takes it over as the next attempt, resuming at A's checkpoint, and now A is the duplicate
     assert registration == Registration("process", 2, FileState.RECEIVED)
     assert (raw(table)["claimed_by"], raw(table)["claim_expires_at"]) == (B, epoch(clock.now) + CLAIM_SECONDS)
-    assert store.start_processing(OBJ, ["a"]) == saved
+    assert store.start_processing(OBJ, ["a"], attempt=2) == saved
     assert store.register(OBJ, claimant=A) == deferred(
         2, FileState.PROCESSING, B, CLAIM_SECONDS + DEFER_MARGIN_SECONDS
     )
@@ -318,9 +335,9 @@ def test_a_failed_version_is_taken_over_by_another_message_and_then_protected(
 ) -> None:
     # GIVEN A's attempt FAILED halfway, its claim still unexpired
     store.register(OBJ, claimant=A)
-    store.start_processing(OBJ, ["a"])
+    store.start_processing(OBJ, ["a"], attempt=1)
     saved = Checkpoint(next_row=3, byte_offset=30, parts=1, header=["a"])
-    store.save_checkpoint(OBJ, saved, RowCounts(total=2, delivered=2))
+    store.save_checkpoint(OBJ, saved, RowCounts(total=2, delivered=2), attempt=1)
     set_state(table, FileState.FAILED)
 
     # WHEN B brings the version, and then A's message comes back in the same batch
@@ -333,7 +350,7 @@ def test_a_failed_version_is_taken_over_by_another_message_and_then_protected(
     assert duplicate == deferred(2, FileState.RECEIVED, B, CLAIM_SECONDS + DEFER_MARGIN_SECONDS)
     item = raw(table)
     assert (item["state"], item["attempts"], item["claimed_by"]) == ("RECEIVED", 2, B)
-    assert store.start_processing(OBJ, ["a"]) == saved
+    assert store.start_processing(OBJ, ["a"], attempt=2) == saved
 
 
 def test_start_processing_and_save_checkpoint_renew_the_claim(
@@ -342,11 +359,11 @@ def test_start_processing_and_save_checkpoint_renew_the_claim(
     # GIVEN A's attempt keeps making progress past its first claim's expiry
     store.register(OBJ, claimant=A)
     clock.now = NOW + timedelta(minutes=10)
-    store.start_processing(OBJ, ["a"])
+    store.start_processing(OBJ, ["a"], attempt=1)
     assert raw(table)["claim_expires_at"] == epoch(clock.now) + CLAIM_SECONDS
     clock.now = NOW + timedelta(minutes=20)
     store.save_checkpoint(
-        OBJ, Checkpoint(next_row=2, byte_offset=10, parts=1, header=["a"]), RowCounts(total=1)
+        OBJ, Checkpoint(next_row=2, byte_offset=10, parts=1, header=["a"]), RowCounts(total=1), attempt=1
     )
     assert raw(table)["claim_expires_at"] == epoch(clock.now) + CLAIM_SECONDS
 
@@ -364,10 +381,10 @@ def test_a_redrive_while_an_aborted_attempts_claim_holds_is_processed_once_it_ex
 ) -> None:
     # GIVEN A's attempt aborted mid-file (no FAILED recorded) and its message dead-lettered
     store.register(OBJ, claimant=A)
-    store.start_processing(OBJ, ["a"])
+    store.start_processing(OBJ, ["a"], attempt=1)
     saved = Checkpoint(next_row=4, byte_offset=40, parts=1, header=["a"])
     clock.now = NOW + timedelta(minutes=2)
-    store.save_checkpoint(OBJ, saved, RowCounts(total=3, delivered=3))
+    store.save_checkpoint(OBJ, saved, RowCounts(total=3, delivered=3), attempt=1)
 
     # WHEN the operator redrives it at once: the redriven message B has a new id
     clock.now = NOW + timedelta(minutes=3)
@@ -378,7 +395,7 @@ def test_a_redrive_while_an_aborted_attempts_claim_holds_is_processed_once_it_ex
     # and when SQS shows it again, B takes the file over and resumes at A's checkpoint
     clock.now += timedelta(seconds=first.defer_seconds)
     assert store.register(OBJ, claimant=B) == Registration("process", 2, FileState.RECEIVED)
-    assert store.start_processing(OBJ, ["a"]) == saved
+    assert store.start_processing(OBJ, ["a"], attempt=2) == saved
 
 
 def test_the_claim_length_is_the_stores_and_a_deferral_never_exceeds_sqs_maximum(
@@ -506,7 +523,7 @@ def test_mark_invalid_of_an_unregistered_version_creates_a_complete_item(
 def test_start_processing_a_new_version_stores_a_fresh_checkpoint(store: MetadataStore, table: Any) -> None:
     store.register(OBJ)
 
-    checkpoint = store.start_processing(OBJ, ["order_id", "amount"])
+    checkpoint = store.start_processing(OBJ, ["order_id", "amount"], attempt=1)
 
     assert checkpoint == Checkpoint(header=["order_id", "amount"])
     item = raw(table)
@@ -517,6 +534,9 @@ def test_start_processing_a_new_version_stores_a_fresh_checkpoint(store: Metadat
         "byte_offset": 0,
         "parts": 0,
         "header": ["order_id", "amount"],
+        "runs": [],
+        "ahead": [],
+        "ahead_file": "",
     }
     assert (item["rows_total"], item["rows_delivered"], item["rows_rejected"]) == (0, 0, 0)
 
@@ -525,28 +545,31 @@ def test_start_processing_refuses_unregistered_and_finished_versions(
     store: MetadataStore, table: Any
 ) -> None:
     with pytest.raises(MetadataConflict, match="not registered"):
-        store.start_processing(OBJ, ["a"])
+        store.start_processing(OBJ, ["a"], attempt=1)
 
     store.register(OBJ)
     set_state(table, FileState.SUCCEEDED)
     with pytest.raises(MetadataConflict, match="SUCCEEDED"):
-        store.start_processing(OBJ, ["a"])
+        store.start_processing(OBJ, ["a"], attempt=1)
     assert raw(table)["state"] == "SUCCEEDED"
 
 
 def test_save_checkpoint_stores_position_and_counts(store: MetadataStore, table: Any, clock: Clock) -> None:
     store.register(OBJ)
-    store.start_processing(OBJ, ["a", "b"])
+    store.start_processing(OBJ, ["a", "b"], attempt=1)
     clock.now = NOW + timedelta(seconds=42)
 
     store.save_checkpoint(
         OBJ,
         Checkpoint(next_row=9, byte_offset=77, parts=2, header=["a", "b"]),
         RowCounts(total=8, delivered=7, rejected=1),
+        attempt=1,
     )
 
     item = raw(table)
-    assert item["checkpoint"] == {"next_row": 9, "byte_offset": 77, "parts": 2, "header": ["a", "b"]}
+    assert Checkpoint.model_validate(item["checkpoint"]) == Checkpoint(
+        next_row=9, byte_offset=77, parts=2, header=["a", "b"]
+    )
     assert (item["rows_total"], item["rows_delivered"], item["rows_rejected"]) == (8, 7, 1)
     assert item["updated_at"] == "2026-11-22T03:00:42.000Z"
     assert item["state"] == "PROCESSING"
@@ -557,7 +580,7 @@ def test_save_checkpoint_refuses_a_finished_version(store: MetadataStore, table:
     set_state(table, FileState.SUCCEEDED_WITH_REJECTS)
 
     with pytest.raises(MetadataConflict):
-        store.save_checkpoint(OBJ, Checkpoint(), RowCounts())
+        store.save_checkpoint(OBJ, Checkpoint(), RowCounts(), attempt=1)
     assert "checkpoint" not in raw(table)
 
 
@@ -589,3 +612,51 @@ def test_list_items_pages_through_everything_and_filters_by_state(store: Metadat
     assert sorted(item["pk"] for item in everything) == sorted(obj.id for obj in objects)
     assert [item["pk"] for item in failed] == [objects[3].id]
     assert list(store.list_items(state="INVALID")) == []
+
+
+def test_a_stale_attempts_checkpoint_is_refused(store: MetadataStore, table: Any, clock: Clock) -> None:
+    # GIVEN attempt 1 checkpointed row 11, then its claim lapsed and B took the file over (attempt 2)
+    store.register(OBJ, claimant=A)
+    store.start_processing(OBJ, ["a"], attempt=1)
+    store.save_checkpoint(
+        OBJ, Checkpoint(next_row=11, byte_offset=100, parts=2, header=["a"]), RowCounts(total=10), attempt=1
+    )
+    clock.now = NOW + timedelta(seconds=CLAIM_SECONDS)
+    assert store.register(OBJ, claimant=B).attempt == 2
+
+    # WHEN attempt 1's runner, still alive, checkpoints further on, or starts a segment 0 again
+    with pytest.raises(Fenced, match=r"attempt 1 fenced out .*attempt 2"):
+        store.save_checkpoint(
+            OBJ,
+            Checkpoint(next_row=21, byte_offset=200, parts=4, header=["a"]),
+            RowCounts(total=20),
+            attempt=1,
+        )
+    with pytest.raises(Fenced):
+        store.start_processing(OBJ, ["a"], attempt=1)
+
+    # THEN the item is attempt 2's as B left it: checkpoint at row 11, state RECEIVED
+    item = raw(table)
+    assert (item["checkpoint"]["next_row"], item["rows_total"], item["state"]) == (11, 10, "RECEIVED")
+    assert store.start_processing(OBJ, ["a"], attempt=2).next_row == 11
+
+
+def test_a_checkpoint_never_moves_backwards(store: MetadataStore, table: Any) -> None:
+    store.register(OBJ)
+    store.start_processing(OBJ, ["a"], attempt=1)
+    ahead = Checkpoint(next_row=21, byte_offset=200, parts=4, header=["a"])
+    store.save_checkpoint(OBJ, ahead, RowCounts(total=20), attempt=1)
+
+    # WHEN a late write of the same attempt (a retried segment that started before) brings row 11
+    with pytest.raises(Fenced, match="checkpoint at row 21"):
+        store.save_checkpoint(
+            OBJ,
+            Checkpoint(next_row=11, byte_offset=100, parts=2, header=["a"]),
+            RowCounts(total=10),
+            attempt=1,
+        )
+
+    # THEN the checkpoint stays at row 21; the same position again is fine (a segment with no new row)
+    assert store.load_checkpoint(OBJ) == (ahead, RowCounts(total=20))
+    store.save_checkpoint(OBJ, ahead, RowCounts(total=20), attempt=1)
+    assert raw(table)["checkpoint"]["next_row"] == 21

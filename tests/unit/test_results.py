@@ -1,16 +1,16 @@
 """Part files and the merge into the final results, in a moto ProcessedBucket."""
 
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from boto3.s3.transfer import TransferConfig
 from datapath_support import PROCESSED_BUCKET, create_buckets
 from moto import mock_aws
 
 from sluice.models import FileState, ObjectRef, ProcessResult
-from sluice.results import Layout, PartWriter, accepted_line, merge_results
+from sluice.results import MIN_PART, Layout, PartWriter, accepted_line, merge_results
 
 OBJ = ObjectRef(bucket="raw", key="in/orders.csv", version_id="v1", size=100)
 RESULT = ProcessResult(
@@ -20,7 +20,10 @@ RESULT = ProcessResult(
     rows_total=5,
     rows_delivered=3,
     rows_rejected=2,
+    parts=2,
+    runs=[[0, 1]],
 )
+PARTS = "parts/" + hashlib.sha256(OBJ.id.encode()).hexdigest() + "/"
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ def line(row: int) -> str:
 
 
 def write_two_parts(s3: Any) -> None:
-    parts = PartWriter(s3, PROCESSED_BUCKET, OBJ)
+    parts = PartWriter(s3, PROCESSED_BUCKET, OBJ, attempt=1)
     parts.write(0, [line(1), line(2)], [(3, 'amount: must be >= 0, "really"')])
     parts.write(1, [line(4)], [(5, "api 422: nope")])
 
@@ -53,19 +56,19 @@ def test_parts_are_numbered_jsonl_and_csv_files(s3: Any) -> None:
     write_two_parts(s3)
 
     assert keys(s3) == [
-        "parts/in/orders.csv/v1/000000.accepted.jsonl",
-        "parts/in/orders.csv/v1/000000.rejects.csv",
-        "parts/in/orders.csv/v1/000001.accepted.jsonl",
-        "parts/in/orders.csv/v1/000001.rejects.csv",
+        f"{PARTS}000000-a1.accepted.jsonl",
+        f"{PARTS}000000-a1.rejects.csv",
+        f"{PARTS}000001-a1.accepted.jsonl",
+        f"{PARTS}000001-a1.rejects.csv",
     ]
-    first = [json.loads(row) for row in text(s3, "parts/in/orders.csv/v1/000000.accepted.jsonl").splitlines()]
+    first = [json.loads(row) for row in text(s3, f"{PARTS}000000-a1.accepted.jsonl").splitlines()]
     assert first[0] == {
         "row": 1,
         "idempotency_key": "key1",
         "data": {"order_id": "ORD-000001"},
         "answer": {"ref": 1},
     }
-    assert text(s3, "parts/in/orders.csv/v1/000000.rejects.csv") == '3,"amount: must be >= 0, ""really"""\n'
+    assert text(s3, f"{PARTS}000000-a1.rejects.csv") == '3,"amount: must be >= 0, ""really"""\n'
 
 
 def test_the_merge_writes_the_results_in_part_order_and_removes_the_parts(s3: Any) -> None:
@@ -102,7 +105,7 @@ def test_an_interrupted_clean_up_is_finished_without_merging_the_leftovers(s3: A
     write_two_parts(s3)
     written = merge_results(s3, PROCESSED_BUCKET, OBJ, RESULT)
     accepted = text(s3, written.accepted_key)
-    PartWriter(s3, PROCESSED_BUCKET, OBJ).write(1, [line(4)], [(5, "api 422: nope")])
+    PartWriter(s3, PROCESSED_BUCKET, OBJ, attempt=1).write(1, [line(4)], [(5, "api 422: nope")])
 
     merge_results(s3, PROCESSED_BUCKET, OBJ, RESULT)
 
@@ -124,50 +127,131 @@ def test_a_file_without_rows_gets_empty_results(s3: Any) -> None:
     assert json.loads(text(s3, written.summary_key))["rows_total"] == 0
 
 
-def test_reset_forgets_an_earlier_processing(s3: Any) -> None:
+def test_reset_forgets_results_and_earlier_attempts_parts_only(s3: Any) -> None:
     write_two_parts(s3)
     merge_results(s3, PROCESSED_BUCKET, OBJ, RESULT)
+    write_two_parts(s3)  # attempt 1's
+    PartWriter(s3, PROCESSED_BUCKET, OBJ, attempt=3).write(0, [line(1)], [])  # a later attempt's
+    other = OBJ.model_copy(update={"version_id": "v2"})
+    PartWriter(s3, PROCESSED_BUCKET, other, attempt=1).write(0, [line(1)], [])
+
+    PartWriter(s3, PROCESSED_BUCKET, OBJ, attempt=2).reset()
+
+    other_parts = "parts/" + hashlib.sha256(other.id.encode()).hexdigest() + "/"
+    assert sorted(keys(s3)) == sorted(
+        [
+            f"{PARTS}000000-a3.accepted.jsonl",
+            f"{PARTS}000000-a3.rejects.csv",
+            f"{other_parts}000000-a1.accepted.jsonl",
+            f"{other_parts}000000-a1.rejects.csv",
+        ]
+    )
+
+
+def test_the_merge_takes_exactly_the_parts_the_runs_name(s3: Any) -> None:
+    # GIVEN attempt 1 wrote parts 0-2, then a stale runner of attempt 1 rewrote part 2 after
+    # attempt 2 took over at part 2 and wrote parts 2 and 3
+    first, second = (
+        PartWriter(s3, PROCESSED_BUCKET, OBJ, attempt=1),
+        PartWriter(s3, PROCESSED_BUCKET, OBJ, attempt=2),
+    )
+    first.write(0, [line(1)], [])
+    first.write(1, [line(2)], [])
+    second.write(2, [line(3)], [])
+    second.write(3, [line(4)], [])
+    first.write(2, [line(99)], [])  # the stale runner: its own name, never attempt 2's
+    first.write(3, [line(98)], [])
+
+    written = merge_results(
+        s3, PROCESSED_BUCKET, OBJ, RESULT.model_copy(update={"parts": 4, "runs": [[0, 1], [2, 2]]})
+    )
+
+    assert [json.loads(row)["row"] for row in text(s3, written.accepted_key).splitlines()] == [1, 2, 3, 4]
+    assert keys(s3, "parts/") == []
+
+
+def test_a_missing_part_fails_the_merge_instead_of_leaving_rows_out(s3: Any) -> None:
     write_two_parts(s3)
-    PartWriter(s3, PROCESSED_BUCKET, OBJ.model_copy(update={"version_id": "v2"})).write(0, [line(1)], [])
 
-    PartWriter(s3, PROCESSED_BUCKET, OBJ).reset()
-
-    assert keys(s3) == [
-        "parts/in/orders.csv/v2/000000.accepted.jsonl",
-        "parts/in/orders.csv/v2/000000.rejects.csv",
-    ]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        merge_results(s3, PROCESSED_BUCKET, OBJ, RESULT.model_copy(update={"parts": 3}))
 
 
-def test_large_outputs_are_streamed_as_a_multipart_upload_of_full_size_parts(s3: Any) -> None:
-    # GIVEN 12 parts of ~1 MiB: an output above the (lowered) multipart threshold
-    parts = PartWriter(s3, PROCESSED_BUCKET, OBJ)
+def test_nested_keys_keep_their_parts_apart(s3: Any) -> None:
+    # GIVEN two files whose keys nest: "in/a.csv" and "in/a.csv/v1/x.csv" (its old parts directory,
+    # parts/in/a.csv/v1/x.csv/..., was inside the first one's parts/in/a.csv/v1/)
+    outer = ObjectRef(bucket="raw", key="in/a.csv", version_id="v1")
+    inner = ObjectRef(bucket="raw", key="in/a.csv/v1/x.csv", version_id="v1")
+    PartWriter(s3, PROCESSED_BUCKET, outer, attempt=1).write(0, [line(1)], [])
+    PartWriter(s3, PROCESSED_BUCKET, inner, attempt=1).write(0, [line(7)], [])
+    PartWriter(s3, PROCESSED_BUCKET, inner, attempt=1).write(1, [line(8)], [])
+
+    # WHEN the outer file starts over and then is merged
+    PartWriter(s3, PROCESSED_BUCKET, outer, attempt=2).reset()
+    PartWriter(s3, PROCESSED_BUCKET, outer, attempt=2).write(0, [line(1)], [])
+    written = merge_results(
+        s3, PROCESSED_BUCKET, outer, RESULT.model_copy(update={"parts": 1, "runs": [[0, 2]]})
+    )
+
+    # THEN the outer results hold only its row, and the inner file's parts are all still there
+    assert [json.loads(row)["row"] for row in text(s3, written.accepted_key).splitlines()] == [1]
+    inner_written = merge_results(s3, PROCESSED_BUCKET, inner, RESULT.model_copy(update={"runs": [[0, 1]]}))
+    assert [json.loads(row)["row"] for row in text(s3, inner_written.accepted_key).splitlines()] == [7, 8]
+
+
+def test_a_1000_byte_key_gets_bounded_part_and_result_keys(s3: Any) -> None:
+    long = ObjectRef(bucket="raw", key="in/" + "k" * 993 + ".csv", version_id="3HL4kqtJlcpXroDTDmJ")
+    assert len(long.key.encode()) == 1000
+    PartWriter(s3, PROCESSED_BUCKET, long, attempt=1).write(0, [line(1)], [(2, "bad")])
+
+    written = merge_results(s3, PROCESSED_BUCKET, long, RESULT.model_copy(update={"parts": 1}))
+
+    digest = hashlib.sha256(long.id.encode()).hexdigest()
+    assert written.accepted_key == f"results-by-id/{digest}/accepted.jsonl"
+    assert json.loads(text(s3, written.summary_key))["object"]["key"] == long.key
+    assert text(s3, written.rejects_key) == "row,reason\n2,bad\n"
+    # a short key keeps its readable results
+    assert Layout(OBJ).results.accepted_key == "results/in/orders.csv/v1/accepted.jsonl"
+
+
+def test_large_outputs_are_joined_into_parts_and_big_sources_copied_by_s3(s3: Any) -> None:
+    # GIVEN 10 parts of ~1 MiB, then one of ~6 MiB, then 2 small ones
+    parts = PartWriter(s3, PROCESSED_BUCKET, OBJ, attempt=1)
     payload = "x" * 1000
-    for part in range(12):
+    for part in range(10):
         parts.write(
             part, [accepted_line(part * 1000 + i, "k", {"p": payload}, None) for i in range(1000)], []
         )
+    parts.write(10, [accepted_line(10_000 + i, "k", {"p": payload}, None) for i in range(6000)], [(5, "r")])
+    parts.write(11, [accepted_line(16_000 + i, "k", {"p": payload}, None) for i in range(10)], [])
+    parts.write(12, [accepted_line(16_010, "k", {"p": payload}, None)], [(7, "s")])
+    big = s3.head_object(Bucket=PROCESSED_BUCKET, Key=Layout(OBJ).part_keys(10, 1)[0])["ContentLength"]
+
     written = merge_results(
-        s3,
-        PROCESSED_BUCKET,
-        OBJ,
-        RESULT,
-        transfer=TransferConfig(
-            multipart_threshold=5 * 1024**2, multipart_chunksize=5 * 1024**2, use_threads=False
-        ),
+        s3, PROCESSED_BUCKET, OBJ, RESULT.model_copy(update={"parts": 13}), workers=3, target_part=MIN_PART
     )
 
+    # THEN every row is there once, in order, in 4 parts: 5 + 5 small ones joined (≥ 5 MiB each),
+    # the big one copied as it is, the 2 small ones last
     rows = [json.loads(row)["row"] for row in text(s3, written.accepted_key).splitlines()]
-    assert rows == list(range(12_000))
-    first_part = s3.head_object(Bucket=PROCESSED_BUCKET, Key=written.accepted_key, PartNumber=1)
-    assert first_part["PartsCount"] == 3  # ~12 MiB in 5 MiB parts
-    assert first_part["ContentLength"] == 5 * 1024**2
+    assert rows == list(range(16_011))
+    sizes = [
+        s3.head_object(Bucket=PROCESSED_BUCKET, Key=written.accepted_key, PartNumber=n)["ContentLength"]
+        for n in range(1, 5)
+    ]
+    assert s3.head_object(Bucket=PROCESSED_BUCKET, Key=written.accepted_key, PartNumber=1)["PartsCount"] == 4
+    assert min(sizes[:2]) >= MIN_PART
+    assert sizes[2] == big
+    assert text(s3, written.rejects_key) == "row,reason\n5,r\n7,s\n"
 
 
-def test_the_layout_names_everything_under_key_and_version() -> None:
+def test_the_layout_names_parts_by_hash_part_and_attempt() -> None:
     layout = Layout(OBJ)
 
-    assert layout.parts_prefix == "parts/in/orders.csv/v1/"
-    assert layout.part_keys(12) == (
-        "parts/in/orders.csv/v1/000012.accepted.jsonl",
-        "parts/in/orders.csv/v1/000012.rejects.csv",
-    )
+    assert layout.parts_prefix == PARTS
+    assert layout.part_keys(12, 3) == (f"{PARTS}000012-a3.accepted.jsonl", f"{PARTS}000012-a3.rejects.csv")
+    assert layout.manifest(3, [[0, 1], [2, 4]]) == [
+        layout.part_keys(0, 1),
+        layout.part_keys(1, 1),
+        layout.part_keys(2, 4),
+    ]

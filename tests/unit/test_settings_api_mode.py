@@ -224,11 +224,11 @@ def test_the_metadata_record_carries_the_api_mode() -> None:
         obj = ObjectRef(bucket="raw", key="in/a.csv", version_id="v1", size=10)
         plain = ObjectRef(bucket="raw", key="in/b.csv", version_id="v1", size=10)
         simulating = MetadataStore(table, api_mode="simulated")
-        simulating.register(obj)
-        simulating.start_processing(obj, ["id"])
+        attempt = simulating.register(obj).attempt
+        simulating.start_processing(obj, ["id"], attempt=attempt)
         unsaid = MetadataStore(table)  # the functions that do not deliver leave it alone
-        unsaid.register(plain)
-        unsaid.start_processing(plain, ["id"])
+        attempt = unsaid.register(plain).attempt
+        unsaid.start_processing(plain, ["id"], attempt=attempt)
 
         item = simulating.get(obj.id)
         other = unsaid.get(plain.id)

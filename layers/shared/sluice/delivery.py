@@ -23,8 +23,16 @@ At the end of the file it answers `done: true` with the outcome.
 If a row fails for good (TransientDownstreamError after its retries) the segment stops the
 same way, flushes and checkpoints the committed prefix (which ends just before the failed row),
 then re-raises. The committed prefix also ends before an abandoned row. Rows after such a row
-that were delivered meanwhile are not committed: the next segment or attempt sends them again
-with the same Idempotency-Key, which is what the key is for. Otherwise each row is posted once.
+that the API answered meanwhile are not committed, but they are not lost either: their outcomes
+are saved in an "ahead" file the checkpoint names (`ahead`, `ahead_file`; at most the window's
+rows past the checkpoint), and the next segment or attempt commits them from there, in order,
+without sending them again. So each row the API answered is posted once and appears once in the
+results; only a failed or abandoned row is sent again (the Idempotency-Key lets the API spot it).
+
+Every write is fenced (docs/metadata.md): the checkpoint only by the attempt that owns the file
+(`attempts` on the item) and never backwards, parts under the attempt's own names. A runner
+that a newer attempt has overtaken gets `Fenced` from its next checkpoint and stops at once,
+sending nothing more.
 """
 
 import threading
@@ -35,8 +43,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.csvstream import CsvStream, Row
-from sluice.downstream import Delivery, DeliveryAbandoned, DownstreamClient, add_metric, idempotency_key
-from sluice.metadata import MetadataStore
+from sluice.downstream import (
+    RESEND_METADATA,
+    Delivery,
+    DeliveryAbandoned,
+    DownstreamClient,
+    add_metric,
+    idempotency_key,
+)
+from sluice.metadata import Fenced, MetadataStore
 from sluice.models import Checkpoint, FileState, ObjectRef, ProcessResult, RowCounts
 from sluice.observability import MetricUnit, logger
 from sluice.results import PartWriter, accepted_line
@@ -44,15 +59,21 @@ from sluice.schemas import RowSchema
 from sluice.settings import ProcessSettings
 
 
+class ObjectReplaced(RuntimeError):
+    """An unversioned object was overwritten: this identity's content can no longer be read."""
+
+
 @dataclass(slots=True)
 class _Entry:
-    """A row on its way: rejected already (`reason`), or posted downstream (`future`)."""
+    """A row on its way: rejected already (`reason`), answered in an earlier segment
+    (`answered`: {"line": accepted line} or {"reason": …}), or posted downstream (`future`)."""
 
     row: Row
     reason: str | None = None
     key: str = ""
     payload: dict[str, Any] = field(default_factory=dict)
     future: "Future[Delivery] | None" = None
+    answered: dict[str, Any] | None = None
 
     @property
     def ready(self) -> bool:
@@ -104,8 +125,10 @@ class Segment:
         client: DownstreamClient,
         limits: SegmentLimits,
         remaining_ms: Callable[[], int],
+        attempt: int,
     ):
         self._obj = obj
+        self._attempt = attempt  # the attempt that runs this segment: its writes are fenced on it
         self._s3 = s3_client
         self._store = store
         self._parts = parts
@@ -121,6 +144,9 @@ class Segment:
         self._header: list[str] = []
         self._failure: BaseException | None = None
         self._stop = threading.Event()  # set when no new attempt should start: out of time, or failed
+        self._answered: dict[int, dict[str, Any]] = {}  # rows answered past the checkpoint, loaded
+        self._resend_token = ""
+        self._fenced = False
 
     def run(self, segment: int) -> ProcessResult:
         stream = self._open(segment)
@@ -136,7 +162,7 @@ class Segment:
                 finally:
                     wait(self._in_flight)  # what was sent is seen through, whatever happened
                     self._commit(until_blocked=False)
-                    self._flush()
+                    self._flush(final=True)
         finally:
             add_metric("RowsDelivered", MetricUnit.Count, self._counts.delivered - before.delivered)
             add_metric("RowsRejected", MetricUnit.Count, self._counts.rejected - before.rejected)
@@ -156,17 +182,28 @@ class Segment:
             rows_total=self._counts.total,
             rows_delivered=self._counts.delivered,
             rows_rejected=self._counts.rejected,
+            parts=self._checkpoint.parts,
+            runs=self._checkpoint.runs,
         )
 
     def _open(self, segment: int) -> CsvStream:
         """The row stream from the checkpoint. The first segment reads the header and enters PROCESSING."""
+        version = {"VersionId": self._obj.version_id} if self._obj.version_id else {}
+        head = self._s3.head_object(Bucket=self._obj.bucket, Key=self._obj.key, **version)
+        if self._obj.version_label.startswith("null-") and head.get("ETag") != self._obj.etag:
+            # Unversioned: the key now holds another upload, a file of its own (null-{its etag}).
+            raise ObjectReplaced(f"{self._obj.id}: the key now holds {head.get('ETag')}, not this content")
+        self._resend_token = head.get("Metadata", {}).get(RESEND_METADATA, "")
         stream = None
         if segment == 0:
             stream = CsvStream.from_s3(self._s3, self._obj)
-            fresh = self._store.start_processing(self._obj, stream.header)
+            fresh = self._store.start_processing(self._obj, stream.header, attempt=self._attempt)
             if fresh.byte_offset == 0 and fresh.parts == 0:
                 self._parts.reset()  # starting over: nothing of an earlier processing may be merged
         self._checkpoint, self._counts = self._store.load_checkpoint(self._obj)
+        if self._checkpoint.ahead:
+            loaded = self._parts.read_ahead(self._checkpoint.ahead_file)
+            self._answered = {row: loaded[row] for row in self._checkpoint.ahead}
         if stream is None or self._checkpoint.byte_offset > 0:
             if stream is not None:
                 stream.close()  # only its header was needed: the stored checkpoint is further on
@@ -188,7 +225,7 @@ class Segment:
                 self._stop.set()
                 return False
             entry = self._prepare(row)
-            if entry.reason is None:
+            if entry.reason is None and entry.answered is None:  # to be sent
                 self._wait_for_a_worker()
                 if self._failure is not None:
                     return False
@@ -204,12 +241,16 @@ class Segment:
         return True
 
     def _prepare(self, row: Row) -> _Entry:
+        if (answered := self._answered.get(row.number)) is not None:
+            return _Entry(row, answered=answered)  # the API answered it in an earlier segment
         if row.fields is None:
             return _Entry(row, reason=row.error or "unreadable row")
-        parsed = self._schema.parse(dict(zip(self._header, row.fields, strict=True)))
+        record = dict(zip(self._header, row.fields, strict=True))
+        parsed = self._schema.parse(record)
         if parsed.payload is None:
             return _Entry(row, reason=parsed.reason)
-        return _Entry(row, key=idempotency_key(self._obj, row.number), payload=parsed.payload)
+        key = idempotency_key(self._obj, row.number, record, resend_token=self._resend_token)
+        return _Entry(row, key=key, payload=parsed.payload)
 
     def _wait_for_a_worker(self) -> None:
         """Until fewer than `concurrency` requests are in flight; notes a row that failed."""
@@ -243,11 +284,10 @@ class Segment:
     def _record(self, entry: _Entry) -> None:
         number = entry.row.number
         reason = entry.reason
-        if entry.future is not None:
-            delivery = entry.future.result()
-            if delivery.accepted:
-                self._part.accepted.append(accepted_line(number, entry.key, entry.payload, delivery.answer))
-            reason = delivery.reason
+        if (outcome := self._outcome(entry)) is not None:
+            if "line" in outcome:
+                self._part.accepted.append(outcome["line"])
+            reason = outcome.get("reason")
         if reason is not None:
             self._part.rejects.append((number, reason))
         self._counts.total += 1
@@ -256,10 +296,49 @@ class Segment:
         self._checkpoint.next_row = number + 1
         self._checkpoint.byte_offset = entry.row.end_offset
 
-    def _flush(self) -> None:
-        """Write the committed rows as the next part, THEN save the checkpoint that follows it."""
+    def _outcome(self, entry: _Entry) -> dict[str, Any] | None:
+        """What the API answered for a row ({"line"} or {"reason"}), None if it has no answer."""
+        if entry.answered is not None:
+            return entry.answered
+        if entry.future is None or not entry.future.done() or entry.future.exception() is not None:
+            return None
+        delivery = entry.future.result()
+        if delivery.accepted:
+            return {"line": accepted_line(entry.row.number, entry.key, entry.payload, delivery.answer)}
+        return {"reason": delivery.reason}
+
+    def _flush(self, *, final: bool = False) -> None:
+        """Write the committed rows as the next part, THEN save the checkpoint that follows it.
+
+        The checkpoint keeps the rows answered past it (loaded ones not reached yet and, at the
+        segment's end, those the window holds behind a failed or abandoned row), so the next
+        segment commits them without sending them again.
+        """
+        if self._fenced:
+            return  # a newer attempt owns the file: nothing more is written
+        checkpoint = self._checkpoint
         if self._part:
-            self._parts.write(self._checkpoint.parts, self._part.accepted, self._part.rejects)
-            self._checkpoint.parts += 1
+            self._parts.write(checkpoint.parts, self._part.accepted, self._part.rejects)
+            if not checkpoint.runs or checkpoint.runs[-1][1] != self._attempt:
+                checkpoint.runs.append([checkpoint.parts, self._attempt])
+            checkpoint.parts += 1
             self._part = _Part()
-        self._store.save_checkpoint(self._obj, self._checkpoint, self._counts)
+        ahead = {row: outcome for row, outcome in self._answered.items() if row >= checkpoint.next_row}
+        if final:
+            ahead |= {
+                entry.row.number: outcome
+                for entry in self._window
+                if (outcome := self._outcome(entry)) is not None
+            }
+        if ahead.keys() - self._answered.keys():
+            checkpoint.ahead_file = self._parts.write_ahead(ahead)
+            self._answered = ahead
+        checkpoint.ahead = sorted(ahead)
+        if not ahead:
+            checkpoint.ahead_file = ""
+        try:
+            self._store.save_checkpoint(self._obj, checkpoint, self._counts, attempt=self._attempt)
+        except Fenced:
+            self._fenced = True
+            self._stop.set()  # the rows in retry give up: their answers could not be kept
+            raise

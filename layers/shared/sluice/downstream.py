@@ -51,9 +51,22 @@ def add_metric(name: str, unit: MetricUnit, value: float) -> None:
         metrics.add_metric(name=name, unit=unit, value=value)
 
 
-def idempotency_key(obj: ObjectRef, row: int) -> str:
-    """sha256 of "{bucket}/{key}#{version_id}:{row}" in hex, first 32 characters."""
-    return hashlib.sha256(f"{obj.id}:{row}".encode()).hexdigest()[:32]
+# The object metadata (x-amz-meta-sluice-resend-token) that makes every row of an upload new to
+# the API: a user who wants the same bytes sent again sets it to a value not used before.
+RESEND_METADATA = "sluice-resend-token"
+
+
+def idempotency_key(obj: ObjectRef, row: int, record: Mapping[str, str], *, resend_token: str = "") -> str:
+    """A row's content identity (docs/interfaces.md, Idempotency-Key), 32 hex characters.
+
+    sha256 of the JSON list [bucket, key, row, sha256(JSON of the record), resend_token]: the
+    same bytes at the same row of the same key carry the same key under any version id (a
+    re-upload, an SDK retry, an in-place copy), a changed row a new one. Needs no read of the
+    whole object. JSON lists, so no value can borrow another's delimiter.
+    """
+    content = hashlib.sha256(json.dumps(record).encode()).hexdigest()
+    identity = json.dumps([obj.bucket, obj.key, row, content, resend_token])
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
 class TransientDownstreamError(RuntimeError):

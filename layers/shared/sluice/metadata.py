@@ -48,6 +48,12 @@ CLAIM_FREE = (
     "(#state = :failed OR attribute_not_exists(#claimed_by) OR #claimed_by = :claimant "
     "OR attribute_not_exists(#claim_expires_at) OR #claim_expires_at <= :epoch)"
 )
+# Fencing (docs/metadata.md): only the latest attempt moves the file, and never backwards.
+OWNED = "#attempts = :attempt"
+NOT_BEHIND = (
+    "(attribute_not_exists(#checkpoint) OR "
+    "(#checkpoint.#next_row <= :next_row AND #checkpoint.#parts <= :parts))"
+)
 
 
 # The longest an SQS message can be kept invisible (ChangeMessageVisibility's maximum, 12 h).
@@ -72,6 +78,15 @@ class Registration:
 
 class MetadataConflict(Exception):
     """A transition the item's current state does not allow (finished, or never registered)."""
+
+
+class Fenced(MetadataConflict):
+    """A newer attempt owns the file (or the checkpoint is already further on): this runner stops.
+
+    Raised by start_processing and save_checkpoint when their condition on `attempts` (and on the
+    checkpoint's offset) fails: a stale runner, e.g. one still running after its claim lapsed and
+    another message took the file over, never moves the file again.
+    """
 
 
 def utc_now() -> datetime:
@@ -218,8 +233,11 @@ class MetadataStore:
                 extra={"object_id": obj.id, "state": existing.get("state"), "reason": reason},
             )
 
-    def start_processing(self, obj: ObjectRef, header: list[str]) -> Checkpoint:
-        """PROCESSING; the stored checkpoint (a retry resumes) or a fresh one from `header`."""
+    def start_processing(self, obj: ObjectRef, header: list[str], *, attempt: int) -> Checkpoint:
+        """PROCESSING; the stored checkpoint (a retry resumes) or a fresh one from `header`.
+
+        Fenced unless `attempt` is still the item's latest (`attempts`, counted by register).
+        """
         now = self._clock()
         update = (
             "SET #state = :processing, #updated_at = :now, #started_at = if_not_exists(#started_at, :now), "
@@ -236,13 +254,19 @@ class MetadataStore:
             **({":api_mode": self._api_mode} if self._api_mode else {}),
             ":zero": 0,
             ":claim_until": self._claim_until(now),
+            ":attempt": attempt,
             **FINISHED_VALUES,
         }
-        attributes = self._transition(obj, update, values)
+        attributes = self._transition(obj, update, values, OWNED)
         return Checkpoint.model_validate(attributes["checkpoint"])
 
-    def save_checkpoint(self, obj: ObjectRef, checkpoint: Checkpoint, counts: RowCounts) -> None:
+    def save_checkpoint(
+        self, obj: ObjectRef, checkpoint: Checkpoint, counts: RowCounts, *, attempt: int
+    ) -> None:
         """Store where the next segment resumes and the counts so far (state PROCESSING).
+
+        Fenced unless `attempt` is the item's latest and the stored checkpoint is not further on
+        than this one (a checkpoint never moves backwards).
 
         Also renews the claim: a segment checkpoints at least every CHECKPOINT_EVERY_ROWS rows and
         at its end, so a long file keeps its claim for as long as it makes progress.
@@ -261,9 +285,12 @@ class MetadataStore:
             ":total": counts.total,
             ":delivered": counts.delivered,
             ":rejected": counts.rejected,
+            ":attempt": attempt,
+            ":next_row": checkpoint.next_row,
+            ":parts": checkpoint.parts,
             **FINISHED_VALUES,
         }
-        self._transition(obj, update, values)
+        self._transition(obj, update, values, f"{OWNED} AND {NOT_BEHIND}")
 
     def load_checkpoint(self, obj: ObjectRef) -> tuple[Checkpoint, RowCounts]:
         """The stored checkpoint and counts; fresh ones when nothing was stored yet."""
@@ -294,14 +321,22 @@ class MetadataStore:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def _transition(self, obj: ObjectRef, update: str, values: dict[str, Any]) -> dict:
-        """A processing update, refused on a finished or unregistered item."""
+    def _transition(self, obj: ObjectRef, update: str, values: dict[str, Any], fence: str) -> dict:
+        """A processing update by attempt `:attempt`: refused on a finished or unregistered item
+        (MetadataConflict), or when `fence` fails on a live one (Fenced)."""
         try:
-            return self._update(obj, update, values, NOT_FINISHED)
+            return self._update(obj, update, values, f"{NOT_FINISHED} AND {fence}")
         except ClientError as error:
             existing = condition_failed_item(error)
-            state = existing.get("state") if existing else "not registered"
-            raise MetadataConflict(f"{obj.id}: {state}, not processed") from error
+            if existing is None or FileState(existing["state"]).finished:
+                state = existing.get("state") if existing else "not registered"
+                raise MetadataConflict(f"{obj.id}: {state}, not processed") from error
+            stored = existing.get("checkpoint") or {}
+            raise Fenced(
+                f"{obj.id}: attempt {values[':attempt']} fenced out (item at attempt "
+                f"{existing.get('attempts')}, checkpoint at row {stored.get('next_row')}, "
+                f"part {stored.get('parts')})"
+            ) from error
 
     def _update(self, obj: ObjectRef, update: str, values: dict[str, Any], condition: str) -> dict:
         # Every attribute goes through a #placeholder: state, key, size... are DynamoDB reserved words.

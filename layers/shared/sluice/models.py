@@ -39,15 +39,33 @@ class ObjectRef(BaseModel):
     @property
     def id(self) -> str:
         """The metadata table's partition key."""
-        return object_id(self.bucket, self.key, self.version_id)
+        return object_id(self.bucket, self.key, self.version_id, self.etag)
+
+    @property
+    def version_label(self) -> str:
+        """The version part of the id: the version id, or `null-{etag}` in an unversioned bucket."""
+        return version_label(self.version_id, self.etag)
 
     def as_payload(self) -> dict:
         """The `object` shape of docs/interfaces.md, with its id."""
         return {"id": self.id, **self.model_dump()}
 
 
-def object_id(bucket: str, key: str, version_id: str | None) -> str:
-    return f"{bucket}/{key}#{version_id or 'null'}"
+def object_id(bucket: str, key: str, version_id: str | None, etag: str | None = None) -> str:
+    return f"{bucket}/{key}#{version_label(version_id, etag)}"
+
+
+def version_label(version_id: str | None, etag: str | None) -> str:
+    """Which content of a key this is (docs/interfaces.md, Object identity).
+
+    A versioned bucket names each upload with a version id. An unversioned or suspended one
+    gives every upload the same "null" version, so the ETag (the content's MD5 for a single-part
+    upload) tells a re-upload with new content, a new file, from the same content again.
+    """
+    if version_id and version_id != "null":
+        return version_id
+    bare = (etag or "").strip('"')
+    return f"null-{bare}" if bare else "null"
 
 
 class SqsMessage(BaseModel):
@@ -72,6 +90,14 @@ class Checkpoint(BaseModel):
     byte_offset: int = 0  # where that row starts in the object; 0 = before the header
     parts: int = 0  # how many part files have been flushed (accepted + rejects pairs)
     header: list[str] = Field(default_factory=list)
+    # Which attempt wrote which parts: [first part, attempt], that attempt from that part on
+    # (results.py names each part by its attempt, so a stale runner cannot overwrite a live one's).
+    runs: list[list[int]] = Field(default_factory=list)
+    # Rows past next_row the API already answered (after a row that failed or was abandoned):
+    # their outcomes are in the parts file `ahead_file`; the next segment takes them from there
+    # instead of sending them again. At most the segment's window of rows.
+    ahead: list[int] = Field(default_factory=list)
+    ahead_file: str = ""
 
 
 class RowCounts(BaseModel):
@@ -89,3 +115,6 @@ class ProcessResult(BaseModel):
     rows_total: int
     rows_delivered: int
     rows_rejected: int
+    # The parts that make up the file (the checkpoint's `parts` and `runs`): WriteOutput merges these.
+    parts: int = 0
+    runs: list[list[int]] = Field(default_factory=list)

@@ -1,42 +1,62 @@
 """What a processed file leaves in ProcessedBucket, and the two writers of it.
 
-While a file is processed, each checkpoint flushes one numbered part (ProcessObject):
+While a file is processed, each checkpoint flushes one numbered part (ProcessObject), named by
+the attempt that wrote it, under a directory named by the hash of the object id:
 
-    parts/{key}/{version_id}/{part:06d}.accepted.jsonl  {"row", "idempotency_key", "data", "answer"} per line
-    parts/{key}/{version_id}/{part:06d}.rejects.csv     row,reason (no header)
+    parts/{sha256(object id)}/{part:06d}-a{attempt}.accepted.jsonl  one JSON line per row (accepted_line)
+    parts/{sha256(object id)}/{part:06d}-a{attempt}.rejects.csv     row,reason (no header)
+    parts/{sha256(object id)}/ahead-a{attempt}-{uuid}.jsonl         rows answered past the checkpoint
 
-A part holds exactly the rows between two checkpoints, so a segment that dies after writing a
-part but before its checkpoint rewrites the same part number with the same rows next time.
-When the file is done, WriteOutput merges the parts, in order, into
+The hash keeps every part key short (a 1,000-byte object key could not fit under S3's 1,024)
+and makes one file's directory impossible to nest inside another's (`a.csv` and `a.csv/x.csv`
+list and delete only their own parts). A part holds exactly the rows between two checkpoints, so
+a segment that dies after writing a part but before its checkpoint rewrites the same part next
+time; a runner of a stale attempt writes under its own attempt's name and can never overwrite
+the live attempt's parts. The checkpoint (and ProcessObject's last answer) says which parts make
+up the file, `parts` and `runs` ([first part, attempt] from that part on): WriteOutput merges
+exactly those, never what a listing finds, into
 
-    results/{key}/{version_id}/accepted.jsonl
-    results/{key}/{version_id}/rejects.csv              header "row,reason"
-    results/{key}/{version_id}/summary.json             counts, outcome, the object
+    results/{key}/{version}/accepted.jsonl
+    results/{key}/{version}/rejects.csv                 header "row,reason"
+    results/{key}/{version}/summary.json                counts, outcome, the object
 
-and then deletes the parts. The merge streams: each output is one upload read from the parts
-one after the other (boto3's managed transfer goes multipart past its threshold, holding one
-chunk at a time), never the whole file in memory. summary.json is written last: once it exists
-the results are complete, so a re-run after the parts were (even partly) deleted only finishes
-the clean-up instead of merging what is left. `version_id` is "null" for an unversioned bucket.
+or, when that would be longer than S3's 1,024 bytes, `results-by-id/{sha256(object id)}/…`
+(summary.json names the object). `{version}` is the version label (`null-{etag}` unversioned).
+
+The merge is one S3 multipart upload per output, its parts built on MERGE_WORKERS threads: a
+source part of 5 MiB or more is copied server side (UploadPartCopy); consecutive smaller ones
+(500 rows are ~150 KB) are read and joined into parts of TARGET_PART bytes, S3's minimum being
+5 MiB for every part but the last. Memory: MERGE_WORKERS × (TARGET_PART + one source). Then the
+parts directory is deleted. summary.json is written last: once it exists the results are
+complete, so a re-run only finishes the clean-up.
 """
 
 import csv
+import hashlib
 import io
 import json
+import re
+import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from sluice.models import ObjectRef, ProcessResult
 
 REJECTS_HEADER = b"row,reason\n"
 JSONL, CSV = "application/x-ndjson", "text/csv"
-# One chunk in memory at a time (no transfer threads); S3 wants parts of 5 MiB or more.
-TRANSFER = TransferConfig(multipart_threshold=8 * 1024**2, multipart_chunksize=8 * 1024**2, use_threads=False)
+MAX_KEY_BYTES = 1024  # S3's limit on an object key, in UTF-8 bytes
+MIN_PART = 5 * 1024**2  # S3 multipart: every part but the last at least 5 MiB
+TARGET_PART = 8 * 1024**2  # small sources are joined up to this; 5 GiB output → 640 parts (max 10,000)
+# Parallel GETs, and parallel part uploads, in the merge; the S3 client needs a pooled connection
+# for each: MERGE_CONNECTIONS. Memory: 16 pieces × 8 MiB, held twice while sent ≈ 256 MiB at most.
+MERGE_WORKERS = 16
+MERGE_CONNECTIONS = 2 * MERGE_WORKERS
+_PART_NAME = re.compile(r"(\d+)-a(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -53,20 +73,34 @@ class Layout:
     obj: ObjectRef
 
     @property
-    def _path(self) -> str:
-        return f"{self.obj.key}/{self.obj.version_id or 'null'}"
+    def _hash(self) -> str:
+        return hashlib.sha256(self.obj.id.encode()).hexdigest()
 
     @property
     def parts_prefix(self) -> str:
-        return f"parts/{self._path}/"
+        """Fixed length and ending in "/": no other file's directory can start with it."""
+        return f"parts/{self._hash}/"
 
-    def part_keys(self, part: int) -> tuple[str, str]:
-        base = f"{self.parts_prefix}{part:06d}"
+    def part_keys(self, part: int, attempt: int) -> tuple[str, str]:
+        base = f"{self.parts_prefix}{part:06d}-a{attempt}"
         return f"{base}.accepted.jsonl", f"{base}.rejects.csv"
+
+    def manifest(self, parts: int, runs: list[list[int]]) -> list[tuple[str, str]]:
+        """The part keys of parts 0..parts-1, each under the attempt `runs` says wrote it."""
+        owners = sorted(runs)
+        if parts and (not owners or owners[0][0] != 0):
+            raise ValueError(f"{self.obj.id}: no attempt recorded for part 0 (runs {runs})")
+        keys: list[tuple[str, str]] = []
+        for index, (first, attempt) in enumerate(owners):
+            end = owners[index + 1][0] if index + 1 < len(owners) else parts
+            keys.extend(self.part_keys(part, attempt) for part in range(first, min(end, parts)))
+        return keys
 
     @property
     def results(self) -> ResultKeys:
-        base = f"results/{self._path}"
+        base = f"results/{self.obj.key}/{self.obj.version_label}"
+        if len(f"{base}/accepted.jsonl".encode()) > MAX_KEY_BYTES:  # the longest of the three names
+            base = f"results-by-id/{self._hash}"
         return ResultKeys(f"{base}/accepted.jsonl", f"{base}/rejects.csv", f"{base}/summary.json")
 
 
@@ -74,17 +108,24 @@ def accepted_line(row: int, key: str, data: dict[str, Any], answer: Any) -> str:
     return json.dumps({"row": row, "idempotency_key": key, "data": data, "answer": answer})
 
 
-class PartWriter:
-    """Writes the parts of one object version (ProcessObject)."""
+def part_attempt(key: str) -> int | None:
+    """The attempt that wrote a part (its name's `-a{attempt}`), None for other files."""
+    found = _PART_NAME.search(key.rsplit("/", 1)[-1])
+    return int(found.group(2)) if found else None
 
-    def __init__(self, s3_client: Any, bucket: str, obj: ObjectRef):
+
+class PartWriter:
+    """Writes the parts of one object version for one attempt (ProcessObject)."""
+
+    def __init__(self, s3_client: Any, bucket: str, obj: ObjectRef, *, attempt: int):
         self._s3 = s3_client
         self._bucket = bucket
         self._layout = Layout(obj)
+        self._attempt = attempt
 
     def write(self, part: int, accepted: Iterable[str], rejects: Iterable[tuple[int, str]]) -> None:
         """Both files of part `part`: accepted lines (JSON, see accepted_line) and (row, reason)s."""
-        accepted_key, rejects_key = self._layout.part_keys(part)
+        accepted_key, rejects_key = self._layout.part_keys(part, self._attempt)
         body = "".join(f"{line}\n" for line in accepted).encode()
         self._s3.put_object(Bucket=self._bucket, Key=accepted_key, Body=body, ContentType=JSONL)
         text = io.StringIO()
@@ -93,37 +134,76 @@ class PartWriter:
             Bucket=self._bucket, Key=rejects_key, Body=text.getvalue().encode(), ContentType=CSV
         )
 
-    def reset(self) -> None:
-        """Forget an earlier processing of this version: its parts and its results.
+    def write_ahead(self, outcomes: dict[int, dict[str, Any]]) -> str:
+        """Rows answered past the checkpoint ({row: {"line": …} or {"reason": …}}): a new file, its name.
 
-        Called when processing starts from the first row, so leftovers of an attempt that
-        started over cannot be merged into this one's results.
+        A new name each time (never overwritten), so a checkpoint that still names the previous
+        file finds it whole if this write's checkpoint never lands.
         """
-        keys = list(_list_keys(self._s3, self._bucket, self._layout.parts_prefix))
+        name = f"ahead-a{self._attempt}-{uuid.uuid4().hex}.jsonl"
+        body = "".join(
+            json.dumps({"row": row, **outcome}) + "\n" for row, outcome in sorted(outcomes.items())
+        )
+        self._s3.put_object(
+            Bucket=self._bucket, Key=self._layout.parts_prefix + name, Body=body.encode(), ContentType=JSONL
+        )
+        return name
+
+    def read_ahead(self, name: str) -> dict[int, dict[str, Any]]:
+        body = self._s3.get_object(Bucket=self._bucket, Key=self._layout.parts_prefix + name)["Body"].read()
+        outcomes = {}
+        for line in body.decode().splitlines():
+            outcome = json.loads(line)
+            outcomes[outcome.pop("row")] = outcome
+        return outcomes
+
+    def reset(self) -> None:
+        """Forget an earlier processing of this version: its results and the parts of earlier attempts.
+
+        Called when processing starts from the first row. The merge takes only the parts the
+        checkpoint names, so this is tidying; later attempts' parts are never touched.
+        """
+        keys = [
+            key
+            for key, _ in _list(self._s3, self._bucket, self._layout.parts_prefix)
+            if (part_attempt(key) or 0) < self._attempt
+        ]
         keys.extend(vars(self._layout.results).values())
         _delete(self._s3, self._bucket, keys)
 
 
 def merge_results(
-    s3_client: Any, bucket: str, obj: ObjectRef, result: ProcessResult, *, transfer: TransferConfig = TRANSFER
+    s3_client: Any,
+    bucket: str,
+    obj: ObjectRef,
+    result: ProcessResult,
+    *,
+    workers: int = MERGE_WORKERS,
+    target_part: int = TARGET_PART,
 ) -> ResultKeys:
-    """The final results from the parts (WriteOutput); idempotent."""
+    """The final results from the parts `result` names (WriteOutput); idempotent."""
     layout = Layout(obj)
     keys = layout.results
-    parts = sorted(_list_keys(s3_client, bucket, layout.parts_prefix))
-    if not parts and _exists(s3_client, bucket, keys.summary_key):
-        return keys  # merged and cleaned up by an earlier run
-    if parts and _exists(s3_client, bucket, keys.summary_key):
-        _delete(s3_client, bucket, parts)  # merged; the clean-up was interrupted
+    present = dict(_list(s3_client, bucket, layout.parts_prefix))  # key → size, one listing
+    if _exists(s3_client, bucket, keys.summary_key):
+        _delete(s3_client, bucket, list(present))  # merged earlier; finish an interrupted clean-up
         return keys
-
-    accepted = [key for key in parts if key.endswith(".accepted.jsonl")]
-    rejects = [key for key in parts if key.endswith(".rejects.csv")]
-    _concatenate(
-        s3_client, bucket, accepted, keys.accepted_key, content_type=JSONL, head=b"", transfer=transfer
+    manifest = layout.manifest(result.parts, result.runs)
+    missing = [key for pair in manifest for key in pair if key not in present]
+    if missing:
+        raise FileNotFoundError(f"{obj.id}: {len(missing)} parts missing, first {missing[0]}")
+    merge = _Merge(s3_client, bucket, workers=workers, target_part=target_part)
+    merge.write(
+        keys.accepted_key,
+        b"",
+        [(accepted, present[accepted]) for accepted, _ in manifest],
+        content_type=JSONL,
     )
-    _concatenate(
-        s3_client, bucket, rejects, keys.rejects_key, content_type=CSV, head=REJECTS_HEADER, transfer=transfer
+    merge.write(
+        keys.rejects_key,
+        REJECTS_HEADER,
+        [(rejects, present[rejects]) for _, rejects in manifest],
+        content_type=CSV,
     )
     summary = {
         "object": obj.as_payload(),
@@ -132,7 +212,7 @@ def merge_results(
         "rows_delivered": result.rows_delivered,
         "rows_rejected": result.rows_rejected,
         "segments": result.segment,
-        "parts": len(accepted),
+        "parts": result.parts,
         "accepted_key": keys.accepted_key,
         "rejects_key": keys.rejects_key,
         "written_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -143,54 +223,113 @@ def merge_results(
         Body=json.dumps(summary, indent=2).encode(),
         ContentType="application/json",
     )
-    _delete(s3_client, bucket, parts)
+    _delete(s3_client, bucket, list(present))
     return keys
 
 
-class _Concatenated(io.RawIOBase):
-    """The bodies of several objects read as one stream, one object open at a time."""
+@dataclass
+class _Piece:
+    """One part of the output: copied from one big source, or `head` + small sources joined."""
 
-    def __init__(self, s3_client: Any, bucket: str, keys: list[str], head: bytes):
+    head: bytes = b""
+    sources: list[str] = field(default_factory=list)
+    size: int = 0
+    copy: bool = False
+
+
+class _Merge:
+    """Concatenates objects into one, S3 doing the copying where it can (UploadPartCopy).
+
+    Written by hand: boto3's managed transfer copies one object to one object; joining many
+    small ones into a multipart upload, in order, is not something it does.
+    """
+
+    def __init__(self, s3_client: Any, bucket: str, *, workers: int, target_part: int):
         self._s3 = s3_client
         self._bucket = bucket
-        self._keys = iter(keys)
-        self._current: Any = io.BytesIO(head)
+        self._workers = workers
+        self._target = max(target_part, MIN_PART)
 
-    def readable(self) -> bool:
-        return True
+    def write(self, target: str, head: bytes, sources: list[tuple[str, int]], *, content_type: str) -> None:
+        pieces = self._plan(head, sources)
+        # Two pools: pieces are built and uploaded on one, their sources read on the other, so that
+        # one piece of many tiny sources (a rejects file) is read in parallel too.
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="merge-get") as fetch:
+            if len(pieces) == 1 and not pieces[0].copy:
+                body = self._read(fetch, pieces[0])
+                self._s3.put_object(Bucket=self._bucket, Key=target, Body=body, ContentType=content_type)
+                return
+            self._multipart(fetch, target, pieces, content_type)
 
-    def readinto(self, buffer: Any) -> int:
-        while True:
-            count = self._current.readinto(buffer)
-            if count:
-                return count
-            self._current.close()
-            key = next(self._keys, None)
-            if key is None:
-                self._current = io.BytesIO()
-                return 0
-            self._current = self._s3.get_object(Bucket=self._bucket, Key=key)["Body"]
+    def _multipart(
+        self, fetch: ThreadPoolExecutor, target: str, pieces: list[_Piece], content_type: str
+    ) -> None:
+        upload = self._s3.create_multipart_upload(Bucket=self._bucket, Key=target, ContentType=content_type)
+        upload_id = upload["UploadId"]
+        try:
+            with ThreadPoolExecutor(self._workers, thread_name_prefix="merge-part") as pool:
+                etags = list(
+                    pool.map(
+                        lambda n: self._upload(fetch, target, upload_id, n, pieces[n - 1]),
+                        range(1, len(pieces) + 1),
+                    )
+                )
+            self._s3.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=target,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, 1)]
+                },
+            )
+        except BaseException:
+            self._s3.abort_multipart_upload(Bucket=self._bucket, Key=target, UploadId=upload_id)
+            raise
+
+    def _plan(self, head: bytes, sources: list[tuple[str, int]]) -> list[_Piece]:
+        """Pieces in order: every one but the last at least MIN_PART (S3's rule)."""
+        pieces: list[_Piece] = []
+        current = _Piece(head=head, size=len(head))
+        for key, size in sources:
+            if size == 0:
+                continue  # an empty part (most rejects files): nothing to read
+            if size >= MIN_PART and current.size == 0:
+                pieces.append(_Piece(sources=[key], size=size, copy=True))
+                continue
+            current.sources.append(key)
+            current.size += size
+            if current.size >= self._target:
+                pieces.append(current)
+                current = _Piece()
+        if current.size or not pieces:
+            pieces.append(current)
+        return pieces
+
+    def _read(self, fetch: ThreadPoolExecutor, piece: _Piece) -> bytes:
+        body = bytearray(piece.head)
+        for data in fetch.map(self._get, piece.sources):  # in order
+            body += data
+        return bytes(body)
+
+    def _get(self, key: str) -> bytes:
+        return bytes(self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read())
+
+    def _upload(
+        self, fetch: ThreadPoolExecutor, target: str, upload_id: str, number: int, piece: _Piece
+    ) -> str:
+        common = {"Bucket": self._bucket, "Key": target, "UploadId": upload_id, "PartNumber": number}
+        if piece.copy:
+            answer = self._s3.upload_part_copy(
+                **common, CopySource={"Bucket": self._bucket, "Key": piece.sources[0]}
+            )
+            return str(answer["CopyPartResult"]["ETag"])
+        return str(self._s3.upload_part(**common, Body=self._read(fetch, piece))["ETag"])
 
 
-def _concatenate(
-    s3_client: Any,
-    bucket: str,
-    sources: list[str],
-    target: str,
-    *,
-    content_type: str,
-    head: bytes,
-    transfer: TransferConfig,
-) -> None:
-    # BufferedReader: s3transfer expects read(n) to return n bytes until the end (full-size parts).
-    stream = io.BufferedReader(_Concatenated(s3_client, bucket, sources, head), buffer_size=1024**2)
-    s3_client.upload_fileobj(stream, bucket, target, ExtraArgs={"ContentType": content_type}, Config=transfer)
-
-
-def _list_keys(s3_client: Any, bucket: str, prefix: str) -> Iterator[str]:
+def _list(s3_client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
     for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
-            yield item["Key"]
+            yield item["Key"], int(item["Size"])
 
 
 def _exists(s3_client: Any, bucket: str, key: str) -> bool:

@@ -482,6 +482,8 @@ def test_a_cr_only_file_is_processed_as_its_crlf_twin_across_checkpoints(world: 
     accepted, rejects = world.merged(final)
     assert [row["row"] for row in accepted] == DELIVERED
     assert [line.split(",", 1)[0] for line in rejects[1:]] == ["13", "27", "33", "41", "50"]
+
+
 def test_a_stale_attempt_is_fenced_out_and_only_the_live_attempts_parts_make_the_file(world: World) -> None:
     # GIVEN attempt 1 paused after 9 rows (checkpoint at row 10, 3 parts), then lost the file:
     # another message took it over as attempt 2

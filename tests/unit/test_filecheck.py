@@ -1,5 +1,7 @@
 """The Validate stage's checks, on objects in a moto bucket, reading only the first 64 KiB."""
 
+import io
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -8,7 +10,7 @@ from conftest import SAMPLES
 from datapath_support import RAW_BUCKET, create_buckets
 from moto import mock_aws
 
-from sluice.filecheck import SAMPLE_BYTES, check_object
+from sluice.filecheck import MAX_REASON_CHARS, SAMPLE_BYTES, Deliverable, check_object, check_sample
 from sluice.models import ObjectRef
 from sluice.schemas import get_schema
 
@@ -171,3 +173,51 @@ def test_a_record_cut_by_the_sample_end_is_not_counted(s3: Any) -> None:
     body = HEADER + ROW * 2 + b'ORD-000003,"' + lines + b'",1.00,USD,2026-01-01,1\n'
 
     assert check(s3, body).valid
+
+
+def test_a_hostile_header_is_invalid_with_a_short_reason() -> None:
+    # 50,000 one-letter columns: more than a 64 KiB sample holds, so the file goes on after it
+    header = ",".join(f"c{index}" for index in range(50_000)).encode()
+    check = check_sample(header[:SAMPLE_BYTES] + b"\n", SCHEMA, truncated=True)
+
+    assert not check.valid
+    assert check.reason is not None
+    assert len(check.reason) <= MAX_REASON_CHARS
+    assert check.reason.startswith("header: ")
+    assert "more than MAX_HEADER_COLUMNS" in check.reason
+
+
+def test_every_reason_is_bounded_and_says_how_much_was_cut() -> None:
+    # a header under the column bound whose names are long: the listing is cut, with the count
+    names = ["order_id", *(f"unexpected_{'x' * 40}_{index}" for index in range(200))]
+    check = check_sample((",".join(names) + "\n").encode(), SCHEMA, truncated=False)
+
+    assert check.reason is not None
+    assert len(check.reason) <= MAX_REASON_CHARS
+    assert re.search(r"…\(\+\d+ more characters\)$", check.reason)
+
+
+def test_a_file_the_settings_cannot_deliver_before_glacier_is_invalid_with_the_estimate() -> None:
+    # GIVEN rows of ~28 bytes in a 1 GiB file: ~38 M rows, at 50 rows/s paced at 50 / 1.05 = 47.6/s
+    # about 9.3 days, and raw objects readable 7 days
+    rows = b"".join(b"%d,a@b.c,1,EUR,2026-01-01,1\n" % i for i in range(50))
+    sample = (SAMPLES / "orders-valid.csv").read_bytes().split(b"\n")[0] + b"\n" + rows
+    deliverable = Deliverable(api_rate_limit=50, api_rate_lateness_seconds=0.05, raw_readable_days=7)
+
+    class Sized:
+        def head_object(self, **_: Any) -> dict:
+            return {"ContentLength": 2**30}
+
+        def get_object(self, **_: Any) -> dict:
+            return {"Body": io.BytesIO(sample)}
+
+    obj = ObjectRef(bucket=RAW_BUCKET, key="big.csv", version_id="v1", size=2**30)
+    check = check_object(Sized(), obj, SCHEMA, max_file_bytes=5 * 2**30, deliverable=deliverable)
+    near = check_object(Sized(), obj, SCHEMA, max_file_bytes=5 * 2**30, deliverable=None)
+
+    assert check.reason is not None
+    assert re.match(
+        r"about \d+ rows \(1073741824 bytes\): at the API rate they take about [\d.]+ days", check.reason
+    )
+    assert check.reason.endswith("(RawGlacierDays 7)")
+    assert near.valid  # the same file is fine when nothing bounds the time

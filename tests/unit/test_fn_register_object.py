@@ -57,6 +57,7 @@ def test_sample_event_registers_the_object_version(
         "reason": None,
         "attempt": 1,
         "defer_seconds": 0,
+        "result": None,
     }
     stored = item(table)
     assert (stored["state"], stored["attempts"], stored["size"]) == ("RECEIVED", 1, 1024)
@@ -87,9 +88,9 @@ def test_duplicate_event_of_a_finished_version_is_skipped(
     module.lambda_handler(EVENT, FakeLambdaContext())
     table.update_item(
         Key={"pk": OBJECT_ID},
-        UpdateExpression="SET #s = :s",
+        UpdateExpression="SET #s = :s, summary_key = :k",  # as "Record outcome" leaves it
         ExpressionAttributeNames={"#s": "state"},
-        ExpressionAttributeValues={":s": "SUCCEEDED"},
+        ExpressionAttributeValues={":s": "SUCCEEDED", ":k": "results/summary.json"},
     )
     capsys.readouterr()
 
@@ -125,6 +126,7 @@ def test_second_message_for_a_version_in_flight_is_deferred_to_the_claims_end(
         "object": registered["object"],
         "reason": f"duplicate event: object version in progress under message {first}",
         "attempt": 1,
+        "result": None,
     }
     assert (item(table)["attempts"], item(table)["claimed_by"]) == (1, first)
     metrics = emitted_metrics(capsys.readouterr().out)
@@ -159,3 +161,22 @@ def test_missing_table_name_fails_the_cold_start(monkeypatch: pytest.MonkeyPatch
 
     with pytest.raises(RuntimeError, match="METADATA_TABLE"):
         load_function("register_object")
+
+
+def test_a_continuation_registers_under_the_claim_it_carries(
+    handler: tuple[ModuleType, Any],
+) -> None:
+    # GIVEN the first message holds the claim and its file yielded after its turn
+    module, table = handler
+    module.lambda_handler(EVENT, FakeLambdaContext())
+    first = EVENT["message_id"]
+
+    # WHEN its continuation (a new message carrying the first one's claim) is registered
+    answer = module.lambda_handler(
+        {**EVENT, "message_id": "continuation-1", "receipt_handle": "AQEBcont==", "claim": first},
+        FakeLambdaContext(),
+    )
+
+    # THEN it is let in at once as the claim's holder: a new attempt, not deferred
+    assert (answer["action"], answer["attempt"]) == ("process", 2)
+    assert item(table)["claimed_by"] == first

@@ -191,11 +191,7 @@ class Redriver:
     def run(self, request: RedriveRequest, *, time_budget_seconds: float | None = None) -> RedriveReport:
         """Redrive what `request` names; stops taking new batches once the time budget is spent."""
         self._deadline = None if time_budget_seconds is None else self._clock() + time_budget_seconds
-        wanted = (
-            list(ALL_SOURCES)
-            if request.source is RedriveSource.ALL
-            else [request.source]
-        )
+        wanted = list(ALL_SOURCES) if request.source is RedriveSource.ALL else [request.source]
         reports = [self._redrive_one(source, request) for source in wanted]
         report = RedriveReport(dry_run=request.dry_run, sources=reports)
         logger.info("redrive finished", extra={"redrive": report.model_dump(mode="json")})

@@ -605,13 +605,15 @@ def history(stack: Stack, execution_arn: str) -> list[dict]:
 
 
 def test_history_events_stay_under_the_worst_cases_the_lease_counts(make_stack: StackFactory) -> None:
-    # GIVEN rounds of one and of three items, with 1 and 3 segments
+    # GIVEN rounds of one, three and ten items, with 1 to 3 segments
     measured = {}
-    stack = make_stack()
-    for files, segments in ((1, 1), (1, 3), (3, 1)):
+    stack = make_stack(SegmentsPerTurn="3")
+    stack.ssm.put_parameter(Name=stack.parameter, Value="10", Type="String", Overwrite=True)
+    # (10, 3): a full round, ten files each running its whole turn (3 of its 4 segments) and yielding
+    for files, segments in ((1, 1), (1, 3), (3, 1), (10, 3)):
         for index in range(files):
             key = f"incoming/history-{files}-{segments}-{index}.csv"
-            stack.segments[key] = segments
+            stack.segments[key] = segments if files < 10 else 4
             stack.send(key)
         execution = stack.run()
         assert execution["status"] == "SUCCEEDED"

@@ -68,6 +68,9 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             metrics.add_metric(name="DuplicateEventsDeferred", unit=MetricUnit.Count, value=1)
         case "complete output":
             metrics.add_metric(name="OutputsCompleted", unit=MetricUnit.Count, value=1)
+        case "process" if request.claim not in (None, request.message_id):
+            # A long file's next turn (a continuation), not a retry after a failure.
+            metrics.add_metric(name="ContinuationsRegistered", unit=MetricUnit.Count, value=1)
         case "process":
             metrics.add_metric(
                 name="FilesReceived" if registration.attempt == 1 else "RetriesRegistered",

@@ -164,12 +164,13 @@ def test_missing_table_name_fails_the_cold_start(monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_continuation_registers_under_the_claim_it_carries(
-    handler: tuple[ModuleType, Any],
+    handler: tuple[ModuleType, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     # GIVEN the first message holds the claim and its file yielded after its turn
     module, table = handler
     module.lambda_handler(EVENT, FakeLambdaContext())
     first = EVENT["message_id"]
+    capsys.readouterr()
 
     # WHEN its continuation (a new message carrying the first one's claim) is registered
     answer = module.lambda_handler(
@@ -177,6 +178,10 @@ def test_a_continuation_registers_under_the_claim_it_carries(
         FakeLambdaContext(),
     )
 
-    # THEN it is let in at once as the claim's holder: a new attempt, not deferred
+    # THEN it is let in at once as the claim's holder: a new attempt, not deferred, counted as a
+    # continuation rather than a retry
     assert (answer["action"], answer["attempt"]) == ("process", 2)
     assert item(table)["claimed_by"] == first
+    metrics = emitted_metrics(capsys.readouterr().out)
+    assert metrics["ContinuationsRegistered"] == 1
+    assert "RetriesRegistered" not in metrics

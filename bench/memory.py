@@ -9,7 +9,9 @@ process can send, so the handler runs as fast as its CPU path allows; the shared
 still claims its slots in DynamoDB as in production.
 
 The handler's settings are the template's: MemorySize, Timeout (each segment's time budget),
-ApiConcurrency, CheckpointEveryRows, SegmentSafetySeconds, MaxSegmentsPerFile defaults.
+ApiConcurrency, CheckpointEveryRows, SegmentSafetySeconds defaults. A file's segments are run
+one after another in the one process (in production a file yields every SegmentsPerTurn segments
+and goes on under a continuation message; what one segment holds in memory is the same).
 
 `measure` takes a file of good orders (flat memory over size); `measure_hostile` a file of the
 records csvstream caps (`write_hostile_csv`: quoted fields reopened over millions of
@@ -43,6 +45,8 @@ from sluice_cli.workload import generate_orders_csv, rows_for_size
 REGION = "us-east-1"
 RAW_BUCKET, PROCESSED_BUCKET = "bench-raw", "bench-processed"
 TABLES = {"MetadataTable": "pk", "ControlTable": "pk", "IdempotencyTable": "id"}
+# A guard on the worker's loop, not a setting: 200 segments of 270 s cover any benchmark file.
+MAX_SEGMENTS = 200
 
 
 def handler_settings(root: Path) -> dict[str, Any]:
@@ -60,7 +64,7 @@ def handler_settings(root: Path) -> dict[str, Any]:
         "api_concurrency": default("ApiConcurrency"),
         "checkpoint_every_rows": default("CheckpointEveryRows"),
         "segment_safety_seconds": default("SegmentSafetySeconds"),
-        "max_segments": int(default("MaxSegmentsPerFile")),
+        "max_segments": MAX_SEGMENTS,
         "row_schema": default("RowSchema"),
     }
 

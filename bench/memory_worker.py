@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--object", required=True, help="the OBJECT of docs/interfaces.md, as JSON")
     parser.add_argument("--timeout", type=float, required=True, help="the function's Timeout, seconds")
     parser.add_argument("--memory-mb", type=int, required=True, help="the function's MemorySize")
-    parser.add_argument("--max-segments", type=int, default=200, help="MaxSegmentsPerFile")
+    parser.add_argument("--max-segments", type=int, default=200, help="segments at most (a loop guard)")
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args(argv)
     obj: dict[str, Any] = json.loads(args.object)

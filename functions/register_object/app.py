@@ -1,12 +1,15 @@
 """RegisterObject (Ingest): parse the S3 Object Created event, register the object version.
 
-Input: a planned item's `message`; output `{"action": "process" | "skip" | "defer" | "reject",
-"object": OBJECT | null, "reason": str | null, "attempt": int, "defer_seconds": int}`
+Input: a planned item's `message`; output `{"action": "process" | "skip" | "defer" | "reject" |
+"complete output", "object": OBJECT | null, "reason": str | null, "attempt": int, "defer_seconds": int,
+"result": RESULT | null}`
 (docs/interfaces.md). A body that is not an S3 Object Created event is rejected with the reason
 (`attempt` 0: nothing was registered); the state machine moves it to the InvalidQueue, so nothing
 is lost. A skip means the version already finished (the state machine deletes the message); a
 defer, that another message's attempt holds the claim (the state machine hides this message for
-`defer_seconds`, until that claim expires, and registers it again then).
+`defer_seconds`, until that claim expires, and registers it again then). A "complete output"
+means the version has its outcome but not its results (recorded before WriteOutput had succeeded):
+`result` is the recorded outcome and counts, and the state machine runs the output stage again.
 """
 
 from typing import Any
@@ -15,9 +18,10 @@ import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
+from sluice.filecheck import bounded
 from sluice.ingest import MalformedEvent, parse_object_created
 from sluice.metadata import MetadataStore
-from sluice.models import SqsMessage
+from sluice.models import Checkpoint, ObjectRef, ProcessResult, SqsMessage
 from sluice.observability import MetricUnit, logger, metrics, tracer
 from sluice.settings import RegisterSettings
 
@@ -41,17 +45,32 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     except MalformedEvent as error:
         metrics.add_metric(name="MalformedEvents", unit=MetricUnit.Count, value=1)
         logger.warning("Rejecting: not an S3 Object Created event", extra={"reason": str(error)})
-        return {"action": "reject", "object": None, "reason": str(error), "attempt": 0, "defer_seconds": 0}
+        return {
+            "action": "reject",
+            "object": None,
+            "reason": bounded(str(error)),
+            "attempt": 0,
+            "defer_seconds": 0,
+            "result": None,
+        }
 
     logger.set_correlation_id(obj.id)
     tracer.put_annotation(key="object_id", value=obj.id)
     # The message id claims the item: a second message for the same version in flight is deferred.
-    registration = store.register(obj, priority=request.priority, claimant=request.message_id)
+    # A continuation (a long file that yielded) carries the claim of the message it continues.
+    registration = store.register(
+        obj, priority=request.priority, claimant=request.claim or request.message_id
+    )
     match registration.action:
         case "skip":
             metrics.add_metric(name="DuplicateEventsSkipped", unit=MetricUnit.Count, value=1)
         case "defer":
             metrics.add_metric(name="DuplicateEventsDeferred", unit=MetricUnit.Count, value=1)
+        case "complete output":
+            metrics.add_metric(name="OutputsCompleted", unit=MetricUnit.Count, value=1)
+        case "process" if request.claim not in (None, request.message_id):
+            # A long file's next turn (a continuation), not a retry after a failure.
+            metrics.add_metric(name="ContinuationsRegistered", unit=MetricUnit.Count, value=1)
         case "process":
             metrics.add_metric(
                 name="FilesReceived" if registration.attempt == 1 else "RetriesRegistered",
@@ -73,4 +92,22 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         "reason": registration.reason,
         "attempt": registration.attempt,
         "defer_seconds": registration.defer_seconds,
+        "result": _recorded_result(obj) if registration.action == "complete output" else None,
     }
+
+
+def _recorded_result(obj: ObjectRef) -> dict[str, Any]:
+    """ProcessObject's last answer as the item recorded it: what WriteOutput needs to run again."""
+    item = store.get(obj.id) or {}
+    checkpoint = Checkpoint.model_validate(item.get("checkpoint") or {})  # which parts make the file
+    result = ProcessResult(
+        done=True,
+        segment=0,
+        outcome=item["state"],
+        rows_total=item.get("rows_total", 0),
+        rows_delivered=item.get("rows_delivered", 0),
+        rows_rejected=item.get("rows_rejected", 0),
+        parts=checkpoint.parts,
+        runs=checkpoint.runs,
+    )
+    return result.model_dump(mode="json")

@@ -1,8 +1,10 @@
 """ValidateObject (Validate): size, encoding, header and column count of one object version.
 
 Input `{"object": OBJECT}`; output `{"valid": bool, "header": [str] | null, "reason": str | null}`
-(docs/interfaces.md). On `valid: false` the version is already recorded INVALID with the reason.
-The checks and their rules are in sluice/filecheck.py.
+(docs/interfaces.md). It records nothing: on `valid: false` the state machine sends the message to
+InvalidQueue and only then records INVALID with the reason ("Record invalid"), so a file is never
+INVALID without its message in InvalidQueue. The checks and their rules are in sluice/filecheck.py;
+the reason is at most 1 KiB.
 """
 
 from typing import Any
@@ -11,8 +13,7 @@ import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
-from sluice.filecheck import check_object
-from sluice.metadata import MetadataStore
+from sluice.filecheck import Deliverable, check_object
 from sluice.models import ObjectRef
 from sluice.observability import MetricUnit, logger, metrics, tracer
 from sluice.schemas import get_schema
@@ -21,8 +22,10 @@ from sluice.settings import ValidateSettings
 settings = ValidateSettings.from_env()
 schema = get_schema(settings.row_schema)
 s3 = boto3.client("s3")
-store = MetadataStore(
-    boto3.resource("dynamodb").Table(settings.metadata_table), claim_seconds=settings.claim_seconds
+deliverable = Deliverable(
+    api_rate_limit=settings.api_rate_limit,
+    api_rate_lateness_seconds=settings.api_rate_lateness_seconds,
+    raw_readable_days=settings.raw_glacier_days,
 )
 
 
@@ -36,12 +39,11 @@ class ValidateRequest(BaseModel):
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     obj = ValidateRequest.model_validate(event).object
     tracer.put_annotation(key="object_id", value=obj.id)
-    check = check_object(s3, obj, schema, max_file_bytes=settings.max_file_bytes)
+    check = check_object(s3, obj, schema, max_file_bytes=settings.max_file_bytes, deliverable=deliverable)
     if check.valid:
         metrics.add_metric(name="FilesValid", unit=MetricUnit.Count, value=1)
         logger.info("File valid", extra={"header": check.header})
     else:
-        store.mark_invalid(obj, check.reason or "invalid")
         metrics.add_metric(name="FilesInvalid", unit=MetricUnit.Count, value=1)
         logger.warning("File invalid", extra={"reason": check.reason})
     return {"valid": check.valid, "header": check.header, "reason": check.reason}

@@ -77,8 +77,9 @@ def redrive(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Move dead letters back: IngestDLQ and IngestRuleDLQ → IngestQueue, re-invoke the Lambda
-    failure destination's records, redrive failed dispatcher executions. Never deletes a message
-    before its copy was accepted."""
+    failure destination's records; failed dispatcher executions only with --source executions
+    (their Map items carry stale attempts and receipt handles). Never deletes a message before
+    its copy was accepted."""
     if outputs and stack_name:
         raise typer.BadParameter("give --outputs or --stack-name, not both")
     try:

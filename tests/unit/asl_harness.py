@@ -21,6 +21,8 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from sluice.ingest import CLAIM_ATTRIBUTE
+
 REPO = Path(__file__).resolve().parents[2]
 DEFINITION = REPO / "statemachine" / "dispatcher.asl.json"
 ACCOUNT = "123456789012"
@@ -33,7 +35,8 @@ FUNCTION_NAMES = (
     "ProcessObject",
     "WriteOutput",
 )
-FINISHED = {"SUCCEEDED", "SUCCEEDED_WITH_REJECTS", "INVALID"}
+SUCCEEDED = {"SUCCEEDED", "SUCCEEDED_WITH_REJECTS"}
+FINISHED = {*SUCCEEDED, "INVALID"}
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -153,7 +156,7 @@ class Stack:
             "ConcurrencyMin": "1",
             "ConcurrencyMax": "10",
             "MaxReceiveCount": "5",
-            "MaxSegmentsPerFile": "200",
+            "SegmentsPerTurn": "5",
             "RetryDelaySeconds": "0",
             "SegmentVisibilitySeconds": "60",
             "ReceiveWaitSeconds": "0",
@@ -235,10 +238,12 @@ class Stack:
             Key={"pk": f"sluice-raw-example/{key}#{version_id}"}, ConsistentRead=True
         ).get("Item")
 
-    def put_item(self, key: str, state: str, version_id: str = "v1") -> None:
-        self.table.put_item(
-            Item={"pk": f"sluice-raw-example/{key}#{version_id}", "state": state, "attempts": 1}
-        )
+    def put_item(self, key: str, state: str, version_id: str = "v1", *, output: bool = True) -> None:
+        """An item in `state`; a success has its results (summary_key) unless `output` is False."""
+        item = {"pk": f"sluice-raw-example/{key}#{version_id}", "state": state, "attempts": 1}
+        if state in SUCCEEDED and output:
+            item["summary_key"] = f"results/{key}/{version_id}/summary.json"
+        self.table.put_item(Item=item)
 
     # ----------------------------------------------------------------------------- the fakes
 
@@ -251,6 +256,7 @@ class Stack:
         for index, message in enumerate(payload["messages"]):
             wait = self.waits[index] if index < len(self.waits) else 0
             receive_count = int(message["Attributes"]["ApproximateReceiveCount"])
+            carried = message.get("MessageAttributes", {}).get(CLAIM_ATTRIBUTE, {}).get("StringValue")
             items.append(
                 {
                     "message": {
@@ -258,6 +264,7 @@ class Stack:
                         "receipt_handle": message["ReceiptHandle"],
                         "body": message["Body"],
                         "receive_count": receive_count,
+                        "claim": carried or message["MessageId"],
                     },
                     "priority": 5,
                     "wait_seconds": wait,
@@ -275,6 +282,7 @@ class Stack:
                 "reason": "not an S3 Object Created event",
                 "attempt": 1,
                 "defer_seconds": 0,
+                "result": None,
             }
         bucket, key, version = (
             detail["bucket"]["name"],
@@ -290,41 +298,60 @@ class Stack:
             "etag": '"e"',
         }
         existing = self.table.get_item(Key={"pk": obj["id"]}, ConsistentRead=True).get("Item")
-        answer = {"object": obj, "reason": None, "defer_seconds": 0}
+        answer = {"object": obj, "reason": None, "defer_seconds": 0, "result": None}
+        if existing and existing["state"] in SUCCEEDED and "summary_key" not in existing:
+            result = {
+                "done": True,
+                "segment": 0,
+                "outcome": existing["state"],
+                **{k: int(existing.get(k, 0)) for k in ("rows_total", "rows_delivered", "rows_rejected")},
+            }
+            return answer | {
+                "action": "complete output",
+                "attempt": int(existing["attempts"]),
+                "result": result,
+            }
         if existing and existing["state"] in FINISHED:
             return answer | {"action": "skip", "attempt": int(existing["attempts"])}
-        if existing and existing.get("claimed_by") not in (None, message["message_id"]):
+        claimant = message.get("claim") or message["message_id"]
+        if existing and existing.get("claimed_by") not in (None, claimant):
             # Another message's live claim (the fake's claims never expire): come back later.
             defer = int(existing["defer_seconds"])
             return answer | {"action": "defer", "attempt": int(existing["attempts"]), "defer_seconds": defer}
         attempt = int(existing["attempts"]) + 1 if existing else 1
-        self.table.put_item(Item={"pk": obj["id"], "state": "RECEIVED", "attempts": attempt})
+        kept = {k: v for k, v in (existing or {}).items() if k in ("rows_total", "checkpoint_segment")}
+        self.table.put_item(
+            Item={"pk": obj["id"], "state": "RECEIVED", "attempts": attempt, "claimed_by": claimant, **kept}
+        )
         return answer | {"action": "process", "attempt": attempt}
 
     def validate(self, payload: dict[str, Any]) -> dict[str, Any]:
         obj = payload["object"]
         if "invalid" in obj["key"]:
-            reason = "header: missing column 'amount'"
-            self.table.update_item(
-                Key={"pk": obj["id"]},
-                UpdateExpression="SET #s = :invalid, reason = :reason",
-                ExpressionAttributeNames={"#s": "state"},
-                ExpressionAttributeValues={":invalid": "INVALID", ":reason": reason},
-            )
-            return {"valid": False, "header": None, "reason": reason}
+            # Like the real function, it records nothing: the state machine records INVALID.
+            return {"valid": False, "header": None, "reason": "header: missing column 'amount'"}
         return {"valid": True, "header": ["order_id", "amount"], "reason": None}
 
     def process(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One segment, resuming from the item's checkpoint (its count of segments done), like the
+        real function: `segment` numbers this attempt's segments, the checkpoint spans attempts."""
         obj, segment = payload["object"], payload["segment"]
+        state = {"#s": "state"}
         if segment == 0:
             self.table.update_item(
                 Key={"pk": obj["id"]},
                 UpdateExpression="SET #s = :processing",
-                ExpressionAttributeNames={"#s": "state"},
+                ExpressionAttributeNames=state,
                 ExpressionAttributeValues={":processing": "PROCESSING"},
             )
-        done = segment + 1 >= self.segments.get(obj["key"], 1)
-        rows = 10 * (segment + 1)
+        checkpoint = self.table.update_item(
+            Key={"pk": obj["id"]},
+            UpdateExpression="ADD checkpoint_segment :one",
+            ExpressionAttributeValues={":one": 1},
+            ReturnValues="ALL_NEW",
+        )["Attributes"]["checkpoint_segment"]
+        done = int(checkpoint) >= self.segments.get(obj["key"], 1)
+        rows = 10 * int(checkpoint)
         return {
             "done": done,
             "segment": segment + 1,

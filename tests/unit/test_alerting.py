@@ -1,6 +1,7 @@
 """sluice.alerting: each AlertTopic shape becomes a subject and a body an on-call engineer can act on."""
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -266,6 +267,17 @@ def test_a_lambda_error_document_as_cause_reads_as_its_message_without_the_stack
     assert "app.py" not in alert.body
 
 
+def test_a_long_cause_is_bounded_in_the_alert_with_the_count_of_what_was_cut() -> None:
+    cause = json.dumps({"errorMessage": "x" * 40_000, "errorType": "Boom", "stackTrace": []})
+    message = {"event": "file.failed_for_good", "object": OBJECT, "error": "Boom", "cause": cause}
+
+    alert = render_alert(notification(message))
+
+    (reason,) = [line for line in alert.body.splitlines() if "Boom: " in line]
+    assert len(reason) < 1100
+    assert re.search(r"…\(\+\d+ more characters\)", reason)
+
+
 def test_a_step_functions_status_change_event_names_the_execution_and_its_error() -> None:
     event = {
         "version": "0",
@@ -364,7 +376,7 @@ def test_a_hostile_key_and_reason_render_escaped_on_one_line_each_subject_too() 
     assert not any(char in body for char in "\r\t\x1b\x07\u202e")
     reason_line = next(line for line in body.splitlines() if line.startswith("Reason:"))
     assert len(reason_line) < 1_600
-    assert reason_line.endswith("…")
+    assert re.search(r"…\(\+\d+ more characters\)$", reason_line), reason_line[-60:]
 
 
 def test_a_raw_message_is_shown_indented_line_by_line_and_escaped() -> None:

@@ -12,11 +12,16 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from asl_harness import FunctionError, Functions, LambdaServiceError, Stack, s3_event_body
+from asl_harness import DEFINITION, FunctionError, Functions, LambdaServiceError, Stack, s3_event_body
 from moto import mock_aws
 from moto.core.config import default_user_config
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+from sam_transform import load_sam_template
 
+from sluice.filecheck import SAMPLE_BYTES, check_sample
+from sluice.ingest import CLAIM_ATTRIBUTE
+from sluice.lease import END_EVENTS, ROUND_EVENTS, START_EVENTS, worst_item
+from sluice.schemas import get_schema
 from sluice_cli.offline.polling import wait_for
 
 StackFactory = Callable[..., Stack]
@@ -35,6 +40,11 @@ def make_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[StackFactory]:
 @pytest.fixture
 def stack(make_stack: StackFactory) -> Stack:
     return make_stack()
+
+
+def template_function_timeout(logical_id: str) -> int:
+    """A function's Timeout in template.yaml."""
+    return int(load_sam_template()["Resources"][logical_id]["Properties"]["Timeout"])
 
 
 def called(stack: Stack) -> list[str]:
@@ -135,7 +145,7 @@ def test_retries_exhausted_on_the_last_delivery_fail_the_file_and_leave_the_mess
     stack.functions.handlers["ProcessObject"] = lambda _: (_ for _ in ()).throw(LambdaServiceError("down"))
     stack.send("incoming/orders-valid.csv")
 
-    execution = stack.run(timeout=30)
+    execution = stack.run(timeout=60)  # 14 s of backoff, and the failure path on a busy machine
 
     # THEN ProcessObject was tried 1 + 3 times (2, 4, 8 s apart), the item is FAILED with the cause,
     assert execution["status"] == "SUCCEEDED"  # a failed file does not fail the dispatcher
@@ -246,6 +256,31 @@ def test_duplicate_event_of_a_finished_version_is_deleted_without_processing(sta
     assert stack.published(stack.notifications_url) == []
 
 
+def test_a_finished_version_without_its_output_is_completed_not_skipped(stack: Stack) -> None:
+    # GIVEN a version whose outcome was recorded while WriteOutput failed (the old order)
+    stack.put_item("incoming/orders-valid.csv", "SUCCEEDED", output=False)
+    stack.table.update_item(
+        Key={"pk": "sluice-raw-example/incoming/orders-valid.csv#v1"},
+        UpdateExpression="SET rows_total = :t, rows_delivered = :t, rows_rejected = :z",
+        ExpressionAttributeValues={":t": 7, ":z": 0},
+    )
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN its output stage runs from the recorded counts, the item gets its results and the
+    # message is deleted; nothing is processed again
+    assert execution["status"] == "SUCCEEDED"
+    assert "ProcessObject" not in called(stack)
+    (output,) = stack.functions.payloads("WriteOutput")
+    assert (output["result"]["outcome"], output["result"]["rows_delivered"]) == ("SUCCEEDED", 7)
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] == "SUCCEEDED"
+    assert item["summary_key"] == "results/incoming/orders-valid.csv/v1/summary.json"
+    assert stack.queue_depth(stack.ingest_url) == 0
+
+
 def test_an_event_for_a_version_another_message_holds_is_deferred_not_deleted(stack: Stack) -> None:
     # GIVEN the version in progress under another message's claim (an aborted attempt, a duplicate)
     pk = "sluice-raw-example/incoming/orders-valid.csv#v1"
@@ -329,21 +364,205 @@ def test_each_item_waits_for_its_stagger_slot(stack: Stack) -> None:
     assert stack.queue_depth(stack.ingest_url) == 0
 
 
-def test_a_file_that_needs_too_many_segments_is_failed_not_looped(make_stack: StackFactory) -> None:
-    stack = make_stack(MaxSegmentsPerFile="3")
-    stack.segments["incoming/huge.csv"] = 10
+def test_a_long_file_yields_after_its_turn_and_goes_on_from_its_checkpoint_without_spending_receives(
+    make_stack: StackFactory,
+) -> None:
+    # GIVEN a file of 5 segments and 2 segments per item per execution
+    stack = make_stack(SegmentsPerTurn="2")
+    stack.segments["incoming/huge.csv"] = 5
     stack.send("incoming/huge.csv")
+
+    # WHEN the dispatcher runs three times
+    executions = [stack.run() for _ in range(3)]
+
+    # THEN each execution ran at most its turn, the last one finished the file, and every message
+    # was a first delivery: a continuation spends no receive and nothing failed
+    assert [e["status"] for e in executions] == ["SUCCEEDED"] * 3
+    assert [p["segment"] for p in stack.functions.payloads("ProcessObject")] == [0, 1, 0, 1, 0]
+    assert [p["attempt"] for p in stack.functions.payloads("ProcessObject")] == [1, 1, 2, 2, 3]
+    plans = stack.functions.payloads("PlanBatch")
+    assert [m["Attributes"]["ApproximateReceiveCount"] for p in plans for m in p["messages"]] == ["1"] * 3
+    first = plans[0]["messages"][0]["MessageId"]
+    # the continuations carry the first message's claim, so registration lets them in at once
+    claims = [m["MessageAttributes"]["sluice_claim"]["StringValue"] for p in plans[1:] for m in p["messages"]]
+    assert claims == [first, first]
+    item = stack.item("incoming/huge.csv")
+    assert item is not None
+    assert item["state"] == "SUCCEEDED_WITH_REJECTS"
+    assert item["rows_total"] == 50  # resumed from the checkpoint: 5 segments of 10 rows, not 2 + 2 + 1
+    assert len(stack.functions.payloads("WriteOutput")) == 1
+    assert stack.queue_depth(stack.ingest_url) == 0
+    assert stack.queue_depth(stack.dlq_url) == 0
+    assert [n["event"] for n in stack.published(stack.notifications_url)] == ["file.finished"]
+
+
+def test_the_continuation_uses_the_claim_attribute_registration_reads() -> None:
+    definition = json.loads(DEFINITION.read_text())
+    item = definition["States"]["Process batch"]["ItemProcessor"]["States"]
+    assert list(item["Send continuation"]["Parameters"]["MessageAttributes"]) == [CLAIM_ATTRIBUTE]
+
+
+def test_write_output_failing_twice_records_no_outcome_and_releases_the_message(
+    make_stack: StackFactory,
+) -> None:
+    # GIVEN the last delivery of a file whose WriteOutput times out on both tries
+    stack = make_stack(MaxReceiveCount="1")
+    stack.functions.handlers["WriteOutput"] = lambda _: (_ for _ in ()).throw(
+        FunctionError("Sandbox.Timedout", "Task timed out after 120.00 seconds")
+    )
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run(timeout=30)
+
+    # THEN the file is FAILED, not SUCCEEDED without its results; the message is left to SQS (the
+    # DLQ here) and the failure is announced on both topics
+    assert execution["status"] == "SUCCEEDED"
+    assert len(stack.functions.payloads("WriteOutput")) == 2
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] == "FAILED"
+    assert item["error"].startswith("Sandbox.Timedout")
+    assert "finished_at" not in item
+    (alert,) = stack.published(stack.alerts_url)
+    assert (alert["event"], alert["error"]) == ("file.failed_for_good", "Sandbox.Timedout")
+    assert "Task timed out" in alert["cause"]
+    assert [n["event"] for n in stack.published(stack.notifications_url)] == ["file.failed"]
+    assert stack.receive(stack.ingest_url) == []
+    (dead,) = stack.receive(stack.dlq_url)
+    assert "incoming/orders-valid.csv" in dead["Body"]
+
+
+def test_an_invalid_file_whose_send_to_the_invalid_queue_fails_is_not_recorded_invalid(
+    make_stack: StackFactory,
+) -> None:
+    # GIVEN an InvalidQueue that cannot be reached
+    stack = make_stack(InvalidQueueUrl="https://sqs.us-east-1.amazonaws.com/123456789012/sluice-test-gone")
+    stack.send("incoming/orders-invalid.csv")
+
+    execution = stack.run(timeout=40)
+
+    # THEN the file is not INVALID (nothing holds its message for a person), no invalid-file alert
+    # went out, and the message comes back to try again
+    assert execution["status"] == "SUCCEEDED"
+    item = stack.item("incoming/orders-invalid.csv")
+    assert item is not None
+    assert item["state"] == "FAILED"
+    assert "reason" not in item
+    assert [a["event"] for a in stack.published(stack.alerts_url)] == []
+    (message,) = stack.receive(stack.ingest_url)
+    assert message["Attributes"]["ApproximateReceiveCount"] == "2"
+
+
+def largest_state_payload(stack: Stack, execution_arn: str) -> int:
+    """The largest input or output of any state in the execution's history, in bytes (not the
+    execution's own input, the schedule event, which the first state drops)."""
+    sizes = [0]
+    for event in history(stack, execution_arn):
+        if event["type"] == "ExecutionStarted" or event["id"] <= 3:  # the event and the first state's input
+            continue
+        for details in event.values():
+            if isinstance(details, dict):
+                for key in ("input", "output"):
+                    if isinstance(details.get(key), str):
+                        sizes.append(len(details[key].encode()))
+    return max(sizes)
+
+
+def test_a_hostile_header_is_invalid_with_a_short_reason_and_the_state_stays_small(stack: Stack) -> None:
+    # GIVEN ValidateObject's real checks on a header of 50,000 columns, and two more files
+    header = ",".join(f"c{index}" for index in range(50_000)).encode()
+
+    def validate(payload: dict) -> dict:
+        if "hostile" not in payload["object"]["key"]:
+            return {"valid": True, "header": ["order_id"], "reason": None}
+        check = check_sample(header[:SAMPLE_BYTES] + b"\n", get_schema("orders-v1"), truncated=True)
+        return {"valid": check.valid, "header": check.header, "reason": check.reason}
+
+    stack.functions.handlers["ValidateObject"] = validate
+    for key in ("incoming/hostile.csv", "incoming/orders-0.csv", "incoming/orders-1.csv"):
+        stack.send(key)
 
     execution = stack.run()
 
+    # THEN the file is INVALID with a reason of at most 1 KiB, the batch's other files finished,
+    # and no state's input or output came near the 256 KiB quota
     assert execution["status"] == "SUCCEEDED"
-    assert [p["segment"] for p in stack.functions.payloads("ProcessObject")] == [0, 1, 2]
-    item = stack.item("incoming/huge.csv")
+    item = stack.item("incoming/hostile.csv")
     assert item is not None
-    assert item["state"] == "FAILED"
-    assert item["error"].startswith("Sluice.TooManySegments")
-    assert "WriteOutput" not in called(stack)
-    assert stack.queue_depth(stack.ingest_url) == 1  # left to SQS
+    assert item["state"] == "INVALID"
+    assert len(item["reason"].encode()) <= 1024
+    (invalid,) = stack.receive(stack.invalid_url)
+    assert invalid["MessageAttributes"]["reason"]["StringValue"] == item["reason"]
+    assert [stack.item(f"incoming/orders-{i}.csv")["state"] for i in range(2)] == [
+        "SUCCEEDED_WITH_REJECTS"
+    ] * 2
+    assert largest_state_payload(stack, execution["executionArn"]) < 16 * 1024
+
+
+def test_a_lost_lease_stops_the_item_before_its_segment_without_recording_a_failure(stack: Stack) -> None:
+    # GIVEN another execution took the lease over: renewals inside the item answer "not ours"
+    real = stack.lease
+
+    def lease(payload: dict) -> dict:
+        if payload["operation"] == "renew" and "items" not in payload:
+            return {"acquired": False, "budget_left": False, "deadline": None}
+        return real(payload)
+
+    stack.functions.handlers["DispatcherLease"] = lease
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN no segment ran, nothing was recorded or announced, and the message is visible again
+    assert execution["status"] == "SUCCEEDED"
+    assert "ProcessObject" not in called(stack)
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] == "RECEIVED"
+    assert stack.published(stack.notifications_url) == []
+    assert stack.published(stack.alerts_url) == []
+    (message,) = stack.receive(stack.ingest_url)
+    assert message["Attributes"]["ApproximateReceiveCount"] == "2"
+
+
+def test_a_stale_item_does_not_record_its_outcome(stack: Stack) -> None:
+    # GIVEN a later attempt took the file over while this item ran its last segment
+    real = stack.process
+
+    def taken_over(payload: dict) -> dict:
+        answer = real(payload)
+        stack.table.update_item(
+            Key={"pk": payload["object"]["id"]},
+            UpdateExpression="SET attempts = attempts + :one",
+            ExpressionAttributeValues={":one": 1},
+        )
+        return answer
+
+    stack.functions.handlers["ProcessObject"] = taken_over
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN the item's outcome record is refused (fenced on the attempt): the file stays with the
+    # later attempt, nothing is announced, and this item does not delete the message
+    assert execution["status"] == "SUCCEEDED"
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] == "PROCESSING"
+    assert stack.published(stack.notifications_url) == []
+    assert stack.queue_depth(stack.ingest_url) == 1
+
+
+def test_waiting_for_a_segment_in_progress_outlasts_process_objects_timeout() -> None:
+    # A retried invocation refused with IdempotencyAlreadyInProgressError must wait for the first
+    # one, which may run until ProcessObject's timeout
+    definition = json.loads(DEFINITION.read_text())
+    transform = definition["States"]["Process batch"]["ItemProcessor"]["States"]["Transform and deliver"]
+    (retrier,) = [r for r in transform["Retry"] if "IdempotencyAlreadyInProgressError" in r["ErrorEquals"]]
+    interval, rate = retrier["IntervalSeconds"], retrier["BackoffRate"]
+    span = sum(interval * rate**n for n in range(retrier["MaxAttempts"]))
+    timeout = template_function_timeout("ProcessObjectFunction")
+    assert span >= timeout, (span, timeout)
 
 
 def test_a_failing_round_fails_the_execution_and_releases_the_lease(stack: Stack) -> None:
@@ -378,3 +597,30 @@ def test_rounds_continue_while_the_lease_has_budget(stack: Stack) -> None:
     renewals = [p["round"] for p in stack.functions.payloads("DispatcherLease") if p["operation"] == "renew"]
     assert renewals[-1] == 2
     assert stack.queue_depth(stack.ingest_url) == 1
+
+
+def history(stack: Stack, execution_arn: str) -> list[dict]:
+    pages = stack.sfn.get_paginator("get_execution_history").paginate(executionArn=execution_arn)
+    return [event for page in pages for event in page["events"]]
+
+
+def test_history_events_stay_under_the_worst_cases_the_lease_counts(make_stack: StackFactory) -> None:
+    # GIVEN rounds of one, three and ten items, with 1 to 3 segments
+    measured = {}
+    stack = make_stack(SegmentsPerTurn="3")
+    stack.ssm.put_parameter(Name=stack.parameter, Value="10", Type="String", Overwrite=True)
+    # (10, 3): a full round, ten files each running its whole turn (3 of its 4 segments) and yielding
+    for files, segments in ((1, 1), (1, 3), (3, 1), (10, 3)):
+        for index in range(files):
+            key = f"incoming/history-{files}-{segments}-{index}.csv"
+            stack.segments[key] = segments if files < 10 else 4
+            stack.send(key)
+        execution = stack.run()
+        assert execution["status"] == "SUCCEEDED"
+        measured[(files, segments)] = len(history(stack, execution["executionArn"]))
+
+    # THEN each execution's history is within what sluice/lease.py charges for it
+    print(measured)
+    for (files, segments), events in measured.items():
+        charged = START_EVENTS + ROUND_EVENTS + files * worst_item(segments) + END_EVENTS
+        assert events <= charged, (files, segments, events, charged)

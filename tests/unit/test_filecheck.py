@@ -1,5 +1,7 @@
 """The Validate stage's checks, on objects in a moto bucket, reading only the first 64 KiB."""
 
+import io
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -8,8 +10,15 @@ from conftest import SAMPLES
 from datapath_support import RAW_BUCKET, create_buckets
 from moto import mock_aws
 
-from sluice.csvstream import MAX_RECORD_LINES
-from sluice.filecheck import SAMPLE_BYTES, check_object
+from sluice.csvstream import MAX_RECORD_FIELDS, MAX_RECORD_LINES
+from sluice.filecheck import (
+    MAX_HEADER_COLUMNS,
+    MAX_REASON_CHARS,
+    SAMPLE_BYTES,
+    Deliverable,
+    check_object,
+    check_sample,
+)
 from sluice.models import ObjectRef
 from sluice.schemas import get_schema
 
@@ -200,3 +209,57 @@ def test_a_quoted_field_reopened_on_every_line_of_the_sample_makes_the_file_inva
     body = HEADER + b'ORD-000001,"a\n' + b'b","c\n' * 100_000 + b'd",1.00,USD,2026-01-01,1\n'
 
     assert check(s3, body).reason == f"row 1: row spans more than {MAX_RECORD_LINES} lines"
+
+
+def test_a_hostile_header_is_invalid_with_a_short_reason() -> None:
+    # 50,000 one-letter columns: more than a 64 KiB sample holds, so the file goes on after it
+    header = ",".join(f"c{index}" for index in range(50_000)).encode()
+    check = check_sample(header[:SAMPLE_BYTES] + b"\n", SCHEMA, truncated=True)
+
+    assert not check.valid
+    assert check.reason is not None
+    assert len(check.reason) <= MAX_REASON_CHARS
+    assert check.reason.startswith("header: ")
+    # refused by its count alone, before any name is listed: the reader's cap on fields
+    assert check.reason == f"header: more than {MAX_RECORD_FIELDS} columns"
+    # under the reader's cap, over the schema-level one: still by count, never a listing of names
+    wide = check_sample(
+        (",".join(f"c{index}" for index in range(300)) + "\n").encode(), SCHEMA, truncated=False
+    )
+    assert wide.reason == f"header: 300 columns, more than MAX_HEADER_COLUMNS ({MAX_HEADER_COLUMNS})"
+
+
+def test_every_reason_is_bounded_and_says_how_much_was_cut() -> None:
+    # a header under the column bound whose names are long: the listing is cut, with the count
+    names = ["order_id", *(f"unexpected_{'x' * 40}_{index}" for index in range(200))]
+    check = check_sample((",".join(names) + "\n").encode(), SCHEMA, truncated=False)
+
+    assert check.reason is not None
+    assert len(check.reason) <= MAX_REASON_CHARS
+    assert re.search(r"…\(\+\d+ more characters\)$", check.reason)
+
+
+def test_a_file_the_settings_cannot_deliver_before_glacier_is_invalid_with_the_estimate() -> None:
+    # GIVEN rows of ~28 bytes in a 1 GiB file: ~38 M rows, at 50 rows/s paced at 50 / 1.05 = 47.6/s
+    # about 9.3 days, and raw objects readable 7 days
+    rows = b"".join(b"%d,a@b.c,1,EUR,2026-01-01,1\n" % i for i in range(50))
+    sample = (SAMPLES / "orders-valid.csv").read_bytes().split(b"\n")[0] + b"\n" + rows
+    deliverable = Deliverable(api_rate_limit=50, api_rate_lateness_seconds=0.05, raw_readable_days=7)
+
+    class Sized:
+        def head_object(self, **_: Any) -> dict:
+            return {"ContentLength": 2**30}
+
+        def get_object(self, **_: Any) -> dict:
+            return {"Body": io.BytesIO(sample)}
+
+    obj = ObjectRef(bucket=RAW_BUCKET, key="big.csv", version_id="v1", size=2**30)
+    check = check_object(Sized(), obj, SCHEMA, max_file_bytes=5 * 2**30, deliverable=deliverable)
+    near = check_object(Sized(), obj, SCHEMA, max_file_bytes=5 * 2**30, deliverable=None)
+
+    assert check.reason is not None
+    assert re.match(
+        r"about \d+ rows \(1073741824 bytes\): at the API rate they take about [\d.]+ days", check.reason
+    )
+    assert check.reason.endswith("(RawGlacierDays 7)")
+    assert near.valid  # the same file is fine when nothing bounds the time

@@ -42,6 +42,7 @@ def test_sample_batch_is_ordered_and_staggered(
                     "receipt_handle": second["ReceiptHandle"],
                     "body": second["Body"],
                     "receive_count": 2,
+                    "claim": second["MessageId"],  # not a continuation: its own id
                 },
                 "priority": 0,
                 "wait_seconds": 0,
@@ -52,6 +53,7 @@ def test_sample_batch_is_ordered_and_staggered(
                     "receipt_handle": first["ReceiptHandle"],
                     "body": first["Body"],
                     "receive_count": 1,
+                    "claim": first["MessageId"],
                 },
                 "priority": 5,
                 # depth 15, concurrency 3: 10 s * 3/15 * (1 + 5/9) * 1/3 = 1.04 → 1

@@ -53,7 +53,7 @@ def test_the_sample_event_is_a_dry_run_that_only_counts(stack: dict[str, Any]) -
     by_source = {s["source"]: s for s in answer["sources"]}
     assert by_source["ingest-dlq"]["before"] == by_source["ingest-dlq"]["after"] == 14
     assert by_source["ingest-dlq"]["status"] == "dry-run"
-    assert by_source["executions"]["status"] == "skipped"  # no state machine configured
+    assert "executions" not in by_source  # only by name: redriven Map items carry stale handles
     assert visible(stack, "IngestDLQ") == 14
     assert visible(stack, "IngestQueue") == 0
 

@@ -57,6 +57,7 @@ def test_sample_event_registers_the_object_version(
         "reason": None,
         "attempt": 1,
         "defer_seconds": 0,
+        "result": None,
     }
     stored = item(table)
     assert (stored["state"], stored["attempts"], stored["size"]) == ("RECEIVED", 1, 1024)
@@ -87,9 +88,9 @@ def test_duplicate_event_of_a_finished_version_is_skipped(
     module.lambda_handler(EVENT, FakeLambdaContext())
     table.update_item(
         Key={"pk": OBJECT_ID},
-        UpdateExpression="SET #s = :s",
+        UpdateExpression="SET #s = :s, summary_key = :k",  # as "Record outcome" leaves it
         ExpressionAttributeNames={"#s": "state"},
-        ExpressionAttributeValues={":s": "SUCCEEDED"},
+        ExpressionAttributeValues={":s": "SUCCEEDED", ":k": "results/summary.json"},
     )
     capsys.readouterr()
 
@@ -125,6 +126,7 @@ def test_second_message_for_a_version_in_flight_is_deferred_to_the_claims_end(
         "object": registered["object"],
         "reason": f"duplicate event: object version in progress under message {first}",
         "attempt": 1,
+        "result": None,
     }
     assert (item(table)["attempts"], item(table)["claimed_by"]) == (1, first)
     metrics = emitted_metrics(capsys.readouterr().out)
@@ -159,3 +161,62 @@ def test_missing_table_name_fails_the_cold_start(monkeypatch: pytest.MonkeyPatch
 
     with pytest.raises(RuntimeError, match="METADATA_TABLE"):
         load_function("register_object")
+
+
+def test_a_continuation_registers_under_the_claim_it_carries(
+    handler: tuple[ModuleType, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN the first message holds the claim and its file yielded after its turn
+    module, table = handler
+    module.lambda_handler(EVENT, FakeLambdaContext())
+    first = EVENT["message_id"]
+    capsys.readouterr()
+
+    # WHEN its continuation (a new message carrying the first one's claim) is registered
+    answer = module.lambda_handler(
+        {**EVENT, "message_id": "continuation-1", "receipt_handle": "AQEBcont==", "claim": first},
+        FakeLambdaContext(),
+    )
+
+    # THEN it is let in at once as the claim's holder: a new attempt, not deferred, counted as a
+    # continuation rather than a retry
+    assert (answer["action"], answer["attempt"]) == ("process", 2)
+    assert item(table)["claimed_by"] == first
+    metrics = emitted_metrics(capsys.readouterr().out)
+    assert metrics["ContinuationsRegistered"] == 1
+    assert "RetriesRegistered" not in metrics
+
+
+def test_a_success_without_its_output_is_answered_with_the_parts_that_make_the_file(
+    handler: tuple[ModuleType, Any],
+) -> None:
+    # GIVEN a file processed in two runs of parts (attempt 1 wrote parts 0-1, attempt 2 from part 2
+    # on), its outcome recorded but no summary_key: WriteOutput had not succeeded
+    module, table = handler
+    module.lambda_handler(EVENT, FakeLambdaContext())
+    table.update_item(
+        Key={"pk": OBJECT_ID},
+        UpdateExpression=(
+            "SET #s = :s, rows_total = :n, rows_delivered = :n, rows_rejected = :z, checkpoint = :c"
+        ),
+        ExpressionAttributeNames={"#s": "state"},
+        ExpressionAttributeValues={
+            ":s": "SUCCEEDED",
+            ":n": 7,
+            ":z": 0,
+            ":c": {"next_row": 8, "byte_offset": 300, "parts": 3, "header": ["a"], "runs": [[0, 1], [2, 2]]},
+        },
+    )
+
+    # WHEN its message comes again
+    answer = module.lambda_handler({**EVENT, "message_id": "m-again"}, FakeLambdaContext())
+
+    # THEN the output stage is run again over exactly those parts
+    assert answer["action"] == "complete output"
+    result = answer["result"]
+    assert (result["outcome"], result["rows_delivered"], result["parts"], result["runs"]) == (
+        "SUCCEEDED",
+        7,
+        3,
+        [[0, 1], [2, 2]],
+    )

@@ -10,7 +10,19 @@ from handler_support import create_pk_table
 from moto import mock_aws
 from pydantic import ValidationError
 
-from sluice.lease import LEASE_KEY, DispatcherLease, LeaseAnswer, LeaseRequest
+from sluice.lease import (
+    END_EVENTS,
+    EVENT_BUDGET,
+    HISTORY_EVENT_QUOTA,
+    LEASE_KEY,
+    ROUND_EVENTS,
+    START_EVENTS,
+    DispatcherLease,
+    LeaseAnswer,
+    LeaseRequest,
+    worst_item,
+    worst_round,
+)
 from sluice.settings import LeaseSettings
 
 T0 = 1_795_316_400  # 2026-11-22T03:00:00Z
@@ -62,6 +74,7 @@ def test_free_lease_is_acquired_with_its_deadline_and_expiry(lease: DispatcherLe
         "deadline": "2026-11-22T03:10:00Z",
         "expires_at": T0 + 600 + 120,
         "round": 0,
+        "events": START_EVENTS,  # the execution's history so far, at its worst
     }
 
 
@@ -191,3 +204,46 @@ def test_errors_other_than_a_failed_condition_reach_the_caller() -> None:
         ):
             with pytest.raises(ClientError, match="ResourceNotFoundException"):
                 call()
+
+
+def test_rounds_stop_before_the_history_quota_at_the_default_limits(table: Any, clock: Clock) -> None:
+    # GIVEN budget for any number of rounds, and the defaults: ConcurrencyMax 10, SegmentsPerTurn 2
+    lease = DispatcherLease(
+        table, SETTINGS.model_copy(update={"max_rounds_per_execution": 1000}), clock=clock
+    )
+    lease.acquire("exec-a")
+    full_round = [{"segment": 2}] * 10  # every item ran its whole turn
+
+    # WHEN rounds of ten long files follow each other
+    rounds = 0
+    while True:
+        rounds += 1
+        request = LeaseRequest(
+            operation="renew",
+            execution="exec-a",
+            round=rounds,
+            items=full_round,
+            concurrency_max=10,
+            segments_per_turn=2,
+        )
+        if not lease.handle(request).budget_left:
+            break
+
+    # THEN the execution stops where the worst next round would pass its budget: the events it
+    # has counted, plus that round, plus the end, stay within 20,000, under the 25,000 quota
+    worst = worst_round(10, 2)
+    assert worst == 80 + 10 * (160 + 2 * 70) == 3_080
+    events = int(lease_item(table)["events"])  # type: ignore[index]
+    assert events == START_EVENTS + rounds * (ROUND_EVENTS + 10 * worst_item(3))
+    assert events + worst + END_EVENTS > EVENT_BUDGET
+    assert events - (ROUND_EVENTS + 10 * worst_item(3)) + worst + END_EVENTS <= EVENT_BUDGET
+    assert EVENT_BUDGET < HISTORY_EVENT_QUOTA
+    assert rounds == 5
+
+
+def test_a_renewal_inside_an_item_counts_no_events(lease: DispatcherLease, table: Any) -> None:
+    lease.acquire("exec-a")
+
+    lease.handle(LeaseRequest(operation="renew", execution="exec-a", round=0))
+
+    assert lease_item(table)["events"] == START_EVENTS  # type: ignore[index]

@@ -57,12 +57,16 @@ def raw(table: Any, obj: ObjectRef = OBJ) -> dict[str, Any]:
 
 
 def set_state(table: Any, state: FileState, obj: ObjectRef = OBJ) -> None:
-    """What the state machine's own UpdateItem does at the end of a file."""
+    """What the state machine's own UpdateItem does at the end of a file (a success with its
+    results' summary_key: "Record outcome" runs after WriteOutput)."""
+    update, values = "SET #s = :s", {":s": state.value}
+    if state in (FileState.SUCCEEDED, FileState.SUCCEEDED_WITH_REJECTS):
+        update, values = update + ", summary_key = :k", values | {":k": "results/summary.json"}
     table.update_item(
         Key={"pk": obj.id},
-        UpdateExpression="SET #s = :s",
+        UpdateExpression=update,
         ExpressionAttributeNames={"#s": "state"},
-        ExpressionAttributeValues={":s": state.value},
+        ExpressionAttributeValues=values,
     )
 
 
@@ -660,3 +664,23 @@ def test_a_checkpoint_never_moves_backwards(store: MetadataStore, table: Any) ->
     assert store.load_checkpoint(OBJ) == (ahead, RowCounts(total=20))
     store.save_checkpoint(OBJ, ahead, RowCounts(total=20), attempt=1)
     assert raw(table)["checkpoint"]["next_row"] == 21
+
+
+def test_a_success_recorded_without_its_results_completes_its_output(
+    store: MetadataStore, table: Any
+) -> None:
+    # GIVEN an outcome recorded before WriteOutput had succeeded (no summary_key)
+    store.register(OBJ, claimant="m-1")
+    table.update_item(
+        Key={"pk": OBJ.id},
+        UpdateExpression="SET #s = :s",
+        ExpressionAttributeNames={"#s": "state"},
+        ExpressionAttributeValues={":s": "SUCCEEDED"},
+    )
+
+    registration = store.register(OBJ, claimant="m-2")
+
+    assert registration == Registration(
+        "complete output", 1, FileState.SUCCEEDED, reason="SUCCEEDED without its output"
+    )
+    assert raw(table)["attempts"] == 1  # nothing written

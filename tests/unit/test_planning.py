@@ -125,7 +125,13 @@ def test_planned_item_carries_the_message_as_received() -> None:
     (item,) = plan_batch(request(entry), POLICY).items
 
     assert item.model_dump() == {
-        "message": {"message_id": "m7", "receipt_handle": "rh7", "body": entry["Body"], "receive_count": 3},
+        "message": {
+            "message_id": "m7",
+            "receipt_handle": "rh7",
+            "body": entry["Body"],
+            "receive_count": 3,
+            "claim": "m7",  # its own id: not a continuation
+        },
         "priority": 5,
         "wait_seconds": 0,
     }

@@ -336,8 +336,7 @@ def test_dry_run_counts_and_moves_nothing(queues: dict[str, Any]) -> None:
         RedriveSource.INGEST_DLQ: ("dry-run", 4, 4, 0),
         RedriveSource.RULE_DLQ: ("dry-run", 2, 2, 0),
         RedriveSource.FAILURE_DESTINATION: ("dry-run", 1, 1, 0),
-        RedriveSource.EXECUTIONS: ("dry-run", 1, 1, 0),
-    }
+    }  # executions only when asked for by name: their Map items carry stale attempts and handles
     assert report.ok
     assert report.moved == 0
     assert len(drain(queues, "IngestDLQ")) == 4
@@ -637,7 +636,6 @@ def test_unconfigured_sources_are_skipped_and_a_broken_one_does_not_stop_the_res
         RedriveSource.INGEST_DLQ: "failed",  # no such queue
         RedriveSource.RULE_DLQ: "skipped",
         RedriveSource.FAILURE_DESTINATION: "skipped",
-        RedriveSource.EXECUTIONS: "skipped",
     }
     assert not report.ok
 

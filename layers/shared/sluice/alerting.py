@@ -29,6 +29,7 @@ from typing import Any, Literal
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sluice.filecheck import bounded
 from sluice.models import ObjectRef
 
 RUNBOOK = "docs/operations.md"
@@ -93,7 +94,9 @@ class FileAlert(BaseModel):
         if isinstance(data, dict) and "kind" not in data and data.get("event") in FILE_ALERT_EVENTS:
             cause = lambda_error_message(data["cause"]) if data.get("cause") else None
             error = ": ".join(str(part) for part in (data.get("error"), cause) if part)
-            data = {**data, "kind": FILE_ALERT_EVENTS[data["event"]], "reason": data.get("reason") or error}
+            # Bounded: a Step Functions Cause may be 32 KiB, an email says what it is in 1 KiB.
+            reason = bounded(str(data.get("reason") or error))
+            data = {**data, "kind": FILE_ALERT_EVENTS[data["event"]], "reason": reason}
         return data
 
 

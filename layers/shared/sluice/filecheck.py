@@ -8,7 +8,10 @@ A file is INVALID (never retried, routed to the invalid path) when:
   as good as the documented one, while a missing, unexpected or repeated name is not;
 - one of its first SAMPLE_ROWS data rows would be rejected by the reader: a different number
   of columns than the header (a wrong delimiter or a shifted file shows there), malformed CSV,
-  or over a record cap (a bad row further down is only rejected).
+  or over a record cap (a bad row further down is only rejected);
+- it cannot be delivered before its raw object leaves for Glacier (`Deliverable`): its rows,
+  estimated from its size and the sampled rows' average length, take longer at the stack's API
+  rate than RawGlacierDays. Better INVALID now, with that reason, than FAILED after its attempts.
 
 It reads one HEAD and one ranged GET of SAMPLE_BYTES, never the whole object. The sample is read
 by csvstream's reader, the one ProcessObject reads with (one dialect: LF, CRLF or CR line ends,
@@ -16,10 +19,17 @@ a BOM, the record caps), so a file valid here is one processing reads the same w
 the sample's end cuts (the file goes on inside it) is not judged: what follows decides it, and
 ProcessObject judges it whole; every record the sample holds whole is judged. A header-only file
 is valid: it is processed into empty results.
+
+A reason is at most MAX_REASON_CHARS long (`bounded`): it travels in the dispatcher's state, an
+SQS message attribute and an alert, and a hostile header could otherwise make it as long as the
+sample (a 64 KiB header of one-letter names lists ~32,000 unexpected columns, ~160 KB of reason,
+three copies of which ended the execution at Step Functions' 256 KiB state quota). A header of
+more than MAX_HEADER_COLUMNS names is refused by its count alone.
 """
 
 import codecs
 import io
+import re
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
@@ -29,10 +39,43 @@ from botocore.exceptions import ClientError
 
 from sluice.csvstream import CsvStream, HeaderError
 from sluice.models import ObjectRef
+from sluice.ratelimit import pacing_interval
 from sluice.schemas import RowSchema
 
 SAMPLE_BYTES = 64 * 1024
 SAMPLE_ROWS = 5
+# 1 KiB: room for a handful of column names, small beside the 256 KiB state (docs/architecture.md,
+# State size per item).
+MAX_REASON_CHARS = 1024
+# No schema has more columns than this; a header with more is not worth naming one by one.
+MAX_HEADER_COLUMNS = 256
+
+
+def bounded(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """`text` cut to at most `limit` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    # The suffix is at most 32 characters: keep that much room for it.
+    kept = limit - 32
+    return f"{text[:kept]}…(+{len(text) - kept} more characters)"
+
+
+@dataclass(frozen=True, slots=True)
+class Deliverable:
+    """What the settings can deliver: rows at the stack's paced API rate, within the days the raw
+    object stays readable (RawGlacierDays: after that GetObject needs a restore)."""
+
+    api_rate_limit: float
+    api_rate_lateness_seconds: float
+    raw_readable_days: int
+
+    @property
+    def max_seconds(self) -> int:
+        return self.raw_readable_days * 86_400
+
+    def seconds_for(self, rows: int) -> float:
+        """At best: the whole stack's rate for this one file."""
+        return rows * pacing_interval(self.api_rate_limit, self.api_rate_lateness_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +86,17 @@ class FileCheck:
 
     @classmethod
     def invalid(cls, reason: str) -> "FileCheck":
-        return cls(valid=False, reason=reason)
+        return cls(valid=False, reason=bounded(reason))
 
 
-def check_object(s3_client: Any, obj: ObjectRef, schema: RowSchema, *, max_file_bytes: int) -> FileCheck:
+def check_object(
+    s3_client: Any,
+    obj: ObjectRef,
+    schema: RowSchema,
+    *,
+    max_file_bytes: int,
+    deliverable: Deliverable | None = None,
+) -> FileCheck:
     version = {"VersionId": obj.version_id} if obj.version_id else {}
     try:
         size = s3_client.head_object(Bucket=obj.bucket, Key=obj.key, **version)["ContentLength"]
@@ -61,7 +111,26 @@ def check_object(s3_client: Any, obj: ObjectRef, schema: RowSchema, *, max_file_
     sample = s3_client.get_object(
         Bucket=obj.bucket, Key=obj.key, Range=f"bytes=0-{SAMPLE_BYTES - 1}", **version
     )["Body"].read()
-    return check_sample(sample, schema, truncated=size > len(sample))
+    check = check_sample(sample, schema, truncated=size > len(sample))
+    if check.valid and deliverable is not None and (rows := _estimated_rows(sample, size)):
+        seconds = deliverable.seconds_for(rows)
+        if seconds > deliverable.max_seconds:
+            return FileCheck.invalid(
+                f"about {rows} rows ({size} bytes): at the API rate they take about "
+                f"{seconds / 86_400:.1f} days, longer than the raw object stays readable "
+                f"(RawGlacierDays {deliverable.raw_readable_days})"
+            )
+    return check
+
+
+def _estimated_rows(sample: bytes, size: int) -> int:
+    """Rows in a file of `size` bytes, from the sample's lines after the header (0 if none)."""
+    # Any of the dialect's line ends (csvstream); the last piece may be cut by the sample's end.
+    lines = re.split(rb"\r\n|\n|\r", sample)[1:-1]
+    if not lines:
+        return 0
+    average = sum(len(line) + 1 for line in lines) / len(lines)
+    return int(size / average)
 
 
 class _Invalid(Exception):
@@ -103,6 +172,8 @@ def _check_encoding(sample: bytes, *, truncated: bool) -> None:
 def _check_header(header: list[str], schema: RowSchema) -> None:
     if not any(header):
         raise _Invalid("header: no column names on the first line")
+    if len(header) > MAX_HEADER_COLUMNS:
+        raise _Invalid(f"header: {len(header)} columns, more than MAX_HEADER_COLUMNS ({MAX_HEADER_COLUMNS})")
     repeated = [name for name, count in Counter(header).items() if count > 1]
     missing = [name for name in schema.columns if name not in header]
     unexpected = list(dict.fromkeys(name for name in header if name not in schema.columns))

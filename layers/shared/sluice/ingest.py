@@ -14,6 +14,11 @@ from aws_lambda_powertools.utilities.data_classes import S3EventBridgeNotificati
 from sluice.models import ObjectRef
 
 OBJECT_CREATED = "Object Created"
+# The message attribute of a continuation: a file that ran its SegmentsPerTurn segments in one
+# dispatcher execution is sent again with the same body and this attribute, the id of the message
+# that holds its claim (docs/architecture.md, Long files yield). The state machine writes it
+# ("Send continuation"); PlanBatch reads it into the item's `claim`, RegisterObject claims with it.
+CLAIM_ATTRIBUTE = "sluice_claim"
 
 
 class MalformedEvent(ValueError):

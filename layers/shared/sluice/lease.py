@@ -15,7 +15,18 @@ lease cannot both win, and one cannot renew or release a lease another execution
 
 Items: `holder` (execution name), `acquired_at` and `deadline` (ISO-8601 UTC, deadline =
 acquired_at + budget), `expires_at` (epoch seconds, also usable as the table's TTL attribute),
-`round` and `renewed_at` after a renewal.
+`round` and `renewed_at` after a renewal, `events`: the execution's history events so far, counted
+at their worst case (below).
+
+The history quota: a Standard execution fails, uncaught, at 25,000 history events (its lease held
+until it expires, its items without failure handling). The renewal after each round adds the
+round's worst case, counted from what its items did (each item's output is its progress,
+`{"segment": n}`), and allows another round only if the worst possible next round still fits:
+
+    events + worst_round(concurrency_max, segments_per_turn) + END_EVENTS <= EVENT_BUDGET
+
+The per-state counts are docs/architecture.md's table "History events", measured on the state
+machine's own history and with every Retry of the path exhausted (the worst case).
 """
 
 import time
@@ -33,6 +44,40 @@ from sluice.settings import LeaseSettings
 
 LEASE_KEY = "lease#dispatcher"
 
+# Step Functions' quota on one Standard execution's history, and the share of it a dispatcher
+# execution plans to use: the rest (5,000 events) is the margin for what the worst cases below
+# do not foresee (a state added without updating them).
+HISTORY_EVENT_QUOTA = 25_000
+EVENT_BUDGET = 20_000
+# Worst cases, every Retry exhausted (docs/architecture.md, History events). Measured on this state
+# machine's history without retries: 34 events for an execution's start, one round and its end;
+# 40 per item besides its segments; 21 per segment. A Task adds 3 events per retry (scheduled,
+# started, failed), 9 for the usual 3 retries:
+START_EVENTS = 40  # start, acquire (+ 9), first choices
+ROUND_EVENTS = 80  # setting, depth, receive, plan, renewal: ~25 + 5 tasks × 9 retry events
+# register, validate, write, record, publish, delete: ~40 + 6 × 9 retries + 3 (WriteOutput's extra
+# try), and the failure path after the last of them: ~25 + 3 tasks × 9 = 52; 40 + 57 + 52 = 149
+ITEM_EVENTS = 160
+# visibility, lease, ProcessObject, choices: 21 + 9 + 9 + ProcessObject's 3 + 6 retries × 3 = 66
+SEGMENT_EVENTS = 70
+END_EVENTS = 30  # the release (+ 9) and the execution's end
+
+
+def worst_item(segments: int) -> int:
+    """History events of one Map item that ran `segments` segments, at worst."""
+    return ITEM_EVENTS + segments * SEGMENT_EVENTS
+
+
+def worst_round(items: int, segments_per_turn: int) -> int:
+    """History events of one round of `items` items that each run their whole turn, at worst."""
+    return ROUND_EVENTS + items * worst_item(segments_per_turn)
+
+
+class ItemProgress(BaseModel):
+    """One Map item's output: the segment it had reached (0 = none run)."""
+
+    segment: int = Field(default=0, ge=0)
+
 
 class LeaseRequest(BaseModel):
     """DispatcherLease's input (docs/interfaces.md)."""
@@ -40,6 +85,11 @@ class LeaseRequest(BaseModel):
     operation: Literal["acquire", "renew", "release"]
     execution: str = Field(min_length=1)
     round: int = Field(default=0, ge=0)  # rounds this execution has completed
+    # After a round (the renewal between rounds): what its items did, and the limits that bound
+    # the next one. A renewal inside an item sends none of them and is not counted.
+    items: list[ItemProgress] | None = None
+    concurrency_max: int = Field(default=10, ge=1)
+    segments_per_turn: int = Field(default=1, ge=1)
 
 
 class LeaseAnswer(BaseModel):
@@ -65,7 +115,7 @@ class DispatcherLease:
         if request.operation == "acquire":
             return self.acquire(request.execution)
         if request.operation == "renew":
-            return self.renew(request.execution, request.round)
+            return self.renew(request.execution, request.round, request)
         return self.release(request.execution)
 
     def acquire(self, execution: str) -> LeaseAnswer:
@@ -79,6 +129,7 @@ class DispatcherLease:
             "deadline": _iso(deadline),
             "expires_at": self._expiry(now),
             "round": 0,
+            "events": START_EVENTS,
         }
         try:
             self._table.put_item(
@@ -98,19 +149,25 @@ class DispatcherLease:
             return NOT_HELD
         return self._answer(item, now, rounds_done=0)
 
-    def renew(self, execution: str, round: int) -> LeaseAnswer:
+    def renew(self, execution: str, round: int, request: LeaseRequest | None = None) -> LeaseAnswer:
         """Extend the lease if it is still ours; say whether another round fits the budget."""
         now = int(self._clock())
+        items = request.items if request is not None else None
+        # A retried renewal counts its round twice: an over-count only ends the execution sooner.
+        spent = 0 if items is None else ROUND_EVENTS + sum(worst_item(i.segment + 1) for i in items)
         try:
             response = self._table.update_item(
                 Key={"pk": LEASE_KEY},
-                UpdateExpression="SET expires_at = :expires, #round = :round, renewed_at = :now",
+                UpdateExpression=(
+                    "SET expires_at = :expires, #round = :round, renewed_at = :now ADD events :spent"
+                ),
                 ConditionExpression=Attr("holder").eq(execution),
                 ExpressionAttributeNames={"#round": "round"},
                 ExpressionAttributeValues={
                     ":expires": self._expiry(now),
                     ":round": round,
                     ":now": _iso(now),
+                    ":spent": spent,
                 },
                 ReturnValues="ALL_NEW",
             )
@@ -118,7 +175,17 @@ class DispatcherLease:
             condition_failed_item(error)
             logger.warning("Dispatcher lease lost to another execution", extra={"execution": execution})
             return NOT_HELD
-        return self._answer(response["Attributes"], now, rounds_done=round)
+        answer = self._answer(response["Attributes"], now, rounds_done=round)
+        if items is not None and request is not None and answer.budget_left:
+            events = int(response["Attributes"].get("events", 0))
+            worst = worst_round(request.concurrency_max, request.segments_per_turn)
+            if events + worst + END_EVENTS > EVENT_BUDGET:
+                logger.info(
+                    "History event budget spent: no further round",
+                    extra={"events": events, "worst_round": worst, "budget": EVENT_BUDGET},
+                )
+                return answer.model_copy(update={"budget_left": False})
+        return answer
 
     def release(self, execution: str) -> LeaseAnswer:
         """Give the lease up so the next scheduled execution need not wait for it to expire."""

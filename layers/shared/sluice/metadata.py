@@ -69,7 +69,7 @@ class Registration:
     finished: the message can go), or defer it (another message's attempt holds the claim: this
     message comes back after `defer_seconds`, when that attempt has finished or lost the claim)."""
 
-    action: Literal["process", "skip", "defer"]
+    action: Literal["process", "skip", "defer", "complete output"]
     attempt: int
     state: FileState
     reason: str | None = None
@@ -380,6 +380,10 @@ def _held(item: dict, claimant: str | None, now: datetime) -> Registration | Non
     """
     state = FileState(item["state"])
     attempt = int(item["attempts"])
+    if state.value in SUCCEEDED and "summary_key" not in item:
+        # The outcome without its results: recorded before WriteOutput had succeeded (the state
+        # machine records it only after that now); the output stage is run again, not skipped.
+        return Registration("complete output", attempt, state, reason=f"{state.value} without its output")
     if state.finished:
         return Registration("skip", attempt, state, reason=f"already {state.value}")
     holder = item.get("claimed_by")

@@ -75,6 +75,9 @@ class SqsMessage(BaseModel):
     receipt_handle: str
     body: str
     receive_count: int = 1
+    # Who holds the file's claim: this message's id, or for a continuation the id it carries in its
+    # CLAIM_ATTRIBUTE (sluice/ingest.py). PlanBatch fills it in.
+    claim: str | None = None
 
 
 class PlanItem(BaseModel):

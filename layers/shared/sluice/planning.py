@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sluice.ingest import MalformedEvent, parse_object_created
+from sluice.ingest import CLAIM_ATTRIBUTE, MalformedEvent, parse_object_created
 from sluice.models import PlanItem, SqsMessage
 from sluice.observability import logger
 from sluice.settings import PlanSettings
@@ -70,6 +70,12 @@ class ReceivedMessage(BaseModel):
     @property
     def receive_count(self) -> int:
         return int(self.attributes.get("ApproximateReceiveCount", "1"))
+
+    @property
+    def claim(self) -> str:
+        """The claim this message works under: a continuation's carried claim, else its own id."""
+        carried = self.message_attributes.get(CLAIM_ATTRIBUTE)
+        return (carried.string_value if carried else None) or self.message_id
 
 
 class QueueDepth(BaseModel):
@@ -176,6 +182,7 @@ def plan_batch(request: PlanRequest, policy: Policy) -> Plan:
                 receipt_handle=message.receipt_handle,
                 body=message.body,
                 receive_count=message.receive_count,
+                claim=message.claim,
             ),
             priority=priority,
             wait_seconds=wait_seconds(

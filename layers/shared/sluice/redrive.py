@@ -16,6 +16,11 @@ Sources:
   carries the original payload, so the function is invoked again (InvocationType Event) and the
   record deleted after Lambda accepted the invocation.
 - `executions`: FAILED and TIMED_OUT dispatcher executions, redriven with `RedriveExecution`.
+  Only when asked for by name, never in `all`: a redriven execution re-runs its failed Map items
+  with the attempts and SQS receipt handles they were given then, while the files' messages have
+  been received again (new handles, new attempts) by later executions. Such an item's outcome
+  record is refused (it is fenced on the attempt) and its deletes and visibility changes act on
+  stale handles; the messages themselves carry every file's work, so redriving them is enough.
 
 `dry_run` only counts. Every source reports its counts before and after.
 """
@@ -54,6 +59,10 @@ class RedriveSource(StrEnum):
     FAILURE_DESTINATION = "failure-destination"
     EXECUTIONS = "executions"
     ALL = "all"
+
+
+# What `all` redrives: not EXECUTIONS (module docstring).
+ALL_SOURCES = (RedriveSource.INGEST_DLQ, RedriveSource.RULE_DLQ, RedriveSource.FAILURE_DESTINATION)
 
 
 class RedriveTargets(BaseModel):
@@ -182,11 +191,7 @@ class Redriver:
     def run(self, request: RedriveRequest, *, time_budget_seconds: float | None = None) -> RedriveReport:
         """Redrive what `request` names; stops taking new batches once the time budget is spent."""
         self._deadline = None if time_budget_seconds is None else self._clock() + time_budget_seconds
-        wanted = (
-            [s for s in RedriveSource if s is not RedriveSource.ALL]
-            if request.source is RedriveSource.ALL
-            else [request.source]
-        )
+        wanted = list(ALL_SOURCES) if request.source is RedriveSource.ALL else [request.source]
         reports = [self._redrive_one(source, request) for source in wanted]
         report = RedriveReport(dry_run=request.dry_run, sources=reports)
         logger.info("redrive finished", extra={"redrive": report.model_dump(mode="json")})

@@ -102,6 +102,10 @@ class RegisterSettings(MetadataSettings):
 class ValidateSettings(MetadataSettings):
     row_schema: str = "orders-v1"
     max_file_bytes: int = Field(default=5 * 1024**3, ge=1)
+    # What the stack can deliver before a raw object leaves for Glacier (filecheck.Deliverable).
+    api_rate_limit: float = Field(default=50.0, gt=0)
+    api_rate_lateness_seconds: float = Field(default=DEFAULT_LATENESS_SECONDS, ge=0, le=1)
+    raw_glacier_days: int = Field(default=30, ge=1)
 
 
 class ProcessSettings(MetadataSettings):

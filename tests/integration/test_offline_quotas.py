@@ -436,7 +436,7 @@ def test_s3_keys_over_1024_utf8_bytes_are_refused(emulator: Emulator) -> None:
     too_long = ["k" * (S3_KEY_MAX_BYTES + 1), "é" * (S3_KEY_MAX_BYTES // 2 + 1)]
     for key in too_long:
         error = error_of(s3.put_object, Bucket="keys", Key=key, Body=b"x")
-        assert (error["Code"], error["Message"]) == ("KeyTooLongError", "Your key is too long")
+        assert (error["Code"], error["Message"]) == ("KeyTooLongError", "Your key is too long.")
         copy = error_of(s3.copy_object, Bucket="keys", Key=key, CopySource={"Bucket": "keys", "Key": longest})
         assert copy["Code"] == "KeyTooLongError"
         assert error_of(s3.create_multipart_upload, Bucket="keys", Key=key)["Code"] == "KeyTooLongError"

@@ -106,8 +106,7 @@ def _details(**one: Any) -> EventDetails:
 
 def payload_size(value: Any) -> int:
     """Bytes of `value` as Step Functions measures a payload: compact JSON, UTF-8."""
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return len(text.encode("utf-8"))
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
 
 
 def _serialised_size(serialised: str) -> int:
@@ -436,7 +435,7 @@ class QuotaGate:
             return None
         _, _, key = unquote(environ.get("PATH_INFO", "")).lstrip("/").partition("/")
         if key and len(key.encode("utf-8")) > S3_KEY_MAX_BYTES:
-            return _s3_error("KeyTooLongError", "Your key is too long")
+            return _s3_error("KeyTooLongError", "Your key is too long.")
         return None
 
     def _sqs(self, target: str, body: Mapping[str, Any], region: str) -> Response | None:

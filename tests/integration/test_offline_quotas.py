@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from integration.stacks import stop_all
+from sluice_cli.offline import OfflineStack
 from sluice_cli.offline.clients import emulator_client
 from sluice_cli.offline.lambda_runtime import LambdaRuntime
 from sluice_cli.offline.polling import wait_for
@@ -461,3 +463,35 @@ def test_dynamodb_items_over_400_kb_are_refused_by_moto(emulator: Emulator) -> N
         "ValidationException",
         "Item size has exceeded the maximum allowed size",
     )
+
+
+# -- the stack itself --------------------------------------------------------------------------------
+
+
+def test_the_stack_counts_history_events_as_moto_records_them(engine_stack: OfflineStack) -> None:
+    """GIVEN the engine fixture app with one message in its inbox,
+    WHEN its pump state machine runs once,
+    THEN `stack.quotas` counted exactly the events GetExecutionHistory returns, per type, and the
+    stack's endpoint refuses an over-long S3 key (the quotas are on while a stack runs)."""
+    sfn = engine_stack.client("stepfunctions")
+    pump = engine_stack.state_machine_arn("PumpStateMachine")
+
+    def idle() -> bool:
+        return not sfn.list_executions(stateMachineArn=pump, statusFilter="RUNNING")["executions"]
+
+    assert engine_stack.scheduler is not None
+    with engine_stack.scheduler.paused():
+        wait_for(idle, timeout=60, what="the pump's scheduled executions to end")
+        body = json.dumps({"detail": {"object": {"key": f"counted-{uuid.uuid4().hex[:8]}"}}})
+        engine_stack.client("sqs").send_message(QueueUrl=engine_stack.outputs["QueueUrl"], MessageBody=body)
+        described = engine_stack.start_execution({}, state_machine="PumpStateMachine")
+    assert described["status"] == "SUCCEEDED"
+    events = sfn.get_execution_history(executionArn=described["executionArn"], maxResults=1000)["events"]
+    counts = engine_stack.quotas.history(described["executionArn"])
+    assert counts == Counter(event["type"] for event in events)
+    assert counts["MapIterationStarted"] == counts["MapIterationSucceeded"] == 1
+    assert counts["TaskScheduled"] == counts["TaskStarted"] == counts["TaskSucceeded"]
+
+    s3 = engine_stack.client("s3")
+    error = error_of(s3.put_object, Bucket=engine_stack.outputs["BucketName"], Key="k" * 1025, Body=b"x")
+    assert error["Code"] == "KeyTooLongError"

@@ -235,6 +235,27 @@ def test_payloads_are_measured_in_utf8_bytes_of_compact_json(emulator: Emulator)
     assert described["error"] == "States.DataLimitExceeded"
 
 
+def test_an_sdk_result_holding_a_datetime_is_measured_not_failed(emulator: Emulator) -> None:
+    """ssm:getParameter answers with LastModifiedDate, a datetime: the size check must measure it
+    as moto writes it (the dispatcher's "Read concurrency setting" failed on it once)."""
+    emulator.client("ssm").put_parameter(Name="/quota/setting", Value="4", Type="String")
+    definition = {
+        "StartAt": "Read",
+        "States": {
+            "Read": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::aws-sdk:ssm:getParameter",
+                "Parameters": {"Name": "/quota/setting"},
+                "ResultSelector": {"value.$": "$.Parameter.Value"},
+                "End": True,
+            }
+        },
+    }
+    described = emulator.run(definition)
+    assert described["status"] == "SUCCEEDED", described.get("cause")
+    assert json.loads(described["output"]) == {"value": "4"}
+
+
 def test_execution_input_over_256_kib_is_refused_by_start_execution(emulator: Emulator) -> None:
     sfn = emulator.client("stepfunctions")
     arn = sfn.create_state_machine(

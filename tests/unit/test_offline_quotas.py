@@ -3,6 +3,7 @@ tests/integration/test_offline_quotas.py)."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 from typing import Any
@@ -42,6 +43,12 @@ def test_payload_size_is_compact_json_in_utf8() -> None:
     assert payload_size({"a": [1, 2]}) == len('{"a":[1,2]}')
     assert payload_size({"s": "é"}) == len('{"s":""}') + 2
     assert payload_size("a string state") == len('"a string state"')
+
+
+def test_sdk_results_with_datetimes_are_measured_as_moto_writes_them() -> None:
+    """ssm:getParameter's result has a datetime (LastModifiedDate): measuring it must not fail the task."""
+    moment = datetime.datetime(2026, 12, 2, 15, 0, tzinfo=datetime.UTC)
+    assert payload_size({"at": moment}) == len('{"at":"2026-12-02T15:00:00+00:00"}')
 
 
 def test_the_payload_bound_is_inclusive() -> None:

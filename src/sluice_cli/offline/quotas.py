@@ -25,6 +25,7 @@ tests in tests/integration/test_offline_quotas.py show each one.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import threading
@@ -104,9 +105,15 @@ def _details(**one: Any) -> EventDetails:
     return cast(EventDetails, one)
 
 
+def _json_default(value: Any) -> str:
+    """What moto's interpreter writes for values JSON has no type for (an SDK result's datetimes)."""
+    return value.isoformat() if isinstance(value, (datetime.date, datetime.datetime)) else str(value)
+
+
 def payload_size(value: Any) -> int:
     """Bytes of `value` as Step Functions measures a payload: compact JSON, UTF-8."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    return len(text.encode("utf-8"))
 
 
 def _serialised_size(serialised: str) -> int:

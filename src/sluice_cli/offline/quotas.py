@@ -15,8 +15,8 @@ stack fails there too. Two seams:
     ExecutionFailed with AWS's error and cause, and the execution stops there;
   * 256 KiB payloads: moto checks state output and task results, but with `<` (AWS allows exactly
     262,144 bytes) on `json.dumps` with spaces and `\\uXXXX` escapes (AWS counts compact UTF-8), and
-    not state input nor task input; and its `States.ALL` catches `States.DataLimitExceeded`, which
-    on AWS it never does.
+    not state input nor task input; and its `States.ALL` matches `States.DataLimitExceeded`, which
+    on AWS it does not (only a retrier or catcher naming the error takes it).
 
 What moto already enforces as AWS does (SQS MaxNumberOfMessages 1..10, VisibilityTimeout ≤ 12 h,
 DelaySeconds ≤ 900; SNS Subject ≤ 100 characters; DynamoDB's 400 KB item) is left to moto: the
@@ -158,11 +158,6 @@ class QuotaEventManager(EventManager):
         self._count_lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.failure: ExecutionFailedEventDetails | None = None
-
-    @property
-    def total(self) -> int:
-        with self._count_lock:
-            return sum(self.counts.values())
 
     def add_event(
         self,

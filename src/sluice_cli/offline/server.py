@@ -26,6 +26,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
 from sluice_cli.offline.lambda_runtime import FunctionNotFound, LambdaRuntime, Throttled
+from sluice_cli.offline.quotas import QuotaGate
 
 _INVOKE = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations/?$")
 _INVOKE_ASYNC = re.compile(r"^/2014-11-13/functions/(?P<name>[^/]+)/invoke-async/?$")
@@ -58,9 +59,12 @@ def _error(status: int, error_type: str, message: str) -> Response:
 class LambdaGateway:
     """WSGI: Lambda Invoke → the local runtime; anything else → moto."""
 
-    def __init__(self, runtime: LambdaRuntime, fallback: WSGIApp) -> None:
+    def __init__(
+        self, runtime: LambdaRuntime, fallback: WSGIApp, quota_gate: QuotaGate | None = None
+    ) -> None:
         self.runtime = runtime
         self.fallback = fallback
+        self.quota_gate = quota_gate
         self._dynamodb_write_lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -72,6 +76,9 @@ class LambdaGateway:
                 request = Request(environ)
                 response = self._dispatch(unquote(match.group("name")), request.get_data(), "Event", None)
                 return response(environ, start_response)
+        # AWS's quotas that moto does not enforce, refused as AWS refuses them (offline/quotas.py).
+        if self.quota_gate is not None and (refusal := self.quota_gate.refuse(environ)) is not None:
+            return refusal(environ, start_response)
         if environ.get("HTTP_X_AMZ_TARGET") in _DYNAMODB_WRITES:
             with self._dynamodb_write_lock:
                 return list(self.fallback(environ, start_response))
@@ -118,9 +125,10 @@ def enable_state_machine_execution(enabled: bool = True) -> bool:
 class EmulatorServer:
     """moto + the Lambda gateway, served threaded on 127.0.0.1 from a background thread."""
 
-    def __init__(self, runtime: LambdaRuntime, port: int = 0) -> None:
+    def __init__(self, runtime: LambdaRuntime, port: int = 0, quota_gate: QuotaGate | None = None) -> None:
         self.runtime = runtime
         self.requested_port = port
+        self.quota_gate = quota_gate
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -132,7 +140,7 @@ class EmulatorServer:
     def bind(self) -> int:
         """Bind first (the port may be 0): Lambda workers and moto's ASL need the URL before start."""
         moto_app = DomainDispatcherApplication(create_backend_app)
-        app = LambdaGateway(self.runtime, moto_app)
+        app = LambdaGateway(self.runtime, moto_app, self.quota_gate)
         self._server = make_server(
             "127.0.0.1", self.requested_port, app, threaded=True, request_handler=_QuietMotoHandler
         )

@@ -34,6 +34,7 @@ from sluice_cli.offline.intrinsics import (
 from sluice_cli.offline.lambda_runtime import DEFAULT_MAX_WORKERS, LambdaRuntime, spec_to_json
 from sluice_cli.offline.polling import wait_for
 from sluice_cli.offline.provision import ProvisionContext, ProvisionError, Resource, provision
+from sluice_cli.offline.quotas import HISTORY_MAX_EVENTS, QuotaGate, StepFunctionsQuotas, moto_queue_size
 from sluice_cli.offline.scheduler import DEFAULT_PERIOD_SECONDS, LocalScheduler
 from sluice_cli.offline.server import EmulatorServer, enable_state_machine_execution
 from sluice_cli.offline.sns_bridge import SnsLambdaBridge
@@ -97,6 +98,7 @@ class OfflineStack:
         region: str = "us-east-1",
         max_workers_per_function: int = DEFAULT_MAX_WORKERS,
         function_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        history_event_limit: int = HISTORY_MAX_EVENTS,
     ) -> None:
         self.root = Path(root).resolve()
         self.env = env
@@ -124,6 +126,9 @@ class OfflineStack:
         # The SMTP sink alert emails go to; its messages stay readable after stop().
         self.smtp: SmtpSink | None = None
         self.sns_bridge: SnsLambdaBridge | None = None
+        # AWS's Step Functions quotas on moto's interpreter (offline/quotas.py); a test may lower the
+        # history limit, which takes tens of seconds to reach at AWS's 25,000.
+        self.quotas = StepFunctionsQuotas(history_event_limit)
         self.runtime: LambdaRuntime | None = None
         self.server: EmulatorServer | None = None
         self.scheduler: LocalScheduler | None = None
@@ -191,7 +196,7 @@ class OfflineStack:
             # the offline ones (`sluice status`, `sluice logs -f …`), not `--stack-name sluice-local`.
             extra_environment={"STACK_NAME": ""},
         )
-        self.server = EmulatorServer(self.runtime, port=self._port)
+        self.server = EmulatorServer(self.runtime, port=self._port, quota_gate=QuotaGate(moto_queue_size))
         port = self.server.bind()
         endpoint = self.runtime.endpoint_url = self.server.url
         # moto's Step Functions interpreter calls http://localhost:{MOTO_PORT} for every task.
@@ -202,6 +207,7 @@ class OfflineStack:
         self.runtime.start()
         # Before any resource exists: SNS messages to lambda subscriptions go to the local runtime.
         self.sns_bridge = SnsLambdaBridge(self.runtime.invoke_async).install()
+        self.quotas.install()
         self.server.start()
 
         packaged, artifacts = inline_local_artifacts(source, self.root)
@@ -303,6 +309,7 @@ class OfflineStack:
                 else:
                     os.environ["MOTO_PORT"] = self._previous_moto_port
                 enable_state_machine_execution(self._previous_execution_setting)
+                self.quotas.uninstall()
             self._started = False
             self._release_emulator_logs()
             _release(self)

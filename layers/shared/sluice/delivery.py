@@ -20,6 +20,13 @@ and answers `done: false`; the state machine runs the next segment. So `safety_s
 cover one request (API_TIMEOUT_SECONDS, or the simulated API's maximum latency) plus a flush.
 At the end of the file it answers `done: true` with the outcome.
 
+No wait in a segment outlives its time: the reader waits for a worker or for the head row in
+ticks and stops the segment when the time left is below `safety_seconds`; the workers' waits
+(backoff, rate slot, a Retry-After pause, an unhealthy downstream) end when it stops. While the
+downstream is unhealthy (health.py) the workers hold their rows, the reader checkpoints what is
+committed once and keeps waiting; the rows go out when it recovers, or the segment answers
+`done: false` at its deadline, having failed and rejected nothing.
+
 If a row fails for good (TransientDownstreamError after its retries) the segment stops the
 same way, flushes and checkpoints the committed prefix (which ends just before the failed row),
 then re-raises. The committed prefix also ends before an abandoned row. Rows after such a row
@@ -28,6 +35,7 @@ with the same Idempotency-Key, which is what the key is for. Otherwise each row 
 """
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -39,6 +47,7 @@ from sluice.downstream import Delivery, DeliveryAbandoned, DownstreamClient, add
 from sluice.metadata import MetadataStore
 from sluice.models import Checkpoint, FileState, ObjectRef, ProcessResult, RowCounts
 from sluice.observability import MetricUnit, logger
+from sluice.ratelimit import WAIT_TICK_SECONDS
 from sluice.results import PartWriter, accepted_line
 from sluice.schemas import RowSchema
 from sluice.settings import ProcessSettings
@@ -121,6 +130,8 @@ class Segment:
         self._header: list[str] = []
         self._failure: BaseException | None = None
         self._stop = threading.Event()  # set when no new attempt should start: out of time, or failed
+        self._stop_at = float("inf")  # time.monotonic() at which the segment stops taking rows
+        self._saved_while_unhealthy = False  # checkpointed since the downstream became unhealthy
 
     def run(self, segment: int) -> ProcessResult:
         stream = self._open(segment)
@@ -184,22 +195,26 @@ class Segment:
         """Hand rows to the workers until the file ends (True), time runs short or a row fails."""
         safety_ms = self._limits.safety_seconds * 1000
         for row in stream:
-            if self._remaining_ms() < safety_ms:
+            remaining_ms = self._remaining_ms()
+            # When the reader must stop, on the monotonic clock: its waits look at this, not at the
+            # context (asked once per row, which is what tests count on).
+            self._stop_at = time.monotonic() + (remaining_ms - safety_ms) / 1000
+            if remaining_ms < safety_ms:
                 self._stop.set()
                 return False
             entry = self._prepare(row)
             if entry.reason is None:
                 self._wait_for_a_worker()
-                if self._failure is not None:
+                if self._failure is not None or self._stop.is_set():
                     return False
                 entry.future = pool.submit(self._client.deliver, entry.payload, entry.key, stop=self._stop)
                 self._in_flight.add(entry.future)
             self._window.append(entry)
             self._commit(until_blocked=True)
             while len(self._window) > self._limits.out_of_order and not self._stop.is_set():
-                wait([self._window[0].future])  # type: ignore[list-item]  # the head is not ready: a future
+                self._wait_for({self._window[0].future})  # type: ignore[arg-type]  # not ready: a future
                 self._commit(until_blocked=True)
-            if self._failure is not None:
+            if self._failure is not None or self._stop.is_set():
                 return False
         return True
 
@@ -218,9 +233,29 @@ class Segment:
             self._in_flight -= finished
             for future in finished:
                 self._note(future.exception())
-            if len(self._in_flight) < self._limits.concurrency:
+            if len(self._in_flight) < self._limits.concurrency or self._stop.is_set():
                 return
-            wait(self._in_flight, return_when=FIRST_COMPLETED)
+            self._wait_for(self._in_flight)
+
+    def _wait_for(self, futures: set[Future[Delivery]]) -> None:
+        """Until one of `futures` is done, or the segment must stop: never past the deadline.
+
+        Every WAIT_TICK_SECONDS without an answer the reader looks at the clock (out of time: stop,
+        so workers give up their retries and waits) and at the downstream's health (unhealthy:
+        commit and checkpoint what is done now, once, before waiting for the recovery).
+        """
+        while not self._stop.is_set():
+            if wait(futures, timeout=WAIT_TICK_SECONDS, return_when=FIRST_COMPLETED).done:
+                return
+            if time.monotonic() >= self._stop_at:
+                self._stop.set()
+                return
+            health = self._client.health
+            unhealthy = health is not None and health.is_open()
+            if unhealthy and not self._saved_while_unhealthy:
+                self._commit(until_blocked=True)
+                self._flush()
+            self._saved_while_unhealthy = unhealthy
 
     def _commit(self, *, until_blocked: bool) -> None:
         """Commit rows from the head of the window while they are done (all of them at the end)."""

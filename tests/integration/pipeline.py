@@ -30,7 +30,9 @@ OVERRIDES = {
     "RetryDelaySeconds": "1",
     "MaxReceiveCount": str(MAX_RECEIVE_COUNT),
     "CheckpointEveryRows": "5",
-    "SegmentSafetySeconds": "2",
+    # Covers a burst of rate slots held when a segment stops (up to max_ahead_seconds), one request
+    # and a flush within ProcessObject's local 8 s timeout.
+    "SegmentSafetySeconds": "3",
     "ApiRateLimit": str(API_RATE),
     "ApiMaxAttempts": "4",
     "ApiBackoffBaseSeconds": "0.05",

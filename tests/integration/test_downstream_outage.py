@@ -69,7 +69,8 @@ def outage(
     # THEN every row was delivered exactly once, after the recovery; nothing rejected, failed or dead-lettered
     for obj, item in zip(uploaded, items, strict=True):
         assert (item["rows_delivered"], item["rows_rejected"]) == (rows, 0)
-        assert set(delivery_counts(stack, obj, range(1, rows + 1)).values()) == {1}
+        counts = delivery_counts(stack, obj, range(1, rows + 1))
+        assert set(counts.values()) == {1}, {row: n for row, n in counts.items() if n != 1}
         assert int(item["attempts"]) == 1, "an SQS receive was spent on the outage"
     keys = {obj.key for obj in uploaded}
     dead = [m for m in queue_bodies(stack, stack.outputs["IngestDLQUrl"]) if _key(m) in keys]

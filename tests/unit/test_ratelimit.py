@@ -151,7 +151,7 @@ class _GatedBucket:
     """A bucket whose first claim waits until `others` callers queue behind it; records claims."""
 
     def __init__(self, clock: ManualClock, others: int):
-        self.clock, self.interval, self.lateness = clock, 0.1, 0.0
+        self.clock, self.interval, self.lateness, self.max_ahead = clock, 0.1, 0.0, 5.0
         self.claims: list[int] = []
         self._others = others
         self.limiter: RateLimiter | None = None
@@ -193,7 +193,7 @@ def test_concurrent_waiters_are_claimed_for_together() -> None:
 
 def test_a_failed_claim_fails_every_waiter() -> None:
     class Broken:
-        clock, interval, lateness = ManualClock(T0), 0.1, 0.0
+        clock, interval, lateness, max_ahead = ManualClock(T0), 0.1, 0.0, 5.0
 
         def claim(self, count: int, stop: threading.Event | None = None) -> float:
             raise RuntimeError("dynamodb is down")

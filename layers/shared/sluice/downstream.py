@@ -200,6 +200,8 @@ class DownstreamClient:
             if sent:
                 _unless_stopped(stop, sent + 1, key, problem)
             try:
+                # Once admitted, a row goes out even if the segment stops meanwhile: every row held
+                # for the downstream goes, or none does, so no row is delivered past an abandoned one.
                 probe = self.health.admit(stop) if self.health is not None else False
                 self._limiter.acquire(stop)
             except Interrupted as error:

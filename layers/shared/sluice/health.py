@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import Any
 
 from sluice.observability import MetricUnit, logger
-from sluice.ratelimit import Clock, SystemClock, _micros, sleep_until
+from sluice.ratelimit import WAIT_TICK_SECONDS, Clock, Interrupted, SystemClock, _micros
 from sluice.settings import ProcessSettings
 
 HEALTH_KEY = "health#downstream"
@@ -86,6 +86,7 @@ class DownstreamHealth:
         self._notify = notify
         self._metric = metric
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # wakes every waiter when it closes
         self._item: dict[str, Any] = {}
         self._read_at = float("-inf")
         self._streak = 0  # failed attempts since the last answer from the API
@@ -105,17 +106,23 @@ class DownstreamHealth:
         While open and not our turn to probe, waits (re-reading the item every refresh_seconds);
         ratelimit.Interrupted once `stop` is set.
         """
-        while True:
-            with self._lock:
+        with self._lock:
+            while True:
                 self._refresh_if_stale()
                 if self._item.get("state") != BreakerState.OPEN:
                     return False
+                if stop is not None and stop.is_set():
+                    raise Interrupted("stopped while the downstream is unhealthy")
                 now = self.clock.now()
                 probe_at = float(self._item.get("probe_at", 0))
                 if now >= probe_at and self._claim_probe(now):
                     return True
-                wake = min(max(probe_at, now), now + self._refresh_seconds)
-            sleep_until(self.clock, max(wake, now + 0.001), stop)
+                wake = min(max(probe_at, now + 0.001), now + self._refresh_seconds)
+                if isinstance(self.clock, SystemClock):
+                    # Woken at once when this invocation sees it close; the stop is looked at each tick.
+                    self._changed.wait(min(wake - now, WAIT_TICK_SECONDS))
+                else:  # a test clock moves only when slept on
+                    self.clock.sleep_until(min(wake, now + WAIT_TICK_SECONDS))
 
     def answered(self, *, probe: bool) -> None:
         """The API answered as an API does (2xx, or a 4xx about the row): healthy."""
@@ -153,6 +160,8 @@ class DownstreamHealth:
     def _read(self) -> None:
         self._item = self._table.get_item(Key=self._key, ConsistentRead=True).get("Item", {})
         self._read_at = self.clock.now()
+        if self._item.get("state") != BreakerState.OPEN:
+            self._changed.notify_all()
 
     def _open(self, reason: str) -> None:
         now = self.clock.now()
@@ -192,6 +201,7 @@ class DownstreamHealth:
         update = "SET #s = :closed, closed_at = :now REMOVE probe_at, backoff"
         if self._write(update, "#s = :open", values):
             self._transition(BreakerState.CLOSED, str(self._item.get("reason", "")), now)
+        self._changed.notify_all()
 
     def _write(self, update: str, condition: str, values: dict[str, Any]) -> bool:
         """One conditional UpdateItem; our view of the item afterwards is what it holds."""

@@ -66,7 +66,6 @@ CLAIM_AHEAD_SECONDS = 0.2  # a claim covers this long of the invocation's recent
 MAX_BATCH = 64  # ...but never more slots than this
 RATE_WINDOW = 1.0  # seconds of hand-outs that make "recent use"
 WAIT_TICK_SECONDS = 0.25  # a long wait looks at its stop event this often
-STOPPED_GRACE_SECONDS = 1.0  # a stopped caller still sends on a slot due within this
 
 
 class Clock(Protocol):
@@ -161,7 +160,7 @@ class SharedBucket:
         self._table = table
         self._conflict = table.meta.client.exceptions.ConditionalCheckFailedException
         self._key = {"pk": key}
-        self._max_ahead = max_ahead_seconds
+        self.max_ahead = max_ahead_seconds
         self._max_conflicts = max_conflicts
         self._tat: str | None = None  # the last value seen
 
@@ -176,8 +175,8 @@ class SharedBucket:
         for _ in range(self._max_conflicts):
             now = self.clock.now()
             seen = float(self._tat) if self._tat is not None else None
-            if seen is not None and seen - now > self._max_ahead:
-                sleep_until(self.clock, seen - self._max_ahead, stop)
+            if seen is not None and seen - now > self.max_ahead:
+                sleep_until(self.clock, seen - self.max_ahead, stop)
                 continue
             start = (
                 self._extend(now, count) if seen is not None and seen >= now else self._restart(now, count)
@@ -283,9 +282,11 @@ class RateLimiter:
         """Block until this caller's slot; its time (epoch seconds). Interrupted once `stop` is set."""
         for forfeits in range(MAX_FORFEITS + 1):
             slot = self._take_slot(stop)
-            # A request handed out before its segment stopped still goes out on a slot that is
-            # due (the segment's safety margin covers a second); a longer wait, a pause, is given up.
-            sleep_until(self._clock, slot, stop, grace_seconds=STOPPED_GRACE_SECONDS)
+            # A request handed out before its segment stopped still goes out on the slot it holds
+            # (at most max_ahead_seconds away, which the segment's safety margin covers): slots are
+            # not in row order, so giving up some would leave later rows delivered past earlier ones.
+            # A longer wait, a pause, is given up.
+            sleep_until(self._clock, slot, stop, grace_seconds=self._bucket.max_ahead)
             if self._clock.now() - slot <= self.wake_tolerance:
                 return slot
             if forfeits == MAX_FORFEITS:

@@ -41,7 +41,7 @@ class CountingPacer:
         self.pauses: list[float] = []
         self._lock = threading.Lock()
 
-    def acquire(self, stop: threading.Event | None = None) -> float:
+    def acquire(self, stop: threading.Event | None = None, order: int | None = None) -> float:
         with self._lock:
             self.slots += 1
             return float(self.slots)

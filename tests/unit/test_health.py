@@ -159,3 +159,13 @@ def test_a_stop_ends_the_wait_for_an_unhealthy_downstream(table: Any) -> None:
 
     assert server.received == []
     assert item(table)["state"] == BreakerState.OPEN
+
+
+def test_a_row_out_of_attempts_while_other_rows_fail_too_is_an_outage(table: Any) -> None:
+    gate = health(table, ManualClock(T0), failure_threshold=100)
+    gate.failed("api 503", "poison", probe=False)
+    assert not gate.gave_up("api 503")  # failing alone: the row's own problem, it fails
+
+    gate.failed("connection refused", "another", probe=False)
+    assert gate.gave_up("connection refused")  # other rows fail too: it waits for the downstream
+    assert item(table)["state"] == BreakerState.OPEN

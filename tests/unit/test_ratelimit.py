@@ -463,3 +463,25 @@ def test_a_stopped_caller_gives_up_a_long_pause(table: Any) -> None:
         limiter.acquire(stop)
 
     assert time.monotonic() - started < 5
+
+
+def test_callers_waiting_at_once_get_their_slots_in_row_order() -> None:
+    # GIVEN eight rows asking for slots at once, in no particular order
+    clock = ManualClock(T0)
+    bucket = _GatedBucket(clock, others=7)
+    limiter = RateLimiter(bucket, wake_tolerance=float("inf"))  # type: ignore[arg-type]
+    bucket.limiter = limiter
+    got: dict[int, float] = {}
+    orders = iter([5, 8, 1, 7, 3, 2, 6, 4])
+    lock = threading.Lock()
+
+    def row() -> None:
+        with lock:
+            order = next(orders)
+        got[order] = limiter.acquire(order=order)
+
+    run_threads(8, row)
+
+    # THEN the lower the row, the earlier its slot: a segment that stops gives up its last rows
+    assert sorted(got) == list(range(1, 9))
+    assert [got[order] for order in sorted(got)] == sorted(got.values())

@@ -207,7 +207,9 @@ class Segment:
                 self._wait_for_a_worker()
                 if self._failure is not None or self._stop.is_set():
                     return False
-                entry.future = pool.submit(self._client.deliver, entry.payload, entry.key, stop=self._stop)
+                entry.future = pool.submit(
+                    self._client.deliver, entry.payload, entry.key, stop=self._stop, order=row.number
+                )
                 self._in_flight.add(entry.future)
             self._window.append(entry)
             self._commit(until_blocked=True)

@@ -86,7 +86,7 @@ class ApiResponse:
 class Pacer(Protocol):
     """Blocks until the caller may send one request (ratelimit.RateLimiter)."""
 
-    def acquire(self, stop: threading.Event | None = None) -> float: ...
+    def acquire(self, stop: threading.Event | None = None, order: int | None = None) -> float: ...
 
     def pause(self, until: float) -> None: ...
 
@@ -182,7 +182,12 @@ class DownstreamClient:
         self._rng = rng or random.Random()
 
     def deliver(
-        self, payload: Mapping[str, Any], key: str, *, stop: threading.Event | None = None
+        self,
+        payload: Mapping[str, Any],
+        key: str,
+        *,
+        stop: threading.Event | None = None,
+        order: int | None = None,
     ) -> Delivery:
         """POST one row until it is accepted or rejected; TransientDownstreamError if neither.
 
@@ -190,7 +195,8 @@ class DownstreamClient:
         running out of time waits for the requests on the wire, not for backoffs, rate slots,
         pauses or a downstream outage. An attempt made while the downstream is unhealthy, or
         answered with a Retry-After (which pauses the whole stack), does not count against the
-        row's attempts: the row waits for the API instead of failing.
+        row's attempts: the row waits for the API instead of failing. `order` (the row's number)
+        puts rows waiting for rate slots at once in file order.
         """
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
@@ -203,7 +209,7 @@ class DownstreamClient:
                 # Once admitted, a row goes out even if the segment stops meanwhile: every row held
                 # for the downstream goes, or none does, so no row is delivered past an abandoned one.
                 probe = self.health.admit(stop) if self.health is not None else False
-                self._limiter.acquire(stop)
+                self._limiter.acquire(stop, order)
             except Interrupted as error:
                 raise DeliveryAbandoned(f"stopped before attempt {sent + 1}, key {key}: {problem}") from error
             sent += 1
@@ -217,10 +223,12 @@ class DownstreamClient:
                 if self.health is None:  # nobody to tell: the row carries the refusal
                     return Delivery(accepted=False, reason=problem, attempts=sent)
                 self.health.refused(problem)
+                add_metric("ApiRetries", MetricUnit.Count, 1)  # an error to scaling.py: no growth
                 continue  # admit() waits for the downstream to recover
             if outcome.throttled and self.health is not None:
                 self.health.answered(probe=probe)  # a 429 is an API at work, not an API down
             elif self.health is not None and self.health.failed(problem, key, probe=probe):
+                add_metric("ApiRetries", MetricUnit.Count, 1)
                 continue
             if outcome.retry_after is not None:
                 # The API said when: nobody in the stack sends before then (one shared write),
@@ -232,6 +240,9 @@ class DownstreamClient:
                 continue
             attempt += 1
             if attempt >= self._policy.max_attempts:
+                if self.health is not None and self.health.gave_up(problem):
+                    add_metric("ApiRetries", MetricUnit.Count, 1)
+                    continue  # an outage, not this row: it waits for the downstream
                 raise TransientDownstreamError(
                     f"api still failing after {sent} attempts, key {key}: {problem}"
                 )

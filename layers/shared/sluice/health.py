@@ -16,7 +16,8 @@ Item `pk = "health#downstream"` beside the rate limiter's (ratelimit.py):
 
 Transitions, each one conditional UpdateItem, so exactly one invocation makes each of them:
 
-    closed --(systemic 4xx, or `failure_threshold` failed attempts in a row over >= 2 rows)--> open
+    closed --(systemic 4xx; `failure_threshold` failed attempts in a row over >= 2 rows; or a row
+              using up its attempts while other rows fail too)--> open
     open   --(claim: probe_at <= now, probe_at unchanged since read)--> open, probe_at += backoff
     open   --(the claimed probe is answered by the API: 2xx or a row's own 4xx)--> closed
 
@@ -147,6 +148,18 @@ class DownstreamHealth:
                 self._emit(1)  # still down; the next probe was scheduled by the claim
             elif self._streak >= self._threshold and len(self._streak_keys) >= 2:
                 self._open(f"{self._streak} failed attempts in a row, the last: {problem}")
+            else:
+                self._refresh_if_stale()
+            return self._item.get("state") == BreakerState.OPEN
+
+    def gave_up(self, problem: str) -> bool:
+        """A row used up its attempts. With other rows failing since the last answer too, that is
+        an outage, not the row: open (True) and the row waits. Alone, the row fails (False)."""
+        with self._lock:
+            if len(self._streak_keys) >= 2:
+                self._open(
+                    f"a row failed {problem}; {self._streak} failed attempts in a row over several rows"
+                )
             else:
                 self._refresh_if_stale()
             return self._item.get("state") == BreakerState.OPEN

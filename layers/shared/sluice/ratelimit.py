@@ -52,6 +52,8 @@ Time is epoch seconds because it is shared between machines; a `Clock` is inject
 on a `ManualClock` without sleeping.
 """
 
+import heapq
+import itertools
 import math
 import threading
 import time
@@ -66,6 +68,7 @@ CLAIM_AHEAD_SECONDS = 0.2  # a claim covers this long of the invocation's recent
 MAX_BATCH = 64  # ...but never more slots than this
 RATE_WINDOW = 1.0  # seconds of hand-outs that make "recent use"
 WAIT_TICK_SECONDS = 0.25  # a long wait looks at its stop event this often
+STOPPED_GRACE_SECONDS = 1.0  # a stopped caller still sends on a slot due within this
 
 
 class Clock(Protocol):
@@ -272,21 +275,27 @@ class RateLimiter:
         self._slots: deque[float] = deque()  # claimed, not handed out yet, in time order
         self._handed: deque[float] = deque()  # when slots were handed out, the last RATE_WINDOW
         self._waiters = 0
+        # Callers waiting for a slot, lowest (order, ticket) first: a segment's rows take slots in
+        # file order, so when it stops, the rows that give up their wait come after those that send.
+        self._line: list[tuple[int, int]] = []
+        self._tickets = itertools.count()
         self._claiming = False
         self.claims = 0  # writes to the bucket
         self.expired = 0  # claimed ahead, never handed out in time
         self.forfeited = 0  # handed out, given up because the caller woke too late for it
         self.late_sends = 0  # sent late anyway, after MAX_FORFEITS consecutive forfeits
 
-    def acquire(self, stop: threading.Event | None = None) -> float:
-        """Block until this caller's slot; its time (epoch seconds). Interrupted once `stop` is set."""
+    def acquire(self, stop: threading.Event | None = None, order: int | None = None) -> float:
+        """Block until this caller's slot; its time (epoch seconds). Interrupted once `stop` is set.
+
+        Among callers waiting at once, a lower `order` (a row number) gets the earlier slot.
+        """
         for forfeits in range(MAX_FORFEITS + 1):
-            slot = self._take_slot(stop)
-            # A request handed out before its segment stopped still goes out on the slot it holds
-            # (at most max_ahead_seconds away, which the segment's safety margin covers): slots are
-            # not in row order, so giving up some would leave later rows delivered past earlier ones.
-            # A longer wait, a pause, is given up.
-            sleep_until(self._clock, slot, stop, grace_seconds=self._bucket.max_ahead)
+            slot = self._take_slot(stop, order)
+            # A request handed out before its segment stopped still goes out on a slot that is
+            # due (the segment's safety margin covers a second); a longer wait, a pause, is given
+            # up. Slots go in row order, so the rows that give up come after those that send.
+            sleep_until(self._clock, slot, stop, grace_seconds=STOPPED_GRACE_SECONDS)
             if self._clock.now() - slot <= self.wake_tolerance:
                 return slot
             if forfeits == MAX_FORFEITS:
@@ -307,8 +316,11 @@ class RateLimiter:
                 self._slots.popleft()
                 self.expired += 1
 
-    def _take_slot(self, stop: threading.Event | None = None) -> float:
+    def _take_slot(self, stop: threading.Event | None = None, order: int | None = None) -> float:
+        """The next slot, to the waiting caller with the lowest `order` first (then first come)."""
         with self._cond:
+            me = (0 if order is None else order, next(self._tickets))
+            heapq.heappush(self._line, me)
             self._waiters += 1
             try:
                 while True:
@@ -316,15 +328,21 @@ class RateLimiter:
                     while self._slots and now - self._slots[0] > self.wake_tolerance:
                         self._slots.popleft()
                         self.expired += 1
-                    if self._slots:
+                    if self._slots and self._line[0] == me:
+                        heapq.heappop(self._line)
                         self._handed.append(now)
+                        self._cond.notify_all()  # the next in line takes the next slot
                         return self._slots.popleft()
-                    if self._claiming:
+                    if self._claiming or self._slots:
                         self._cond.wait(WAIT_TICK_SECONDS)
                     else:
                         self._claim(now, stop)
             finally:
                 self._waiters -= 1
+                if me in self._line:  # gave up (an error): out of the line
+                    self._line.remove(me)
+                    heapq.heapify(self._line)
+                    self._cond.notify_all()
 
     def _claim(self, now: float, stop: threading.Event | None) -> None:
         """Called holding the lock; releases it for the DynamoDB write. A failure goes to the

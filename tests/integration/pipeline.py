@@ -30,9 +30,9 @@ OVERRIDES = {
     "RetryDelaySeconds": "1",
     "MaxReceiveCount": str(MAX_RECEIVE_COUNT),
     "CheckpointEveryRows": "5",
-    # Covers a burst of rate slots held when a segment stops (up to max_ahead_seconds), one request
-    # and a flush within ProcessObject's local 8 s timeout.
-    "SegmentSafetySeconds": "3",
+    # Covers a slot due within a second, one request and a flush within ProcessObject's local 8 s
+    # timeout on a loaded machine (3 s was overrun there: moto answering slowly under load).
+    "SegmentSafetySeconds": "4",
     "ApiRateLimit": str(API_RATE),
     "ApiMaxAttempts": "4",
     "ApiBackoffBaseSeconds": "0.05",

@@ -17,7 +17,8 @@ The segment stops taking rows when the invocation has less than `safety_seconds`
 requests on the wire finish, but no new attempt starts (a row between two retries is abandoned,
 DeliveryAbandoned, rather than waited for through its backoff), then it flushes, checkpoints
 and answers `done: false`; the state machine runs the next segment. So `safety_seconds` must
-cover one request (API_TIMEOUT_SECONDS, or the simulated API's maximum latency) plus a flush.
+cover a rate slot (ratelimit.STOPPED_GRACE_SECONDS, 1 s), one request (API_TIMEOUT_SECONDS, or
+the simulated API's maximum latency) and a flush.
 At the end of the file it answers `done: true` with the outcome.
 
 No wait in a segment outlives its time: the reader waits for a worker or for the head row in

@@ -254,7 +254,7 @@ class Segment:
                 self._stop.set()
                 return
             health = self._client.health
-            unhealthy = health is not None and health.is_open()
+            unhealthy = health is not None and health.seen_open
             if unhealthy and not self._saved_while_unhealthy:
                 self._commit(until_blocked=True)
                 self._flush()

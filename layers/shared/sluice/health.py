@@ -93,6 +93,7 @@ class DownstreamHealth:
         self._streak = 0  # failed attempts since the last answer from the API
         self._streak_keys: set[str] = set()
         self.transitions = 0  # opened or closed by this invocation
+        self._pending: list[tuple[str, dict[str, Any]]] = []  # transitions to announce
 
     # -- what the client asks -------------------------------------------------------------
 
@@ -100,6 +101,11 @@ class DownstreamHealth:
         with self._lock:
             self._refresh_if_stale()
             return self._item.get("state") == BreakerState.OPEN
+
+    @property
+    def seen_open(self) -> bool:
+        """What this invocation last saw, without waiting for the lock or DynamoDB (for the reader)."""
+        return self._item.get("state") == BreakerState.OPEN
 
     def admit(self, stop: threading.Event | None = None) -> bool:
         """Return when a request may go out: False when healthy, True when it is the probe.
@@ -132,11 +138,13 @@ class DownstreamHealth:
             self._streak_keys.clear()
             if probe or self._item.get("state") == BreakerState.OPEN:
                 self._close()
+        self._announce()
 
     def refused(self, problem: str) -> None:
         """A systemic 4xx: the downstream is unhealthy now."""
         with self._lock:
             self._open(problem)
+        self._announce()
 
     def failed(self, problem: str, key: str, *, probe: bool) -> bool:
         """A 5xx, timeout or connection error; True when the breaker is open (the attempt does
@@ -150,7 +158,9 @@ class DownstreamHealth:
                 self._open(f"{self._streak} failed attempts in a row, the last: {problem}")
             else:
                 self._refresh_if_stale()
-            return self._item.get("state") == BreakerState.OPEN
+            is_open = self._item.get("state") == BreakerState.OPEN
+        self._announce()
+        return is_open
 
     def gave_up(self, problem: str) -> bool:
         """A row used up its attempts. With other rows failing since the last answer too, that is
@@ -162,7 +172,22 @@ class DownstreamHealth:
                 )
             else:
                 self._refresh_if_stale()
-            return self._item.get("state") == BreakerState.OPEN
+            is_open = self._item.get("state") == BreakerState.OPEN
+        self._announce()
+        return is_open
+
+    def _announce(self) -> None:
+        """Publish the transitions this invocation made, outside the lock: a slow SNS call must
+        not hold up the other threads (nor the reader, nor the segment's deadline)."""
+        while self._notify is not None:
+            try:
+                subject, message = self._pending.pop(0)  # atomic: each one is published once
+            except IndexError:
+                return
+            try:
+                self._notify(subject, message)
+            except Exception:  # an alert that cannot be sent must not stop delivery
+                logger.exception("could not publish the downstream health alert")
 
     # -- the item (called holding the lock) ------------------------------------------------
 
@@ -242,14 +267,9 @@ class DownstreamHealth:
             "downstream unhealthy: delivery paused stack-wide" if opened else "downstream recovered",
             extra={"breaker": state.value, "reason": reason},
         )
-        if self._notify is not None:
-            subject = "Downstream unhealthy" if opened else "Downstream recovered"
-            message = {"event": f"downstream.{'unhealthy' if opened else 'recovered'}", "reason": reason}
-            message["at"] = round(now, 3)  # type: ignore[assignment]
-            try:
-                self._notify(subject, message)
-            except Exception:  # an alert that cannot be sent must not stop delivery
-                logger.exception("could not publish the downstream health alert")
+        subject = "Downstream unhealthy" if opened else "Downstream recovered"
+        event = f"downstream.{'unhealthy' if opened else 'recovered'}"
+        self._pending.append((subject, {"event": event, "reason": reason, "at": round(now, 3)}))
 
     def _emit(self, value: float) -> None:
         if self._metric is not None:

@@ -14,6 +14,7 @@ import csv
 import io
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,8 +38,11 @@ class InstantApi:
 
 
 class NoPacing:
-    def acquire(self) -> float:
+    def acquire(self, stop: threading.Event | None = None, order: int | None = None) -> float:
         return 0.0
+
+    def pause(self, until: float) -> None:
+        pass
 
 
 def sluice_rows(data: bytes, schema: RowSchema, client: DownstreamClient, obj: ObjectRef) -> int:

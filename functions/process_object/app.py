@@ -5,8 +5,8 @@ one to run), "outcome", "rows_total", "rows_delivered", "rows_rejected"}` (docs/
 Idempotent on (object.id, attempt, segment) with Powertools idempotency: a retried invocation of
 a segment gets the first one's answer, and a second one while the first runs is refused
 (IdempotencyAlreadyInProgressError, which the state machine retries). The work is
-sluice/delivery.py; the API client, the shared rate limiter and the simulated API are built here
-once per container.
+sluice/delivery.py; the API client, the shared rate limiter, the downstream's shared health
+(circuit breaker) and the simulated API are built here once per container.
 """
 
 from typing import Any
@@ -21,7 +21,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, Field
 
 from sluice.delivery import Segment, SegmentLimits
-from sluice.downstream import client_from_settings
+from sluice.downstream import add_metric, client_from_settings
+from sluice.health import health_from_settings
 from sluice.metadata import MetadataStore
 from sluice.models import ObjectRef
 from sluice.observability import logger, metrics, tracer
@@ -37,6 +38,9 @@ store = MetadataStore(
     dynamodb.Table(settings.metadata_table), claim_seconds=settings.claim_seconds, api_mode=settings.api_mode
 )
 client = client_from_settings(settings, dynamodb.Table(settings.control_table))
+client.health = health_from_settings(
+    settings, dynamodb.Table(settings.control_table), sns_client=boto3.client("sns"), metric=add_metric
+)
 limits = SegmentLimits.from_settings(settings)
 persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
 idempotency = IdempotencyConfig(

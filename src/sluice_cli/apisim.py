@@ -11,7 +11,8 @@ idle keep-alive connections on stop so no thread is left behind). `http.server.T
 gives all of that in a few lines; a framework would add a dependency and hide the sockets.
 
 Control routes (not recorded as calls): `GET /stats`, `GET /deliveries`, `POST /reset`,
-`POST /config`. Every other POST path is the API.
+`POST /config` (rate_limit, latency_min, latency_max, error_rate, and an outage: down_status, e.g.
+401 or 503 for every call, or drop_connections). Every other POST path is the API.
 """
 
 from __future__ import annotations
@@ -44,7 +45,15 @@ logger = logging.getLogger(__name__)
 UNKNOWN_CUSTOMER_DOMAIN = "@invalid.example"
 
 CONTROL_PATHS = frozenset({"/stats", "/deliveries", "/reset", "/config"})
-_RUNTIME_SETTINGS = ("rate_limit", "latency_min", "latency_max", "error_rate")
+_RUNTIME_SETTINGS = (
+    "rate_limit",
+    "latency_min",
+    "latency_max",
+    "error_rate",
+    "down_status",
+    "drop_connections",
+)
+_WHOLE_SETTINGS = {"down_status": int, "drop_connections": bool}  # the others are floats
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,11 @@ class ApiSimulatorConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0 = an ephemeral port; read `.url` after start()
     retry_after_seconds: int = 1  # the Retry-After a 429 carries
+    # An outage, switched on and off with POST /config: every API call answered with this status
+    # (e.g. 401 for a revoked credential, 503 for a service down; 0 = none), or, with
+    # drop_connections, closed without any answer (what a client sees of a server that is gone).
+    down_status: int = 0
+    drop_connections: bool = False
 
     def __post_init__(self) -> None:
         if self.rate_limit < 0:
@@ -246,7 +260,9 @@ class ApiSimulator:
         if unknown:
             raise ValueError(f"cannot change {sorted(unknown)}; allowed: {list(_RUNTIME_SETTINGS)}")
         with self._lock:
-            values: dict[str, Any] = {name: float(value) for name, value in changes.items()}
+            values: dict[str, Any] = {
+                name: _WHOLE_SETTINGS.get(name, float)(value) for name, value in changes.items()
+            }
             self._config = dataclasses.replace(self._config, **values)  # validates
             self._limiter.limit = self._config.rate_limit
             return self._config
@@ -315,10 +331,9 @@ class ApiSimulator:
             self._records.arrivals.append(arrived)
             if key:
                 self._records.keys_seen.add(key)
-            if not self._limiter.try_acquire(arrived):
-                self._count(HTTPStatus.TOO_MANY_REQUESTS)
-                retry_after = str(self._config.retry_after_seconds)
-                return HTTPStatus.TOO_MANY_REQUESTS, {"Retry-After": retry_after}, {"error": "rate limited"}
+            refused = self._outage() or self._throttle(arrived)
+            if refused is not None:
+                return refused
             config = self._config
             latency = self._random.uniform(config.latency_min, config.latency_max)
             fail = self._random.random() < config.error_rate
@@ -333,6 +348,23 @@ class ApiSimulator:
         if refusal is not None:
             return self._answer(began, *refusal)
         return self._deliver(arrived, began, key)
+
+    def _throttle(self, arrived: float) -> tuple[int, dict[str, str], dict[str, Any]] | None:
+        """429 with Retry-After above the rate limit, or None. Holding the lock."""
+        if self._limiter.try_acquire(arrived):
+            return None
+        self._count(HTTPStatus.TOO_MANY_REQUESTS)
+        retry_after = str(self._config.retry_after_seconds)
+        return HTTPStatus.TOO_MANY_REQUESTS, {"Retry-After": retry_after}, {"error": "rate limited"}
+
+    def _outage(self) -> tuple[int, dict[str, str], dict[str, Any]] | None:
+        """The answer of a simulated outage (status 0: no answer at all), or None. Holding the lock."""
+        config = self._config
+        status = 0 if config.drop_connections else config.down_status
+        if not status and not config.drop_connections:
+            return None
+        self._count(status)  # a dropped connection is counted under status 0
+        return status, {}, {"error": "the API is down (simulated outage)"}
 
     def _deliver(self, arrived: float, began: float, key: str) -> tuple[int, dict[str, str], dict[str, Any]]:
         with self._lock:
@@ -449,6 +481,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"use GET {path}"})
         else:
             status, headers, answer = sim.handle_api_call(self.headers.get("Idempotency-Key"), body)
+            if status == 0:  # a simulated dead server: the connection closes without an answer
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
             self._send_json(status, answer, headers)
 
     def do_GET(self) -> None:

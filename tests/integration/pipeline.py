@@ -16,7 +16,7 @@ from sluice.csvstream import CsvStream
 from sluice.downstream import idempotency_key
 from sluice.models import ObjectRef
 from sluice.results import Layout
-from sluice_cli.apisim import ApiSimulatorConfig
+from sluice_cli.apisim import UNKNOWN_CUSTOMER_RULE, ApiSimulatorConfig, RejectRule
 from sluice_cli.commands.status import scan_items
 from sluice_cli.offline import OfflineStack
 from sluice_cli.offline.polling import wait_for
@@ -33,7 +33,10 @@ OVERRIDES = {
     "RetryDelaySeconds": "1",
     "MaxReceiveCount": str(MAX_RECEIVE_COUNT),
     "CheckpointEveryRows": "5",
-    "SegmentSafetySeconds": "2",
+    # Covers a slot due within a second, one request and a flush within ProcessObject's local 8 s
+    # timeout on a loaded machine (3 s and 4 s were overrun there, once each in the outage tests:
+    # moto and the simulator answer slowly when the machine's two cores are shared).
+    "SegmentSafetySeconds": "5",
     "ApiRateLimit": str(API_RATE),
     "ApiMaxAttempts": "4",
     "ApiBackoffBaseSeconds": "0.05",
@@ -44,14 +47,37 @@ OVERRIDES = {
     "ApiTimeoutSeconds": "20",
     # A duplicate event is deferred until the claim expires: seconds here, not 15 minutes.
     "ClaimSeconds": "20",
+    # An unhealthy downstream is probed after 1 s, then every 2 s at most: recovery is seen at once.
+    "DownstreamProbeSeconds": "1",
+    "DownstreamProbeMaxSeconds": "2",
 }
 # ProcessObject's 300 s timeout is the point of the checkpoint test; locally 8 s, so the runtime
 # kills a segment whose API calls have become slow within the test's time.
 PROCESS_TIMEOUT_SECONDS = 8
 FUNCTION_OVERRIDES = {"ProcessObjectFunction": {"Timeout": PROCESS_TIMEOUT_SECONDS}}
-SIMULATOR = ApiSimulatorConfig(rate_limit=API_RATE, latency_min=0.005, latency_max=0.02)
+# A row whose own backend is down: the API answers it 503 every time while it accepts the others.
+# That is a row failing for good (the file FAILED, then IngestDLQ); the whole API answering 503
+# is an outage instead, which the downstream's circuit breaker waits out (sluice/health.py).
+UNAVAILABLE_DOMAIN = "unavailable.example"
+UNAVAILABLE_CUSTOMER_RULE = RejectRule(
+    field="customer_email", pattern=r"@unavailable\.example$", error="customer backend down", status=503
+)
+SIMULATOR = ApiSimulatorConfig(
+    rate_limit=API_RATE,
+    latency_min=0.005,
+    latency_max=0.02,
+    rejects=(UNKNOWN_CUSTOMER_RULE, UNAVAILABLE_CUSTOMER_RULE),
+)
 
 FINISHED = {"SUCCEEDED", "SUCCEEDED_WITH_REJECTS", "INVALID"}
+
+
+def with_failing_row(data: bytes) -> bytes:
+    """`data` (orders CSV) with its first row's customer on UNAVAILABLE_DOMAIN: a row the API fails."""
+    header, first, rest = data.split(b"\n", 2)
+    fields = first.split(b",")
+    fields[1] = fields[1].split(b"@")[0] + b"@" + UNAVAILABLE_DOMAIN.encode()
+    return b"\n".join([header, b",".join(fields), rest])
 
 
 def unique_key(label: str) -> str:

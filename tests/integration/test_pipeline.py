@@ -23,6 +23,7 @@ from integration.pipeline import (
     unique_key,
     upload,
     wait_for_state,
+    with_failing_row,
 )
 from sluice_cli.apisim import UNKNOWN_CUSTOMER_RULE, RejectRule
 from sluice_cli.offline import OfflineStack
@@ -117,11 +118,12 @@ def test_transient_api_errors_are_retried_to_success(pipeline_stack: OfflineStac
         assert set(counts.values()) == {1}
 
 
-def test_an_api_that_keeps_failing_ends_failed_and_in_the_dlq(pipeline_stack: OfflineStack) -> None:
-    assert pipeline_stack.api is not None
-    pipeline_stack.api.configure(error_rate=1.0)
+def test_a_row_the_api_keeps_failing_ends_the_file_failed_and_in_the_dlq(
+    pipeline_stack: OfflineStack,
+) -> None:
+    # The API fails this one row with 503 every time and accepts the others: not an outage.
     data, _ = orders_csv_bytes(10, seed=4)
-    obj = upload(pipeline_stack, unique_key("failing"), data)
+    obj = upload(pipeline_stack, unique_key("failing"), with_failing_row(data))
 
     item = wait_for_state(pipeline_stack, obj, {"FAILED"}, attempts=MAX_RECEIVE_COUNT, timeout=90)
 

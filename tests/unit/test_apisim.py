@@ -202,6 +202,28 @@ def test_config_makes_the_api_fail_then_recover_and_reset_forgets_calls(http: ur
     assert after_reset_call == 201  # the limiter's window was cleared too
 
 
+def test_an_outage_answers_every_call_with_its_status_or_no_answer_until_it_is_switched_off(
+    http: urllib3.PoolManager,
+) -> None:
+    with ApiSimulator(fast()) as sim:
+        http.request("POST", f"{sim.url}/config", body=json.dumps({"down_status": 401}))
+        refused = [post(http, sim.url, key=f"a{i}").status for i in range(3)]
+        http.request(
+            "POST", f"{sim.url}/config", body=json.dumps({"down_status": 0, "drop_connections": True})
+        )
+        with pytest.raises(urllib3.exceptions.ProtocolError):
+            http.request(
+                "POST", f"{sim.url}/orders", body=b"{}", headers={"Idempotency-Key": "d"}, retries=False
+            )
+        http.request("POST", f"{sim.url}/config", body=json.dumps({"drop_connections": False}))
+        back = post(http, sim.url, key="a0").status
+        deliveries = sim.deliveries()
+
+    assert refused == [401] * 3
+    assert back == 201
+    assert deliveries == {"a0": 1}  # nothing refused during the outage counts as delivered
+
+
 def new_threads(before: set[threading.Thread]) -> set[threading.Thread]:
     return set(threading.enumerate()) - before
 

@@ -35,10 +35,11 @@ from sluice.downstream import (
     TransientDownstreamError,
     idempotency_key,
 )
+from sluice.health import BreakerState, DownstreamHealth
 from sluice.metadata import Fenced, MetadataStore
 from sluice.models import FileState, ObjectRef, ProcessResult
 from sluice.observability import metrics
-from sluice.ratelimit import ManualClock, shared_limiter
+from sluice.ratelimit import Clock, ManualClock, SystemClock, shared_limiter
 from sluice.results import Layout, PartWriter, merge_results
 from sluice.schemas import RowModel, RowSchema, get_schema
 from sluice.settings import ProcessSettings
@@ -107,13 +108,25 @@ class World:
         self.attempt = self.store.register(self.obj).attempt
         return self.obj
 
-    def segment(self, context: CountdownContext, *, attempts: int = 2, schema: RowSchema = NOTES) -> Segment:
-        clock = ManualClock()
+    def segment(
+        self,
+        context: Any,
+        *,
+        attempts: int = 2,
+        schema: RowSchema = NOTES,
+        clock: Clock | None = None,
+        backoff_seconds: float = 0.1,
+        health: DownstreamHealth | None = None,
+    ) -> Segment:
+        clock = clock or ManualClock()
         client = DownstreamClient(
             HttpTransport(self.server.url, pool_size=self.limits.concurrency, timeout_seconds=5),
             shared_limiter(self.control, limit=10_000, clock=clock),
-            policy=RetryPolicy(max_attempts=attempts, backoff_base_seconds=0.1, backoff_max_seconds=1),
+            policy=RetryPolicy(
+                max_attempts=attempts, backoff_base_seconds=backoff_seconds, backoff_max_seconds=1
+            ),
             clock=clock,
+            health=health,
         )
         return Segment(
             self.obj,
@@ -570,3 +583,87 @@ def test_an_unversioned_object_overwritten_meanwhile_is_not_read_as_this_file(wo
         world.segment(CountdownContext()).run(0)
     assert world.server.received == []
     assert world.store.get(world.obj.id)["state"] == "RECEIVED"  # type: ignore[index]  # nothing written
+
+
+@dataclass
+class RealTimeContext:
+    """A Lambda context whose remaining time runs down in real time, like the runtime's."""
+
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self.seconds - (time.monotonic() - self.started)) * 1000)
+
+
+def test_the_reader_waiting_on_a_retrying_head_row_stops_at_the_deadline(world: World) -> None:
+    # GIVEN row 1 failing with 503 again and again (its retries alone would take ~10 s), the rest
+    # accepted, 1 s of safety margin and 2.5 s left in the invocation
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, window=4, safety_seconds=1.0)
+    world.upload(csv_file())
+
+    def respond(request: Received, seen: int) -> Reply:
+        return Reply(503, {"error": "busy"}) if request.payload["id"] == 1 else accept_all(request, seen)
+
+    world.server.respond = respond
+    segment = world.segment(RealTimeContext(2.5), attempts=20, clock=SystemClock(), backoff_seconds=1.0)
+
+    started = time.monotonic()
+    result = segment.run(0)
+    took = time.monotonic() - started
+
+    # THEN the segment paused before its deadline, without failing, and committed nothing past row 1
+    assert took < 2.5, f"the segment outlived its time: {took:.1f} s"
+    assert (result.done, result.rows_total) == (False, 0)
+    checkpoint, _ = world.store.load_checkpoint(world.obj)
+    assert checkpoint.next_row == 1
+    assert world.store.get(world.obj.id)["state"] == "PROCESSING"  # type: ignore[index]
+
+
+def test_a_401_for_every_row_rejects_nothing_the_segment_waits_then_the_file_is_delivered_once(
+    world: World,
+) -> None:
+    # GIVEN an API whose credential was revoked: it answers 401 to every request until it is fixed
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=1.0)
+    world.upload(csv_file())
+    revoked = threading.Event()
+    revoked.set()
+    accepted: Counter[str] = Counter()
+
+    def respond(request: Received, seen: int) -> Reply:
+        if revoked.is_set():
+            return Reply(401, {"error": "token expired"})
+        reply = rejecting_row_33(request, seen)
+        if reply.status < 300:
+            accepted[request.key] += 1
+        return reply
+
+    world.server.respond = respond
+    alerts: list[str] = []
+    health = DownstreamHealth(
+        world.control, probe_seconds=0.2, notify=lambda subject, _: alerts.append(subject)
+    )
+
+    # WHEN a segment runs while it refuses everything
+    started = time.monotonic()
+    paused = world.segment(RealTimeContext(2.5), clock=SystemClock(), health=health).run(0)
+
+    # THEN it answered done:false before its deadline, rejected and failed nothing, and checkpointed
+    assert time.monotonic() - started < 2.5
+    assert (paused.done, paused.rows_rejected) == (False, 0)
+    assert health.is_open()
+    assert world.control.get_item(Key={"pk": "health#downstream"})["Item"]["state"] == BreakerState.OPEN
+    assert world.store.get(world.obj.id)["state"] == "PROCESSING"  # type: ignore[index]
+
+    # WHEN the credential is fixed: the next segment's probe closes the breaker and it finishes the file
+    revoked.clear()
+    done = world.segment(RealTimeContext(20), clock=SystemClock(), health=health).run(paused.segment)
+
+    # THEN every row was delivered exactly once after the recovery; only data rejects are rejects
+    assert (done.done, done.outcome) == (True, FileState.SUCCEEDED_WITH_REJECTS)
+    assert done.rows_rejected == len(SCHEMA_REJECTS) + len(STREAM_REJECTS) + 1  # row 33: the API's 422
+    assert accepted == Counter({world.key(n): 1 for n in DELIVERED})
+    accepted_rows, rejects = world.merged(done)
+    assert [row["row"] for row in accepted_rows] == DELIVERED
+    assert not any("401" in line for line in rejects)
+    assert alerts == ["Downstream unhealthy", "Downstream recovered"]

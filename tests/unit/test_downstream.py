@@ -34,16 +34,21 @@ KEY = "0123456789abcdef0123456789abcdef"
 
 
 class CountingPacer:
-    """Stands in for the rate limiter: counts the slots taken."""
+    """Stands in for the rate limiter: counts the slots taken and the pauses asked for."""
 
     def __init__(self) -> None:
         self.slots = 0
+        self.pauses: list[float] = []
         self._lock = threading.Lock()
 
-    def acquire(self) -> float:
+    def acquire(self, stop: threading.Event | None = None, order: int | None = None) -> float:
         with self._lock:
             self.slots += 1
             return float(self.slots)
+
+    def pause(self, until: float) -> None:
+        with self._lock:
+            self.pauses.append(until)
 
 
 @pytest.fixture(autouse=True)
@@ -162,16 +167,34 @@ def test_a_garbled_retry_after_falls_back_to_the_backoff() -> None:
     assert clock.now() - T0 <= 0.5
 
 
-def test_a_retry_after_beyond_the_backoff_ceiling_fails_the_row_at_once() -> None:
-    with ApiServer(scripted(Reply(429, {}, {"Retry-After": "120"}))) as server:
-        client, _, clock = client_for(server, backoff_max=20)
-        with pytest.raises(
-            TransientDownstreamError, match=r"retry after 120s, more than API_BACKOFF_MAX_SECONDS"
-        ):
-            client.deliver(ROW, KEY)
+def test_a_retry_after_beyond_the_backoff_ceiling_pauses_the_stack_instead_of_failing_the_row() -> None:
+    # GIVEN an API that asks for two minutes, longer than API_BACKOFF_MAX_SECONDS (20 s)
+    with ApiServer(scripted(Reply(429, {}, {"Retry-After": "120"}), Reply(200, {}))) as server:
+        client, pacer, clock = client_for(server, backoff_max=20)
+        delivery = client.deliver(ROW, KEY)
 
-    assert len(server.received) == 1  # not hammered: the state machine retries the segment later
-    assert clock.now() == T0
+    # THEN the row waited for it and was delivered; the shared pacer was told not to send before
+    assert delivery.accepted
+    assert [request.key for request in server.received] == [KEY, KEY]
+    assert pacer.pauses == [T0 + 120]
+    assert clock.now() - T0 >= 120
+
+
+def test_a_stop_ends_a_retry_after_pause() -> None:
+    stop = threading.Event()
+    with ApiServer(scripted(Reply(429, {}, {"Retry-After": "3600"}))) as server:
+        client = DownstreamClient(
+            HttpTransport(server.url, pool_size=1, timeout_seconds=5),
+            CountingPacer(),
+            clock=ratelimit.SystemClock(),
+        )
+        timer = threading.Timer(0.3, stop.set)
+        timer.start()
+        with pytest.raises(DeliveryAbandoned):
+            client.deliver(ROW, KEY, stop=stop)
+        timer.join()
+
+    assert len(server.received) == 1
 
 
 def test_other_4xx_rejects_the_row_with_the_status_and_body() -> None:

@@ -101,3 +101,54 @@ def test_the_alerts_section_shows_each_subject_and_the_first_lines_of_its_body()
     lines = text.splitlines()
     assert [line.strip() for line in lines[-2:]] == ["A", "B"]  # four non-empty lines at most
     assert len(lines) == 6  # the heading, the subject, four lines of the body
+
+
+def test_a_run_whose_api_refused_everything_fails_even_if_rejects_were_allowed() -> None:
+    # GIVEN files given on the command line (rejects allowed) that the API refused row by row
+    files = [
+        tracked(
+            "incoming/a.csv",
+            "SUCCEEDED_WITH_REJECTS",
+            "SUCCEEDED_WITH_REJECTS",
+            rows_total=5,
+            rows_rejected=5,
+        ),
+        tracked(
+            "incoming/b.csv",
+            "SUCCEEDED_WITH_REJECTS",
+            "SUCCEEDED_WITH_REJECTS",
+            rows_total=5,
+            rows_rejected=1,
+        ),
+    ]
+
+    summary = summarize(files, None, rate_limit=10, wall_seconds=3, max_receive_count=2)
+
+    assert not summary.ok
+    assert summary.problems == [
+        "incoming/a.csv: every one of its 5 rows was rejected: "
+        "the API or the format refused the file, not its rows"
+    ]
+
+
+def test_a_downstream_unhealthy_at_the_end_fails_the_run() -> None:
+    files = [tracked("incoming/a.csv", "PROCESSING", "SUCCEEDED")]
+    unhealthy = {"state": "open", "reason": "api 401: token expired"}
+
+    summary = summarize(files, None, rate_limit=10, wall_seconds=3, max_receive_count=2, downstream=unhealthy)
+    healthy = summarize(
+        [tracked("incoming/a.csv", "SUCCEEDED", "SUCCEEDED")],
+        None,
+        rate_limit=10,
+        wall_seconds=3,
+        max_receive_count=2,
+        downstream={"state": "closed"},
+    )
+
+    assert not summary.ok
+    assert (
+        "the downstream API was unhealthy at the end of the run (api 401: token expired)"
+        in summary.problems[-1]
+    )
+    assert summary.as_dict()["downstream"] == unhealthy
+    assert healthy.ok

@@ -14,6 +14,7 @@ from moto import mock_aws
 from sluice.ratelimit import (
     BUCKET_KEY,
     MAX_FORFEITS,
+    Interrupted,
     ManualClock,
     RateLimitContention,
     RateLimiter,
@@ -150,12 +151,12 @@ class _GatedBucket:
     """A bucket whose first claim waits until `others` callers queue behind it; records claims."""
 
     def __init__(self, clock: ManualClock, others: int):
-        self.clock, self.interval, self.lateness = clock, 0.1, 0.0
+        self.clock, self.interval, self.lateness, self.max_ahead = clock, 0.1, 0.0, 5.0
         self.claims: list[int] = []
         self._others = others
         self.limiter: RateLimiter | None = None
 
-    def claim(self, count: int) -> float:
+    def claim(self, count: int, stop: threading.Event | None = None) -> float:
         if not self.claims:
             deadline = time.monotonic() + 10
             # the claimer itself is one of the waiters
@@ -192,9 +193,9 @@ def test_concurrent_waiters_are_claimed_for_together() -> None:
 
 def test_a_failed_claim_fails_every_waiter() -> None:
     class Broken:
-        clock, interval, lateness = ManualClock(T0), 0.1, 0.0
+        clock, interval, lateness, max_ahead = ManualClock(T0), 0.1, 0.0, 5.0
 
-        def claim(self, count: int) -> float:
+        def claim(self, count: int, stop: threading.Event | None = None) -> float:
             raise RuntimeError("dynamodb is down")
 
     limiter = RateLimiter(Broken())  # type: ignore[arg-type]
@@ -421,3 +422,66 @@ def test_the_system_clock_does_not_sleep_for_a_past_time() -> None:
     clock.sleep_until(time.time() + 0.001)
 
     assert clock.now() >= before
+
+
+def test_one_retry_after_pauses_every_limiter_sharing_the_table(table: Any) -> None:
+    # GIVEN three invocations pacing on the same bucket, all busy
+    clock = ManualClock(T0)
+    limiters = [shared_limiter(table, limit=10, lateness_seconds=0, clock=clock) for _ in range(3)]
+    for limiter in limiters:
+        limiter.acquire()
+
+    # WHEN one of them is told "Retry-After: 30"
+    before = stored_tat(table)
+    limiters[0].pause(T0 + 30)
+
+    # THEN the shared item says so, and no invocation's next slot is before then
+    assert before < T0 + 1
+    assert stored_tat(table) == pytest.approx(T0 + 30)
+    slots = [limiter.acquire() for limiter in limiters]
+    assert min(slots) >= T0 + 30
+    assert clock.now() >= T0 + 30
+
+
+def test_a_pause_is_never_shortened_by_a_shorter_one(table: Any) -> None:
+    clock = ManualClock(T0)
+    limiter = shared_limiter(table, limit=10, lateness_seconds=0, clock=clock)
+    limiter.pause(T0 + 60)
+    limiter.pause(T0 + 5)
+
+    assert stored_tat(table) == pytest.approx(T0 + 60)
+
+
+def test_a_stopped_caller_gives_up_a_long_pause(table: Any) -> None:
+    limiter = shared_limiter(table, limit=10, lateness_seconds=0, clock=SystemClock())
+    limiter.pause(time.time() + 3600)
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+
+    with pytest.raises(Interrupted):
+        limiter.acquire(stop)
+
+    assert time.monotonic() - started < 5
+
+
+def test_callers_waiting_at_once_get_their_slots_in_row_order() -> None:
+    # GIVEN eight rows asking for slots at once, in no particular order
+    clock = ManualClock(T0)
+    bucket = _GatedBucket(clock, others=7)
+    limiter = RateLimiter(bucket, wake_tolerance=float("inf"))  # type: ignore[arg-type]
+    bucket.limiter = limiter
+    got: dict[int, float] = {}
+    orders = iter([5, 8, 1, 7, 3, 2, 6, 4])
+    lock = threading.Lock()
+
+    def row() -> None:
+        with lock:
+            order = next(orders)
+        got[order] = limiter.acquire(order=order)
+
+    run_threads(8, row)
+
+    # THEN the lower the row, the earlier its slot: a segment that stops gives up its last rows
+    assert sorted(got) == list(range(1, 9))
+    assert [got[order] for order in sorted(got)] == sorted(got.values())

@@ -1047,7 +1047,7 @@ def alarms_on(alarms: dict[str, dict], namespace: str, metric: str, dimension: A
 
 
 def test_every_alarm_goes_to_the_alert_topic(alarms: dict[str, dict]) -> None:
-    assert len(alarms) == 11 + 3 * len(FUNCTIONS)  # the components below, three per function
+    assert len(alarms) == 13 + 3 * len(FUNCTIONS)  # the components below, three per function
     for name, alarm in alarms.items():
         assert alarm["AlarmActions"] == [{"Ref": "AlertTopic"}], name
         assert alarm["OKActions"] == [{"Ref": "AlertTopic"}], name
@@ -1076,6 +1076,8 @@ def test_issue_5_every_component_has_its_alarm(alarms: dict[str, dict]) -> None:
         "Dispatcher executions timed out": ("AWS/States", "ExecutionsTimedOut", "DispatcherStateMachine"),
         "Dispatcher executions throttled": ("AWS/States", "ExecutionThrottled", "DispatcherStateMachine"),
         "Downstream API throttling": ("Sluice", "ApiThrottles", None),  # dimension service=sluice
+        "Downstream API unhealthy": ("Sluice", "DownstreamUnhealthy", None),
+        "Rows rejected": ("Sluice", "RowsRejected", None),
         "Dynatrace metric delivery behind": (
             "AWS/Firehose",
             "DeliveryToHttpEndpoint.DataFreshness",

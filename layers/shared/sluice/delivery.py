@@ -17,8 +17,16 @@ The segment stops taking rows when the invocation has less than `safety_seconds`
 requests on the wire finish, but no new attempt starts (a row between two retries is abandoned,
 DeliveryAbandoned, rather than waited for through its backoff), then it flushes, checkpoints
 and answers `done: false`; the state machine runs the next segment. So `safety_seconds` must
-cover one request (API_TIMEOUT_SECONDS, or the simulated API's maximum latency) plus a flush.
+cover a rate slot (ratelimit.STOPPED_GRACE_SECONDS, 1 s), one request (API_TIMEOUT_SECONDS, or
+the simulated API's maximum latency) and a flush.
 At the end of the file it answers `done: true` with the outcome.
+
+No wait in a segment outlives its time: the reader waits for a worker or for the head row in
+ticks and stops the segment when the time left is below `safety_seconds`; the workers' waits
+(backoff, rate slot, a Retry-After pause, an unhealthy downstream) end when it stops. While the
+downstream is unhealthy (health.py) the workers hold their rows, the reader checkpoints what is
+committed once and keeps waiting; the rows go out when it recovers, or the segment answers
+`done: false` at its deadline, having failed and rejected nothing.
 
 If a row fails for good (TransientDownstreamError after its retries) the segment stops the
 same way, flushes and checkpoints the committed prefix (which ends just before the failed row),
@@ -36,6 +44,7 @@ sending nothing more.
 """
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -54,6 +63,7 @@ from sluice.downstream import (
 from sluice.metadata import Fenced, MetadataStore
 from sluice.models import Checkpoint, FileState, ObjectRef, ProcessResult, RowCounts
 from sluice.observability import MetricUnit, logger
+from sluice.ratelimit import WAIT_TICK_SECONDS
 from sluice.results import PartWriter, accepted_line
 from sluice.schemas import RowSchema
 from sluice.settings import ProcessSettings
@@ -147,6 +157,8 @@ class Segment:
         self._answered: dict[int, dict[str, Any]] = {}  # rows answered past the checkpoint, loaded
         self._resend_token = ""
         self._fenced = False
+        self._stop_at = float("inf")  # time.monotonic() at which the segment stops taking rows
+        self._saved_while_unhealthy = False  # checkpointed since the downstream became unhealthy
 
     def run(self, segment: int) -> ProcessResult:
         stream = self._open(segment)
@@ -221,22 +233,28 @@ class Segment:
         """Hand rows to the workers until the file ends (True), time runs short or a row fails."""
         safety_ms = self._limits.safety_seconds * 1000
         for row in stream:
-            if self._remaining_ms() < safety_ms:
+            remaining_ms = self._remaining_ms()
+            # When the reader must stop, on the monotonic clock: its waits look at this, not at the
+            # context (asked once per row, which is what tests count on).
+            self._stop_at = time.monotonic() + (remaining_ms - safety_ms) / 1000
+            if remaining_ms < safety_ms:
                 self._stop.set()
                 return False
             entry = self._prepare(row)
             if entry.reason is None and entry.answered is None:  # to be sent
                 self._wait_for_a_worker()
-                if self._failure is not None:
+                if self._failure is not None or self._stop.is_set():
                     return False
-                entry.future = pool.submit(self._client.deliver, entry.payload, entry.key, stop=self._stop)
+                entry.future = pool.submit(
+                    self._client.deliver, entry.payload, entry.key, stop=self._stop, order=row.number
+                )
                 self._in_flight.add(entry.future)
             self._window.append(entry)
             self._commit(until_blocked=True)
             while len(self._window) > self._limits.out_of_order and not self._stop.is_set():
-                wait([self._window[0].future])  # type: ignore[list-item]  # the head is not ready: a future
+                self._wait_for({self._window[0].future})  # type: ignore[arg-type]  # not ready: a future
                 self._commit(until_blocked=True)
-            if self._failure is not None:
+            if self._failure is not None or self._stop.is_set():
                 return False
         return True
 
@@ -259,9 +277,29 @@ class Segment:
             self._in_flight -= finished
             for future in finished:
                 self._note(future.exception())
-            if len(self._in_flight) < self._limits.concurrency:
+            if len(self._in_flight) < self._limits.concurrency or self._stop.is_set():
                 return
-            wait(self._in_flight, return_when=FIRST_COMPLETED)
+            self._wait_for(self._in_flight)
+
+    def _wait_for(self, futures: set[Future[Delivery]]) -> None:
+        """Until one of `futures` is done, or the segment must stop: never past the deadline.
+
+        Every WAIT_TICK_SECONDS without an answer the reader looks at the clock (out of time: stop,
+        so workers give up their retries and waits) and at the downstream's health (unhealthy:
+        commit and checkpoint what is done now, once, before waiting for the recovery).
+        """
+        while not self._stop.is_set():
+            if wait(futures, timeout=WAIT_TICK_SECONDS, return_when=FIRST_COMPLETED).done:
+                return
+            if time.monotonic() >= self._stop_at:
+                self._stop.set()
+                return
+            health = self._client.health
+            unhealthy = health is not None and health.seen_open
+            if unhealthy and not self._saved_while_unhealthy:
+                self._commit(until_blocked=True)
+                self._flush()
+            self._saved_while_unhealthy = unhealthy
 
     def _commit(self, *, until_blocked: bool) -> None:
         """Commit rows from the head of the window while they are done (all of them at the end)."""

@@ -6,10 +6,14 @@ so every retry and every re-delivery after a crash carries the same key and the 
 deduplicate). Answers:
 - 2xx: delivered; the JSON answer is kept with the row.
 - 429, 408, 5xx, timeouts, connection errors: retried with exponential backoff and full jitter
-  (a random wait in [0, min(max, base × 2^retry)]), never sooner than `Retry-After` says
-  (seconds or an HTTP-date), at most API_MAX_ATTEMPTS attempts in all. A Retry-After longer than
-  API_BACKOFF_MAX_SECONDS is not slept inside the Lambda: the row fails now and the state
-  machine retries the segment later. Exhausted or given up: TransientDownstreamError.
+  (a random wait in [0, min(max, base × 2^retry)]), at most API_MAX_ATTEMPTS attempts in all.
+  Exhausted: TransientDownstreamError.
+- an answer with `Retry-After` (seconds or an HTTP-date): the whole stack pauses until then
+  (ratelimit.RateLimiter.pause, one write to the shared rate item) and the row waits for it; it
+  is not a failed attempt, however long the pause (the segment's stop event ends the wait).
+- 401, 403, 404, 405, 410: the API's credential or route is wrong, not the row: the downstream
+  is marked unhealthy stack-wide (health.py) and the row waits for recovery, then is sent again
+  with the same Idempotency-Key. So do 5xx and connection errors once they are sustained.
 - any other status: the row is rejected with "api {status}: {body}".
 
 Every attempt first takes a slot from the rate limiter. That is why the transports never retry
@@ -33,9 +37,10 @@ from typing import Any, Protocol
 
 import urllib3
 
+from sluice.health import SYSTEMIC_STATUSES, DownstreamHealth
 from sluice.models import ObjectRef
 from sluice.observability import MetricUnit, logger, metrics
-from sluice.ratelimit import Clock, SystemClock, shared_limiter
+from sluice.ratelimit import Clock, Interrupted, SystemClock, shared_limiter, sleep_until
 from sluice.settings import ProcessSettings
 
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -94,7 +99,9 @@ class ApiResponse:
 class Pacer(Protocol):
     """Blocks until the caller may send one request (ratelimit.RateLimiter)."""
 
-    def acquire(self) -> float: ...
+    def acquire(self, stop: threading.Event | None = None, order: int | None = None) -> float: ...
+
+    def pause(self, until: float) -> None: ...
 
 
 class Transport(Protocol):
@@ -178,65 +185,121 @@ class DownstreamClient:
         policy: RetryPolicy | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        health: DownstreamHealth | None = None,
     ):
         self._transport = transport
         self._limiter = limiter
+        self.health = health
         self._policy = policy or RetryPolicy()
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
 
     def deliver(
-        self, payload: Mapping[str, Any], key: str, *, stop: threading.Event | None = None
+        self,
+        payload: Mapping[str, Any],
+        key: str,
+        *,
+        stop: threading.Event | None = None,
+        order: int | None = None,
     ) -> Delivery:
         """POST one row until it is accepted or rejected; TransientDownstreamError if neither.
 
-        Once `stop` is set no retry starts (DeliveryAbandoned): a segment running out of time
-        waits for the requests it handed out, not for a whole series of retries and backoffs.
+        Once `stop` is set no retry starts and no wait goes on (DeliveryAbandoned): a segment
+        running out of time waits for the requests on the wire, not for backoffs, rate slots,
+        pauses or a downstream outage. An attempt made while the downstream is unhealthy, or
+        answered with a Retry-After (which pauses the whole stack), does not count against the
+        row's attempts: the row waits for the API instead of failing. `order` (the row's number)
+        puts rows waiting for rate slots at once in file order.
         """
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
         problem = ""
-        for attempt in range(1, self._policy.max_attempts + 1):
-            if attempt > 1:
-                _unless_stopped(stop, attempt, key, problem)  # it may be set during the backoff
-            self._limiter.acquire()
-            outcome, retry_after = self._attempt(body, headers)
+        attempt = sent = 0  # failed attempts that count against the row; requests sent
+        while True:
+            if sent:
+                _unless_stopped(stop, sent + 1, key, problem)
+            try:
+                # Once admitted, a row goes out even if the segment stops meanwhile: every row held
+                # for the downstream goes, or none does, so no row is delivered past an abandoned one.
+                probe = self.health.admit(stop) if self.health is not None else False
+                self._limiter.acquire(stop, order)
+            except Interrupted as error:
+                raise DeliveryAbandoned(f"stopped before attempt {sent + 1}, key {key}: {problem}") from error
+            sent += 1
+            outcome = self._attempt(body, headers)
             if isinstance(outcome, Delivery):
-                return replace(outcome, attempts=attempt)
-            problem = outcome
-            if attempt == self._policy.max_attempts:
-                break
-            _unless_stopped(stop, attempt + 1, key, problem)  # no backoff slept for nothing
-            if retry_after is not None and retry_after > self._policy.backoff_max_seconds:
+                if self.health is not None:
+                    self.health.answered(probe=probe)
+                return replace(outcome, attempts=sent)
+            problem = outcome.problem
+            if outcome.systemic:
+                if self.health is None:  # nobody to tell: the row carries the refusal
+                    return Delivery(accepted=False, reason=problem, attempts=sent)
+                self.health.refused(problem)
+                add_metric("ApiRetries", MetricUnit.Count, 1)  # an error to scaling.py: no growth
+                continue  # admit() waits for the downstream to recover
+            if outcome.throttled and self.health is not None:
+                self.health.answered(probe=probe)  # a 429 is an API at work, not an API down
+            elif self.health is not None and self.health.failed(problem, key, probe=probe):
+                add_metric("ApiRetries", MetricUnit.Count, 1)
+                continue
+            if outcome.retry_after is not None:
+                # The API said when: nobody in the stack sends before then (one shared write),
+                # and this row waits for it rather than failing.
+                until = self._clock.now() + outcome.retry_after
+                self._limiter.pause(until)
+                add_metric("ApiRetries", MetricUnit.Count, 1)
+                self._wait(until, stop, sent, key, problem)
+                continue
+            attempt += 1
+            if attempt >= self._policy.max_attempts:
+                if self.health is not None and self.health.gave_up(problem):
+                    add_metric("ApiRetries", MetricUnit.Count, 1)
+                    continue  # an outage, not this row: it waits for the downstream
                 raise TransientDownstreamError(
-                    f"api asks to retry after {retry_after:.0f}s, more than API_BACKOFF_MAX_SECONDS "
-                    f"({self._policy.backoff_max_seconds:g}s), key {key}: {problem}"
+                    f"api still failing after {sent} attempts, key {key}: {problem}"
                 )
+            _unless_stopped(stop, sent + 1, key, problem)  # no backoff slept for nothing
             add_metric("ApiRetries", MetricUnit.Count, 1)
-            logger.debug("retrying a row", extra={"key": key, "attempt": attempt, "problem": problem})
-            delay = max(self._policy.backoff(attempt, self._rng), retry_after or 0.0)
-            self._clock.sleep_until(self._clock.now() + delay)
-        raise TransientDownstreamError(
-            f"api still failing after {self._policy.max_attempts} attempts, key {key}: {problem}"
-        )
+            logger.debug("retrying a row", extra={"key": key, "attempt": sent, "problem": problem})
+            self._wait(self._clock.now() + self._policy.backoff(attempt, self._rng), stop, sent, key, problem)
 
-    def _attempt(self, body: bytes, headers: Mapping[str, str]) -> tuple[Delivery | str, float | None]:
-        """One request: a final Delivery, or (what went wrong, Retry-After seconds) to retry."""
+    def _wait(self, until: float, stop: threading.Event | None, sent: int, key: str, problem: str) -> None:
+        try:
+            sleep_until(self._clock, until, stop)
+        except Interrupted as error:
+            raise DeliveryAbandoned(f"stopped before attempt {sent + 1}, key {key}: {problem}") from error
+
+    def _attempt(self, body: bytes, headers: Mapping[str, str]) -> "Delivery | _Failure":
+        """One request: a final Delivery, or what went wrong."""
         started = time.perf_counter()
         try:
             response = self._transport.post(body, headers)
         except TransportError as error:
-            return str(error), None
+            return _Failure(str(error))
         add_metric("ApiLatency", MetricUnit.Milliseconds, round((time.perf_counter() - started) * 1000, 1))
         status = response.status
         if 200 <= status < 300:
-            return Delivery(accepted=True, answer=_answer(response.body)), None
+            return Delivery(accepted=True, answer=_answer(response.body))
+        problem = f"api {status}: {_snippet(response.body)}"
         if status == 429:
             add_metric("ApiThrottles", MetricUnit.Count, 1)
         if status in RETRYABLE_STATUSES or status >= 500:
             retry_after = _retry_after(response.headers.get("Retry-After"), self._clock.now())
-            return f"api {status}: {_snippet(response.body)}", retry_after
-        return Delivery(accepted=False, reason=f"api {status}: {_snippet(response.body)}"), None
+            return _Failure(problem, retry_after=retry_after, throttled=status == 429)
+        if status in SYSTEMIC_STATUSES:
+            return _Failure(problem, systemic=True)
+        return Delivery(accepted=False, reason=problem)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    """An attempt that did not settle the row."""
+
+    problem: str
+    retry_after: float | None = None  # seconds, from the answer's Retry-After
+    throttled: bool = False  # 429
+    systemic: bool = False  # 401/403/404/405/410: the API's credential or route, not the row
 
 
 def _unless_stopped(stop: threading.Event | None, attempt: int, key: str, problem: str) -> None:

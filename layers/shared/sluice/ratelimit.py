@@ -41,10 +41,19 @@ L is left for the trip to the API. Measured on loopback on this 2-core machine u
 (docs/performance.md): wake-up lateness p99 ~11 ms, max ~17 ms; slot to arrival p99 ~18 ms,
 max ~42 ms. A deployment whose trip to the API varies more sets a larger L.
 
+A pause (a 429 or 503 whose Retry-After says "not before T") is written into the same item:
+`tat` is pushed to T (`SET tat = :T` if tat < T, one write), so every invocation's next claim,
+busy or idle, starts at T or later. Slots an invocation already holds before T are dropped from
+its own reservoir; other invocations hold at most `claim_ahead_seconds` of slots, which they
+may still use. Every wait here takes a `stop` event: a caller whose segment runs out of time
+gives up its wait (Interrupted) instead of sleeping through a long pause.
+
 Time is epoch seconds because it is shared between machines; a `Clock` is injected so tests run
 on a `ManualClock` without sleeping.
 """
 
+import heapq
+import itertools
 import math
 import threading
 import time
@@ -58,6 +67,8 @@ MAX_FORFEITS = 3  # consecutive late wake-ups before a caller sends on the slot 
 CLAIM_AHEAD_SECONDS = 0.2  # a claim covers this long of the invocation's recent use...
 MAX_BATCH = 64  # ...but never more slots than this
 RATE_WINDOW = 1.0  # seconds of hand-outs that make "recent use"
+WAIT_TICK_SECONDS = 0.25  # a long wait looks at its stop event this often
+STOPPED_GRACE_SECONDS = 1.0  # a stopped caller still sends on a slot due within this
 
 
 class Clock(Protocol):
@@ -99,6 +110,24 @@ class ManualClock:
             self._now += seconds
 
 
+class Interrupted(Exception):
+    """A wait was given up because its caller's stop event was set."""
+
+
+def sleep_until(
+    clock: Clock, when: float, stop: threading.Event | None = None, *, grace_seconds: float = 0.0
+) -> None:
+    """`clock.sleep_until(when)` in ticks, giving up (Interrupted) once `stop` is set, unless
+    what is left of the wait is within `grace_seconds`."""
+    if stop is None:
+        clock.sleep_until(when)
+        return
+    while (now := clock.now()) < when:
+        if stop.is_set() and when - now > grace_seconds:
+            raise Interrupted(f"stopped {when - now:.1f}s before the end of a wait")
+        clock.sleep_until(min(when, now + WAIT_TICK_SECONDS))
+
+
 class RateLimitContention(RuntimeError):
     """The bucket kept changing under us: too many claimers for one item."""
 
@@ -134,11 +163,11 @@ class SharedBucket:
         self._table = table
         self._conflict = table.meta.client.exceptions.ConditionalCheckFailedException
         self._key = {"pk": key}
-        self._max_ahead = max_ahead_seconds
+        self.max_ahead = max_ahead_seconds
         self._max_conflicts = max_conflicts
         self._tat: str | None = None  # the last value seen
 
-    def claim(self, count: int) -> float:
+    def claim(self, count: int, stop: threading.Event | None = None) -> float:
         """Take `count` consecutive slots; the first one's time. Slots are `interval` apart.
 
         One write in the usual case, whatever the other invocations did meanwhile: a busy bucket
@@ -149,8 +178,8 @@ class SharedBucket:
         for _ in range(self._max_conflicts):
             now = self.clock.now()
             seen = float(self._tat) if self._tat is not None else None
-            if seen is not None and seen - now > self._max_ahead:
-                self.clock.sleep_until(seen - self._max_ahead)
+            if seen is not None and seen - now > self.max_ahead:
+                sleep_until(self.clock, seen - self.max_ahead, stop)
                 continue
             start = (
                 self._extend(now, count) if seen is not None and seen >= now else self._restart(now, count)
@@ -158,6 +187,13 @@ class SharedBucket:
             if start is not None:
                 return start
         raise RateLimitContention(f"could not claim a rate slot in {self._max_conflicts} tries")
+
+    def pause(self, until: float) -> None:
+        """No slot before `until` for anyone: tat = until unless it is later already. One write."""
+        value = _micros(until)
+        condition = "attribute_not_exists(tat) OR tat < :until"
+        if self._update("SET tat = :until", condition, {":until": Decimal(value)}) is not None:
+            self._tat = value
 
     def _extend(self, now: float, count: int) -> float | None:
         """Busy bucket: tat += count × interval, if tat >= now still. The first slot, or None."""
@@ -239,17 +275,27 @@ class RateLimiter:
         self._slots: deque[float] = deque()  # claimed, not handed out yet, in time order
         self._handed: deque[float] = deque()  # when slots were handed out, the last RATE_WINDOW
         self._waiters = 0
+        # Callers waiting for a slot, lowest (order, ticket) first: a segment's rows take slots in
+        # file order, so when it stops, the rows that give up their wait come after those that send.
+        self._line: list[tuple[int, int]] = []
+        self._tickets = itertools.count()
         self._claiming = False
         self.claims = 0  # writes to the bucket
         self.expired = 0  # claimed ahead, never handed out in time
         self.forfeited = 0  # handed out, given up because the caller woke too late for it
         self.late_sends = 0  # sent late anyway, after MAX_FORFEITS consecutive forfeits
 
-    def acquire(self) -> float:
-        """Block until this caller's slot; its time (epoch seconds)."""
+    def acquire(self, stop: threading.Event | None = None, order: int | None = None) -> float:
+        """Block until this caller's slot; its time (epoch seconds). Interrupted once `stop` is set.
+
+        Among callers waiting at once, a lower `order` (a row number) gets the earlier slot.
+        """
         for forfeits in range(MAX_FORFEITS + 1):
-            slot = self._take_slot()
-            self._clock.sleep_until(slot)
+            slot = self._take_slot(stop, order)
+            # A request handed out before its segment stopped still goes out on a slot that is
+            # due (the segment's safety margin covers a second); a longer wait, a pause, is given
+            # up. Slots go in row order, so the rows that give up come after those that send.
+            sleep_until(self._clock, slot, stop, grace_seconds=STOPPED_GRACE_SECONDS)
             if self._clock.now() - slot <= self.wake_tolerance:
                 return slot
             if forfeits == MAX_FORFEITS:
@@ -262,8 +308,19 @@ class RateLimiter:
             self.late_sends += 1
         return slot
 
-    def _take_slot(self) -> float:
+    def pause(self, until: float) -> None:
+        """Nobody in the stack sends before `until` (a Retry-After): one write to the shared item."""
+        self._bucket.pause(until)
         with self._cond:
+            while self._slots and self._slots[0] < until:
+                self._slots.popleft()
+                self.expired += 1
+
+    def _take_slot(self, stop: threading.Event | None = None, order: int | None = None) -> float:
+        """The next slot, to the waiting caller with the lowest `order` first (then first come)."""
+        with self._cond:
+            me = (0 if order is None else order, next(self._tickets))
+            heapq.heappush(self._line, me)
             self._waiters += 1
             try:
                 while True:
@@ -271,17 +328,23 @@ class RateLimiter:
                     while self._slots and now - self._slots[0] > self.wake_tolerance:
                         self._slots.popleft()
                         self.expired += 1
-                    if self._slots:
+                    if self._slots and self._line[0] == me:
+                        heapq.heappop(self._line)
                         self._handed.append(now)
+                        self._cond.notify_all()  # the next in line takes the next slot
                         return self._slots.popleft()
-                    if self._claiming:
-                        self._cond.wait()
+                    if self._claiming or self._slots:
+                        self._cond.wait(WAIT_TICK_SECONDS)
                     else:
-                        self._claim(now)
+                        self._claim(now, stop)
             finally:
                 self._waiters -= 1
+                if me in self._line:  # gave up (an error): out of the line
+                    self._line.remove(me)
+                    heapq.heapify(self._line)
+                    self._cond.notify_all()
 
-    def _claim(self, now: float) -> None:
+    def _claim(self, now: float, stop: threading.Event | None) -> None:
         """Called holding the lock; releases it for the DynamoDB write. A failure goes to the
         claimer; the threads waiting try a claim of their own."""
         while self._handed and now - self._handed[0] > RATE_WINDOW:
@@ -291,7 +354,7 @@ class RateLimiter:
         self._claiming = True
         self._cond.release()
         try:
-            start = self._bucket.claim(count)
+            start = self._bucket.claim(count, stop)
         finally:
             self._cond.acquire()
             self._claiming = False

@@ -129,6 +129,11 @@ class ProcessSettings(MetadataSettings):
     simulated_failure_rate: float = Field(default=0.05, ge=0, le=1)
     segment_safety_seconds: float = Field(default=30.0, ge=0)  # stop taking rows this long before timeout
     checkpoint_every_rows: int = Field(default=500, ge=1)
+    # The downstream's shared circuit breaker (sluice/health.py)
+    downstream_failure_threshold: int = Field(default=8, ge=1)  # failed attempts in a row: unhealthy
+    downstream_probe_seconds: float = Field(default=5.0, gt=0)  # first probe this long after opening
+    downstream_probe_max_seconds: float = Field(default=60.0, gt=0)  # probes back off to this
+    alert_topic_arn: str = ""  # breaker opened / closed is published here; empty: not published
 
     def model_post_init(self, context: object) -> None:
         # RuntimeError, not ValueError: pydantic would wrap a ValueError into a location-less error.

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sluice.filecheck import SAMPLE_BYTES, check_sample
+from sluice.health import HEALTH_KEY
 from sluice.schemas import get_schema
 from sluice_cli.commands.local import api_settings
 from sluice_cli.commands.runreport import (
@@ -154,6 +155,15 @@ class _Monitor:
             for t in self.files
         )
         return Group(self.progress, line, states)
+
+
+def downstream_health(stack: OfflineStack) -> dict[str, Any]:
+    """The downstream's health item in ControlTable (sluice/health.py): state and reason."""
+    answer = stack.client("dynamodb").get_item(
+        TableName=stack.outputs["ControlTableName"], Key={"pk": {"S": HEALTH_KEY}}, ConsistentRead=True
+    )
+    item = answer.get("Item", {})
+    return {name: item[name]["S"] for name in ("state", "reason") if "S" in item.get(name, {})}
 
 
 def received_alerts(stack: OfflineStack) -> list[AlertMail] | None:
@@ -305,6 +315,7 @@ def run(
             wall_seconds=time.monotonic() - began,
             max_receive_count=max_receive,
             alerts=alerts,
+            downstream=downstream_health(stack),
         )
     except (StackError, TemplateError) as error:
         console.print(f"[red]Could not start the offline stack:[/] {error}")

@@ -143,6 +143,7 @@ class Summary:
     ok: bool
     problems: list[str] = field(default_factory=list)
     alerts: list[AlertMail] | None = None  # None: the run had no SMTP sink to ask
+    downstream: dict[str, Any] = field(default_factory=dict)  # its health item at the end (health.py)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +156,7 @@ class Summary:
             "latency_seconds": self.latency_seconds,
             "files": self.files,
             "alerts": None if self.alerts is None else [alert.as_dict() for alert in self.alerts],
+            "downstream": self.downstream,
         }
 
 
@@ -166,9 +168,14 @@ def summarize(
     wall_seconds: float,
     max_receive_count: int,
     alerts: Sequence[AlertMail] | None = None,
+    downstream: dict[str, Any] | None = None,
 ) -> Summary:
     """The run's summary; with `alerts` (what the SMTP sink received), a file that ended INVALID
-    or FAILED without its alert email is a problem too: alerting is a promised feature."""
+    or FAILED without its alert email is a problem too: alerting is a promised feature.
+
+    The API refusing everything is a problem whatever the files' expected states: a file whose
+    every row was rejected (the API refused it as a whole, not its rows), or a downstream still
+    unhealthy at the end (`downstream`: the breaker's item, sluice/health.py)."""
     records: list[dict[str, Any]] = []
     for tracked in files:
         item = tracked.item or {}
@@ -200,6 +207,18 @@ def summarize(
             f"no alert email “{subject}” reached the SMTP sink"
             for subject in missing_alerts(expected_alerts(files, max_receive_count), alerts)
         ]
+    problems += [
+        f"{record['key']}: every one of its {record['rows_total']} rows was rejected: "
+        "the API or the format refused the file, not its rows"
+        for record in records
+        if record["rows_total"] and record["rows_rejected"] == record["rows_total"]
+    ]
+    downstream = dict(downstream or {})
+    if downstream.get("state") == "open":
+        problems.append(
+            f"the downstream API was unhealthy at the end of the run ({downstream.get('reason', '')}): "
+            "delivery is paused, rows wait for it"
+        )
     api = api_summary(api_stats, rate_limit)
     return Summary(
         files=records,
@@ -219,6 +238,7 @@ def summarize(
         ok=not problems,
         problems=problems,
         alerts=None if alerts is None else list(alerts),
+        downstream=downstream,
     )
 
 

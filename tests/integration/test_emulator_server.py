@@ -11,6 +11,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from integration.stacks import stop_all
 from sluice_cli.offline.lambda_runtime import LambdaRuntime
 from sluice_cli.offline.server import EmulatorServer
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[EmulatorServer]:
+    stop_all()  # moto's backends are process-wide: a shared stack would not survive this server's stop
     subject = EmulatorServer(LambdaRuntime(endpoint_url="http://127.0.0.1:1", log_dir=tmp_path))
     subject.start()
     yield subject

@@ -236,42 +236,45 @@ def test_a_paused_segment_checkpoints_exactly_after_its_last_committed_row(world
     assert sorted(world.server.keys()) == sorted(world.key(n) for n in range(1, 16) if n != 13)
 
 
+# Row 1: nothing before it is committed, so the retry's first segment starts from the top, where
+# it must still keep the outcomes of the rows answered behind row 1 (it used to delete them).
+@pytest.mark.parametrize("failing", [20, 1])
 def test_a_row_failing_for_good_checkpoints_the_rows_before_it_and_the_retry_finishes_the_file(
-    world: World,
+    world: World, failing: int
 ) -> None:
     world.upload(csv_file())
     outage = threading.Event()
     outage.set()
 
     def respond(request: Received, seen: int) -> Reply:
-        if request.payload["id"] == 20 and outage.is_set():
+        if request.payload["id"] == failing and outage.is_set():
             return Reply(503, {"error": "down"})
         return rejecting_row_33(request, seen)
 
     world.server.respond = respond
 
-    # WHEN row 20 keeps failing
+    # WHEN the row keeps failing
     with pytest.raises(TransientDownstreamError, match="after 2 attempts"):
         world.segment(CountdownContext()).run(0)
 
-    # THEN everything before row 20 is committed, nothing from it on
+    # THEN everything before the row is committed, nothing from it on
     checkpoint, counts = world.store.load_checkpoint(world.obj)
-    assert checkpoint.next_row == 20
-    assert counts.total == 19
+    assert checkpoint.next_row == failing
+    assert counts.total == failing - 1
 
     # WHEN the state machine's next attempt runs once the API is back
     outage.clear()
     results = world.run_all(rows_per_segment=1_000)
 
-    # THEN the results hold every row exactly once, and only row 20 was posted again: the rows the
+    # THEN the results hold every row exactly once, and only that row was posted again: the rows the
     # API answered behind it while it failed were kept with the checkpoint, not sent a second time
     accepted, rejects = world.merged(results[-1])
     assert [row["row"] for row in accepted] == DELIVERED
     assert [line.split(",", 1)[0] for line in rejects[1:]] == ["13", "27", "33", "41", "50"]
     posted = Counter(world.server.keys())
-    assert posted[world.key(20)] == 3  # 2 failed attempts, then delivered
-    assert {n for n in POSTED if posted[world.key(n)] > 1} == {20}
-    assert checkpoint.ahead  # some rows past 20 were answered before the segment stopped
+    assert posted[world.key(failing)] == 3  # 2 failed attempts, then delivered
+    assert {n for n in POSTED if posted[world.key(n)] > 1} == {failing}
+    assert checkpoint.ahead  # some rows past it were answered before the segment stopped
     assert (results[-1].rows_total, results[-1].rows_delivered, results[-1].rows_rejected) == (60, 55, 5)
 
 

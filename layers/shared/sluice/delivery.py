@@ -210,8 +210,10 @@ class Segment:
         if segment == 0:
             stream = CsvStream.from_s3(self._s3, self._obj)
             fresh = self._store.start_processing(self._obj, stream.header, attempt=self._attempt)
-            if fresh.byte_offset == 0 and fresh.parts == 0:
-                self._parts.reset()  # starting over: nothing of an earlier processing may be merged
+            if fresh.byte_offset == 0 and fresh.parts == 0 and not fresh.ahead:
+                # Starting over: nothing of an earlier processing may be merged. Not when rows past
+                # a failed first row were answered: their outcomes (the ahead file) are this file's.
+                self._parts.reset()
         self._checkpoint, self._counts = self._store.load_checkpoint(self._obj)
         if self._checkpoint.ahead:
             loaded = self._parts.read_ahead(self._checkpoint.ahead_file)

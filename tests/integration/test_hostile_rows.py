@@ -7,6 +7,8 @@ every attempt. Both must end with every good row delivered.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from integration.pipeline import delivery_counts, results, unique_key, upload, wait_for_state
 from sluice_cli.offline import OfflineStack
 from sluice_cli.workload import orders_csv_bytes
@@ -50,3 +52,32 @@ def test_a_poison_amount_is_one_reject_and_the_rows_around_it_are_delivered(
         "row,reason",
         f"{POISON_ROW},amount: must have at most 14 significant digits",
     ]
+
+
+def test_a_hostile_header_is_invalid_and_no_dispatcher_execution_dies_of_it(
+    pipeline_stack: OfflineStack,
+) -> None:
+    # GIVEN a header of 13,000 unexpected columns: before the reason was bounded, its listing was
+    # copied into the Map item's state past 256 KiB (States.DataLimitExceeded at 12,570 columns,
+    # which the offline stack now enforces as AWS does), killing the execution and its whole batch;
+    # and a good file uploaded beside it, so that both may be in the same batch
+    hostile = (",".join(f"c{index}" for index in range(13_000)) + "\n1\n").encode()
+    began = datetime.now(UTC) - timedelta(seconds=1)
+    bad = upload(pipeline_stack, unique_key("hostile-header"), hostile)
+    good = upload(pipeline_stack, unique_key("beside-hostile"), orders_csv_bytes(ROWS, seed=12)[0])
+
+    # WHEN the dispatcher has handled both
+    invalid = wait_for_state(pipeline_stack, bad, {"INVALID"})
+    wait_for_state(pipeline_stack, good, {"SUCCEEDED"})
+
+    # THEN the file is INVALID with a short reason, and no execution failed
+    assert len(invalid["reason"]) <= 1024
+    assert invalid["reason"].startswith("header: ")
+    sfn = pipeline_stack.client("stepfunctions")
+    executions = sfn.list_executions(stateMachineArn=pipeline_stack.outputs["DispatcherStateMachineArn"])
+    failed = [
+        e["name"]
+        for e in executions["executions"]
+        if e["startDate"] >= began and e["status"] in {"FAILED", "TIMED_OUT", "ABORTED"}
+    ]
+    assert failed == []

@@ -82,6 +82,7 @@ class _Entry:
     reason: str | None = None
     key: str = ""
     payload: dict[str, Any] = field(default_factory=dict)
+    body: bytes = b""  # the payload as posted, encoded once by the schema
     future: "Future[Delivery] | None" = None
     answered: dict[str, Any] | None = None
 
@@ -248,7 +249,7 @@ class Segment:
                 if self._failure is not None or self._stop.is_set():
                     return False
                 entry.future = pool.submit(
-                    self._client.deliver, entry.payload, entry.key, stop=self._stop, order=row.number
+                    self._client.deliver, entry.body, entry.key, stop=self._stop, order=row.number
                 )
                 self._in_flight.add(entry.future)
             self._window.append(entry)
@@ -270,7 +271,7 @@ class Segment:
         if parsed.payload is None:
             return _Entry(row, reason=parsed.reason)
         key = idempotency_key(self._obj, row.number, record, resend_token=self._resend_token)
-        return _Entry(row, key=key, payload=parsed.payload)
+        return _Entry(row, key=key, payload=parsed.payload, body=parsed.body)
 
     def _wait_for_a_worker(self) -> None:
         """Until fewer than `concurrency` requests are in flight; notes a row that failed."""

@@ -41,6 +41,7 @@ from sluice.health import SYSTEMIC_STATUSES, DownstreamHealth
 from sluice.models import ObjectRef
 from sluice.observability import MetricUnit, logger, metrics
 from sluice.ratelimit import Clock, Interrupted, SystemClock, shared_limiter, sleep_until
+from sluice.schemas.base import wire_body
 from sluice.settings import ProcessSettings
 
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -196,7 +197,7 @@ class DownstreamClient:
 
     def deliver(
         self,
-        payload: Mapping[str, Any],
+        payload: Mapping[str, Any] | bytes,
         key: str,
         *,
         stop: threading.Event | None = None,
@@ -209,9 +210,10 @@ class DownstreamClient:
         pauses or a downstream outage. An attempt made while the downstream is unhealthy, or
         answered with a Retry-After (which pauses the whole stack), does not count against the
         row's attempts: the row waits for the API instead of failing. `order` (the row's number)
-        puts rows waiting for rate slots at once in file order.
+        puts rows waiting for rate slots at once in file order. `payload` may come encoded already
+        (RowResult.body, so a row is serialised once, not per attempt and again here).
         """
-        body = json.dumps(payload, separators=(",", ":")).encode()
+        body = payload if isinstance(payload, bytes) else wire_body(payload)
         headers = {"Content-Type": "application/json", "Idempotency-Key": key}
         problem = ""
         attempt = sent = 0  # failed attempts that count against the row; requests sent

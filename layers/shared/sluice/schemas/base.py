@@ -20,12 +20,18 @@ class RowModel(BaseModel):
         raise NotImplementedError
 
 
+def wire_body(payload: Mapping[str, Any]) -> bytes:
+    """A payload as the API gets it: compact, strict JSON (no NaN or Infinity), UTF-8."""
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+
+
 @dataclass(frozen=True, slots=True)
 class RowResult:
-    """Either `payload` (the row is accepted) or `reason` (it is rejected)."""
+    """Either `payload` and its `body` (the row is accepted) or `reason` (it is rejected)."""
 
     payload: dict[str, Any] | None = None
     reason: str | None = None
+    body: bytes = b""  # wire_body(payload), encoded once: the body every attempt POSTs
 
     @property
     def accepted(self) -> bool:
@@ -55,10 +61,10 @@ class RowSchema:
             return RowResult(reason=describe(error))
         try:
             payload = parsed.transform()
-            json.dumps(payload, allow_nan=False)
+            body = wire_body(payload)
         except (ValueError, ArithmeticError) as error:
             return RowResult(reason=f"cannot be sent as JSON: {error}")
-        return RowResult(payload=payload)
+        return RowResult(payload=payload, body=body)
 
     def json_schema(self) -> dict[str, Any]:
         """The columns as JSON Schema, for the docs."""

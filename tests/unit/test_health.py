@@ -1,6 +1,7 @@
 """The downstream's shared circuit breaker (sluice/health.py): on moto's ControlTable, a ManualClock
 and a loopback API, what the API received and what the shared item holds."""
 
+import json
 import random
 import threading
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ import pytest
 from datapath_support import ApiServer, Received, Reply, create_tables
 from moto import mock_aws
 
+from sluice.alerting import Notification, render_alert
 from sluice.downstream import DeliveryAbandoned, DownstreamClient, HttpTransport, RetryPolicy
 from sluice.health import HEALTH_KEY, UNHEALTHY_METRIC, BreakerState, DownstreamHealth
 from sluice.observability import MetricUnit
@@ -88,6 +90,19 @@ def test_a_401_opens_the_breaker_and_the_row_is_retried_after_a_probe_instead_of
     assert alerts.metric[0] == 1
     assert alerts.metric[-1] == 0
     assert item(table)["state"] == BreakerState.CLOSED
+
+    # AND each announcement renders as an email that says what happened and what to do
+    unhealthy, recovered = (
+        render_alert(Notification(message_id=f"m{n}", message=json.dumps(message), subject=subject))
+        for n, (subject, message) in enumerate(alerts.sent)
+    )
+    assert (unhealthy.kind, unhealthy.subject) == ("downstream", "[Sluice] Downstream unhealthy")
+    assert "api 401" in unhealthy.body
+    assert "Delivery is paused for the whole stack" in unhealthy.body
+    assert "sluice logs -f ProcessObjectFunction" in unhealthy.body
+    assert "Runbook: docs/operations.md#downstream-api-unhealthy" in unhealthy.body
+    assert (recovered.kind, recovered.subject) == ("downstream", "[Sluice] Downstream recovered")
+    assert "delivery has resumed" in recovered.body
 
 
 def test_an_open_breaker_holds_every_invocation_until_one_probe_succeeds(table: Any) -> None:

@@ -22,6 +22,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any, Literal
@@ -46,6 +47,11 @@ FUNCTION_LOGICAL_IDS = (
 )
 EXECUTION_STATUS_CHANGE = "Step Functions Execution Status Change"
 FILE_ALERT_EVENTS = {"file.invalid": "file_invalid", "file.failed_for_good": "file_failed"}
+# The stack-wide breaker's announcements (sluice.health), event → subject.
+DOWNSTREAM_EVENTS = {
+    "downstream.unhealthy": "Downstream unhealthy",
+    "downstream.recovered": "Downstream recovered",
+}
 _SUBJECT_MAX = 200
 # One rendered value: an S3 key is at most 1,024 bytes, so a key fits whole unless escapes
 # lengthen it; a longer reason or cause is in the function's logs.
@@ -66,7 +72,7 @@ class Notification:
 
 @dataclass(frozen=True)
 class RenderedAlert:
-    kind: Literal["alarm", "file_invalid", "file_failed", "execution", "raw"]
+    kind: Literal["alarm", "file_invalid", "file_failed", "execution", "downstream", "raw"]
     subject: str
     body: str
 
@@ -98,6 +104,22 @@ class FileAlert(BaseModel):
             reason = bounded(str(data.get("reason") or error))
             data = {**data, "kind": FILE_ALERT_EVENTS[data["event"]], "reason": reason}
         return data
+
+
+class DownstreamNotice(BaseModel):
+    """ProcessObject's announcement that the stack-wide breaker opened or closed (sluice.health)."""
+
+    event: Literal["downstream.unhealthy", "downstream.recovered"]
+    reason: str = ""
+    at: float  # epoch seconds of the transition
+
+    @property
+    def subject(self) -> str:
+        return DOWNSTREAM_EVENTS[self.event]
+
+    @property
+    def opened(self) -> bool:
+        return self.event == "downstream.unhealthy"
 
 
 def lambda_error_message(cause: Any) -> str:
@@ -194,7 +216,7 @@ def _render(notification: Notification, stack_name: str) -> RenderedAlert:
     except ValueError:
         document = None
     if isinstance(document, dict):
-        for render in (_render_alarm, _render_file_alert, _render_execution):
+        for render in (_render_alarm, _render_file_alert, _render_execution, _render_downstream):
             alert = render(document, notification, stack_name)
             if alert is not None:
                 return alert
@@ -216,7 +238,7 @@ def to_email(
     return message
 
 
-# --- the four shapes ------------------------------------------------------------------------
+# --- the five shapes ------------------------------------------------------------------------
 
 
 def _render_alarm(document: dict, notification: Notification, stack_name: str) -> RenderedAlert | None:
@@ -321,6 +343,33 @@ def _render_execution(document: dict, notification: Notification, stack_name: st
     body = _body(facts, advice, commands, notification, anchor="dispatcher-executions-failed")
     name = detail.name or detail.execution_arn.rsplit(":", 1)[-1]
     return RenderedAlert("execution", f"[Sluice] Dispatcher execution {detail.status}: {name}", body)
+
+
+def _render_downstream(document: dict, notification: Notification, stack_name: str) -> RenderedAlert | None:
+    if document.get("event") not in DOWNSTREAM_EVENTS:
+        return None
+    try:
+        notice = DownstreamNotice.model_validate(document)
+    except ValidationError:
+        return None
+    facts = [
+        ("What fired", f"the downstream API marked {'unhealthy' if notice.opened else 'healthy again'}"),
+        ("Reason", notice.reason or "-"),
+        ("When", datetime.fromtimestamp(notice.at, UTC).isoformat(timespec="seconds")),
+    ]
+    if notice.opened:
+        advice = [
+            "Delivery is paused for the whole stack: rows are neither rejected nor failed, and",
+            "files in flight checkpoint and wait. One request at a time probes the API; the first",
+            'answer resumes delivery by itself and sends "Downstream recovered".',
+            "Fix the credential or ApiUrl if the reason names one, or wait for the API's owner.",
+        ]
+        commands = [_logs("ProcessObjectFunction", stack_name), _status(stack_name)]
+    else:
+        advice = ["Nothing to do: delivery has resumed; the paused files finish by themselves."]
+        commands = [_status(stack_name)]
+    body = _body(facts, advice, commands, notification, anchor="downstream-api-unhealthy")
+    return RenderedAlert("downstream", f"[Sluice] {notice.subject}", body)
 
 
 def _render_raw(document: Any, notification: Notification, stack_name: str) -> RenderedAlert:

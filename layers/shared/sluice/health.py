@@ -38,6 +38,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from sluice.alerting import DownstreamNotice
 from sluice.observability import MetricUnit, logger
 from sluice.ratelimit import WAIT_TICK_SECONDS, Clock, Interrupted, SystemClock, _micros
 from sluice.settings import ProcessSettings
@@ -267,9 +268,14 @@ class DownstreamHealth:
             "downstream unhealthy: delivery paused stack-wide" if opened else "downstream recovered",
             extra={"breaker": state.value, "reason": reason},
         )
-        subject = "Downstream unhealthy" if opened else "Downstream recovered"
-        event = f"downstream.{'unhealthy' if opened else 'recovered'}"
-        self._pending.append((subject, {"event": event, "reason": reason, "at": round(now, 3)}))
+        notice = DownstreamNotice.model_validate(
+            {
+                "event": f"downstream.{'unhealthy' if opened else 'recovered'}",
+                "reason": reason,
+                "at": round(now, 3),
+            }
+        )
+        self._pending.append((notice.subject, notice.model_dump()))
 
     def _emit(self, value: float) -> None:
         if self._metric is not None:

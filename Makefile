@@ -18,6 +18,8 @@ AWS_CLI := $(CURDIR)/.tools/awscli/bin/aws
 AWS_CLI_VERSION := 1.46.3
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/uv/bin/uv)
 PYTEST_ARGS ?=
+# coverage is reported once, on both processes combined (make test)
+TEST_OPTIONS = --cov --cov-report= --cov-fail-under=0 --durations=15 $(PYTEST_ARGS)
 
 # The layer's pins, exported from uv.lock: the deployed layer runs the versions the tests ran.
 LAYER_REQUIREMENTS = { echo '\# Exported from uv.lock by `make layer-requirements` (group "layer" in pyproject.toml).'; \
@@ -84,8 +86,19 @@ format: setup ## fix what ruff can
 build: setup ## sam build (no container: needs python3.13 on PATH)
 	$(SAM) build --template template.yaml
 
+# The unit and the integration tests run at once, as two pytest processes: each keeps about one
+# core busy (the offline stack's handlers mostly wait on each other) and the machine CI runs on has
+# two. They cannot share one process: the offline stack's moto and the unit tests' mock_aws are
+# process-wide. Each writes its own coverage data; the threshold is checked on the two combined.
 test: setup-judges lint build ## everything CI checks: lint, validate, build, unit and integration tests with coverage
-	.venv/bin/pytest --cov --cov-report=term $(PYTEST_ARGS)
+	rm -f .coverage .coverage.* .pytest-unit.log
+	COVERAGE_FILE=.coverage.unit .venv/bin/pytest tests/unit $(TEST_OPTIONS) > .pytest-unit.log 2>&1 & unit=$$!; \
+	COVERAGE_FILE=.coverage.integration .venv/bin/pytest tests/integration $(TEST_OPTIONS); integration=$$?; \
+	wait $$unit; unit=$$?; echo "--- unit tests (ran beside the integration tests) ---"; cat .pytest-unit.log; \
+	echo "--- pytest exit codes: unit $$unit, integration $$integration ---"; \
+	test $$unit -eq 0 && test $$integration -eq 0
+	.venv/bin/coverage combine .coverage.unit .coverage.integration
+	.venv/bin/coverage report
 
 unit: setup ## unit tests only (fast, no sockets)
 	.venv/bin/pytest tests/unit $(PYTEST_ARGS)
@@ -100,4 +113,4 @@ load: setup ## locust, headless, against the offline stack (loadtest/README.md f
 	.venv/bin/python -m bench.load $(LOAD_ARGS)
 
 clean: ## remove build output and local state
-	rm -rf .aws-sam .sluice .pytest_cache .ruff_cache .coverage .coverage.* htmlcov
+	rm -rf .aws-sam .sluice .pytest_cache .ruff_cache .coverage .coverage.* .pytest-unit.log htmlcov

@@ -174,6 +174,7 @@ def test_every_contract_resource_is_there_with_its_type(resources: dict[str, Any
         "RawBucket": "AWS::S3::Bucket",
         "RawBucketPolicy": "AWS::S3::BucketPolicy",
         "ProcessedBucket": "AWS::S3::Bucket",
+        "AccessLogBucket": "AWS::S3::Bucket",
         "ProcessedBucketPolicy": "AWS::S3::BucketPolicy",
         "IngestRule": "AWS::Events::Rule",
         "IngestRuleDLQ": "AWS::SQS::Queue",
@@ -647,7 +648,7 @@ def test_processed_bucket_is_encrypted_private_and_moves_to_infrequent_access(re
     assert transitions == [{"StorageClass": "STANDARD_IA", "TransitionInDays": {"Ref": "ProcessedIaDays"}}]
 
 
-@pytest.mark.parametrize("bucket", ["RawBucket", "ProcessedBucket"])
+@pytest.mark.parametrize("bucket", ["RawBucket", "ProcessedBucket", "AccessLogBucket"])
 def test_bucket_policy_refuses_requests_without_tls(resources: dict, bucket: str) -> None:
     policy = props(resources, f"{bucket}Policy")
     assert policy["Bucket"] == {"Ref": bucket}
@@ -663,8 +664,8 @@ def test_bucket_policy_refuses_requests_without_tls(resources: dict, bucket: str
     ("table", "key", "ttl", "pitr"),
     [
         ("MetadataTable", "pk", "expires_at", True),
-        ("ControlTable", "pk", "expires_at", False),
-        ("IdempotencyTable", "id", "expiration", False),
+        ("ControlTable", "pk", "expires_at", True),
+        ("IdempotencyTable", "id", "expiration", True),
     ],
 )
 def test_table_key_billing_encryption_and_ttl(

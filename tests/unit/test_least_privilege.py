@@ -412,9 +412,12 @@ OPERATION_ACTIONS: dict[str, set[str]] = {
         "logs:DescribeLogGroups",
     },
 }
-# What SAM attaches for a function's logs and for X-Ray (Tracing: Active / Enabled).
+# What SAM attaches for a function's logs, for X-Ray (Tracing: Active / Enabled) and for its
+# network interfaces in a VPC: SAM adds the last whenever VpcConfig is there, even as an Fn::If
+# that is off (Globals VpcConfig, InVpc); it allows only ENI actions, useless outside a VPC.
 BASIC_EXECUTION = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
 XRAY = "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess"
+VPC_ACCESS = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
 ARN_PREFIX = re.compile(r"^arn:\$\{AWS::Partition\}:[a-z0-9-]+:\$\{AWS::Region\}:\$\{AWS::AccountId\}:")
 
 
@@ -485,7 +488,7 @@ def test_the_role_grants_exactly_what_its_code_calls_on_what_it_touches(cfn: dic
     assert have - want == set(), f"{role} may do more than its code calls"
     assert want - have == set(), f"{role} lacks what its code calls"
     managed = iam_role["Properties"].get("ManagedPolicyArns", [])
-    assert managed == ([BASIC_EXECUTION, XRAY] if role in CODE_DIRS else [XRAY]), role
+    assert managed == ([BASIC_EXECUTION, XRAY, VPC_ACCESS] if role in CODE_DIRS else [XRAY]), role
 
 
 @pytest.mark.parametrize("role", list(GRANTS))

@@ -74,6 +74,7 @@ RESOURCELESS_ACTIONS = {
 PSEUDO_PARAMETERS = {"AWS::Partition", "AWS::Region", "AWS::AccountId", "AWS::StackName", "AWS::NoValue"}
 SUB_VARIABLE = re.compile(r"\$\{([A-Za-z0-9_:.]+)\}")  # ${Name}, ${Name.Attribute}, ${AWS::Region}
 SHIPPING_CONDITIONS = {"DynatraceOn", "SplunkOn", "ShippingOn"}
+OPTIONAL_CONDITIONS = {"InVpc", "AuditOn", "BudgetOn"}  # tests/unit/test_template_security.py
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +142,22 @@ def references(node: Any) -> set[str]:
         for item in node:
             found |= references(item)
     return found
+
+
+def unconditional_references(node: Any, conditional: dict[str, str]) -> set[str]:
+    """references(node), less those made under an Fn::If on the referenced resource's own condition."""
+    if isinstance(node, dict) and "Fn::If" in node:
+        condition, when_on, when_off = node["Fn::If"]
+        on = unconditional_references(when_on, conditional)
+        return {name for name in on if conditional.get(name) != condition} | unconditional_references(
+            when_off, conditional
+        )
+    if isinstance(node, dict):
+        own = references({k: v for k, v in node.items() if k in ("Ref", "Fn::GetAtt", "Fn::Sub")})
+        return own.union(*(unconditional_references(value, conditional) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(unconditional_references(item, conditional) for item in node))
+    return set()
 
 
 def evaluate(condition: Any, conditions: dict[str, Any], parameters: dict[str, str]) -> Any:
@@ -212,7 +229,8 @@ def key_users(resources: dict, action: str) -> set[str]:
     return {
         json.dumps(service) if isinstance(service, dict) else service
         for statement in props(resources, "DataKey")["KeyPolicy"]["Statement"]
-        if any(
+        if "Fn::If" not in statement  # the optional ones: tests/unit/test_template_security.py
+        and any(
             a == action or (a.endswith("*") and action.startswith(a[:-1]))
             for a in as_list(statement["Action"])
         )
@@ -541,7 +559,7 @@ def test_alert_topic_admits_only_this_accounts_alarms_and_the_execution_alert_ru
     granted = {
         statement["Principal"]["Service"]: statement
         for statement in policy["PolicyDocument"]["Statement"]
-        if statement["Effect"] == "Allow"
+        if statement.get("Effect") == "Allow"  # (Budgets' Fn::If: tests/unit/test_template_security.py)
     }
     assert granted.keys() == {"cloudwatch.amazonaws.com", "events.amazonaws.com"}
     for statement in granted.values():
@@ -1321,13 +1339,14 @@ def test_dynatrace_and_splunk_are_on_only_when_both_of_their_parameters_are_give
 
 def test_every_shipping_resource_and_output_is_under_its_condition(cfn: dict, resources: dict) -> None:
     conditional = {k: r["Condition"] for k, r in resources.items() if r.get("Condition")}
-    assert set(conditional.values()) <= SHIPPING_CONDITIONS
+    assert set(conditional.values()) <= SHIPPING_CONDITIONS | OPTIONAL_CONDITIONS
     for name, resource in resources.items():
         if resource["Type"] in SHIPPING_TYPES:
             assert name in conditional, name
         # an unconditional resource never names a conditional one (it would not deploy with it off)
+        # but under an Fn::If on that one's condition
         if name not in conditional:
-            assert not references(resource) & conditional.keys(), name
+            assert not unconditional_references(resource, conditional) & conditional.keys(), name
     assert conditional["DynatraceDeliveryStream"] == conditional["DynatraceMetricStream"] == "DynatraceOn"
     assert conditional["SplunkDeliveryStream"] == "SplunkOn"
     assert conditional["DeliveryBackupBucket"] == "ShippingOn"

@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from sluice.alerting import Notification, render_alert, to_email
 from sluice.mailer import RetryPolicy, SmtpConfig, SmtpMailer, SmtpSecurity, password_from_secret
 from sluice.observability import MetricUnit, logger, metrics, tracer
-from sluice.settings import AlertSettings
+from sluice.settings import IDEMPOTENCY_KEY_PREFIXES, AlertSettings
 
 settings = AlertSettings.from_env()
 idempotency = IdempotencyConfig(
@@ -57,6 +57,7 @@ def smtp_config() -> SmtpConfig:
     data_keyword_argument="notification",
     persistence_store=DynamoDBPersistenceLayer(table_name=settings.idempotency_table),
     config=idempotency,
+    key_prefix=IDEMPOTENCY_KEY_PREFIXES["AlertNotifierFunction"],
 )
 def deliver(notification: dict[str, Any]) -> dict[str, Any]:
     received = Notification(**notification)

@@ -28,7 +28,7 @@ from sluice.models import ObjectRef
 from sluice.observability import logger, metrics, tracer
 from sluice.results import PartWriter
 from sluice.schemas import get_schema
-from sluice.settings import ProcessSettings
+from sluice.settings import IDEMPOTENCY_KEY_PREFIXES, ProcessSettings
 
 settings = ProcessSettings.from_env()  # refuses an API choice the stage does not allow
 schema = get_schema(settings.row_schema)
@@ -57,7 +57,11 @@ class ProcessRequest(BaseModel):
 @logger.inject_lambda_context(correlation_id_path="object.id")
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
-@idempotent(config=idempotency, persistence_store=persistence)  # registers the context itself
+@idempotent(  # registers the context itself
+    config=idempotency,
+    persistence_store=persistence,
+    key_prefix=IDEMPOTENCY_KEY_PREFIXES["ProcessObjectFunction"],
+)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = ProcessRequest.model_validate(event)
     obj = request.object

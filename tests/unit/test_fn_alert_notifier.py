@@ -19,6 +19,7 @@ from moto import mock_aws
 from smtp_support import Recorder, TlsFiles, authenticator, closed_port, self_signed_cert, smtp_server
 
 from sluice.mailer import MailDeliveryError
+from sluice.settings import IDEMPOTENCY_KEY_PREFIXES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -109,7 +110,11 @@ def test_the_same_sns_message_twice_sends_one_email(aws: str, monkeypatch: pytes
     assert again == first
     assert other["delivered"][0]["message_id"] == "another-message-id"
     assert len(recorder.messages) == 2
-    assert len(idempotency_records()) == 2
+    records = idempotency_records()
+    assert len(records) == 2
+    # its own key prefix: the template's dynamodb:LeadingKeys condition admits only these
+    prefix = IDEMPOTENCY_KEY_PREFIXES["AlertNotifierFunction"]
+    assert all(record["id"]["S"].startswith(f"{prefix}#") for record in records)
 
 
 def test_starttls_and_the_password_from_secrets_manager_never_reach_the_logs(

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from sluice.downstream import idempotency_key
 from sluice.metadata import MetadataStore
 from sluice.models import ObjectRef
+from sluice.settings import IDEMPOTENCY_KEY_PREFIXES
 
 EVENT = load_event("process-object.json")
 SAMPLE = (SAMPLES / "orders-with-rejects.csv").read_bytes()
@@ -138,6 +139,8 @@ def test_a_retried_segment_gets_the_first_answer_without_sending_again(stack: St
     assert len(api.received) == sent
     records = stack.tables["IdempotencyTable"].scan()["Items"]
     assert [record["status"] for record in records] == ["COMPLETED"]
+    # its own key prefix: the template's dynamodb:LeadingKeys condition admits only these
+    assert records[0]["id"].startswith(IDEMPOTENCY_KEY_PREFIXES["ProcessObjectFunction"] + "#")
 
 
 def test_another_attempt_runs_again_and_resumes_at_the_stored_checkpoint(

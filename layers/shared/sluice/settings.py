@@ -53,6 +53,15 @@ def api_choice_problem(stage: str, api_mode: str, api_url: str) -> str | None:
     return None
 
 
+# The Powertools idempotency key prefix of each function that keeps records in IdempotencyTable
+# ("{prefix}#{hash}"): template.yaml's dynamodb:LeadingKeys conditions hold each function to its
+# own records (tests/unit/test_least_privilege.py).
+IDEMPOTENCY_KEY_PREFIXES = {
+    "ProcessObjectFunction": "process-object",
+    "AlertNotifierFunction": "alert-notifier",
+}
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 

@@ -73,6 +73,8 @@ def lifecycle_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
             item["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
         elif "ExpirationDate" in rule:
             item["Expiration"] = {"Date": rule["ExpirationDate"]}
+        elif rule.get("ExpiredObjectDeleteMarker") in (True, "true"):
+            item["Expiration"] = {"ExpiredObjectDeleteMarker": True}
         noncurrent = rule.get("NoncurrentVersionExpiration")
         if noncurrent:
             item["NoncurrentVersionExpiration"] = {"NoncurrentDays": int(noncurrent["NoncurrentDays"])}

@@ -87,9 +87,14 @@ SHARED_FRESH_SECONDS = 3 * PUBLISH_SECONDS  # a published lateness older than th
 
 # Stack-wide feedback on 429 (module doc, "Feedback"): AIMD on the shared item
 DECREASE_FACTOR = 0.9  # a 429 multiplies the stack's rate by this
-INCREASE_PER_SECOND = 0.005  # clean seconds add this fraction of the declared rate back
+# Each slot claimed while below the declared rate adds this fraction of it back (in the claim's own
+# write): the rate creeps back with requests sent, not with time, so an idle stack does not come
+# back at the rate that was refused. 2e-4: a 10% step down is climbed back in 500 requests at R.
+INCREASE_PER_SLOT = 0.0002
 MIN_RATE_FRACTION = 0.05  # the rate never falls below this fraction of the declared one
-DECREASE_HOLD_SECONDS = 0.5  # a 429 on a slot within this of the last decrease is the same overshoot
+# A 429 on a slot within this of the last decrease is the same overshoot (slots claimed ahead at
+# the old rate, CLAIM_AHEAD_SECONDS, and requests in flight): it does not step down again.
+DECREASE_HOLD_SECONDS = 0.3
 
 # Metrics (names declared here once; monitor and dashboards read them)
 PACED_RATE_METRIC = "ApiPacedRate"  # requests/s the stack paces at now (declared, or lower after 429s)
@@ -234,15 +239,12 @@ class SharedBucket:
 
     # -- what the stack paces at ------------------------------------------------------------
 
-    def rate(self, now: float | None = None) -> float:
+    def rate(self) -> float:
         """The stack's rate now: the declared one, or less after 429s, creeping back by
-        INCREASE_PER_SECOND of the declared rate per second since the last decrease."""
-        declared = self.policy.rate
+        INCREASE_PER_SLOT of the declared rate per slot claimed since."""
         if "rate" not in self.shared:
-            return declared
-        now = self.clock.now() if now is None else now
-        since = max(0.0, now - float(self.shared["rate_at"]))
-        return min(declared, float(self.shared["rate"]) + INCREASE_PER_SECOND * declared * since)
+            return self.policy.rate
+        return min(self.policy.rate, float(self.shared["rate"]))
 
     def shared_lateness(self, now: float) -> float:
         """The lateness another invocation published lately (0 when none is fresh)."""
@@ -274,10 +276,15 @@ class SharedBucket:
                 sleep_until(self.clock, seen - self.max_ahead, stop)
                 continue
             interval = self.interval
-            extra, values = "", {}
+            sets, values = [], {}
             if publish is not None:
-                extra = "lateness = :lateness, lateness_at = :now"
-                values = {":lateness": Decimal(_micros(publish))}
+                sets.append("lateness = :lateness, lateness_at = :now")
+                values[":lateness"] = Decimal(_micros(publish))
+            if self.rate() < self.policy.rate:  # additive increase, in the same write
+                sets.append("rate = if_not_exists(rate, :declared) + :increase")
+                values[":declared"] = Decimal(_micros(self.policy.rate))
+                values[":increase"] = Decimal(_micros(count * INCREASE_PER_SLOT * self.policy.rate))
+            extra = ", ".join(sets)
             start = (
                 self._extend(now, count, interval, extra, values)
                 if seen is not None and seen >= now
@@ -306,7 +313,7 @@ class SharedBucket:
         tolerated lateness, so the next arrival finds room.
         """
         now = self.clock.now()
-        new_rate = max(self.policy.rate * MIN_RATE_FRACTION, self.rate(now) * DECREASE_FACTOR)
+        new_rate = max(self.policy.rate * MIN_RATE_FRACTION, self.rate() * DECREASE_FACTOR)
         values = {
             ":rate": Decimal(_micros(new_rate)),
             ":now": Decimal(_micros(now)),

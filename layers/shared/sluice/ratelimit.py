@@ -108,6 +108,30 @@ MetricSink = Callable[[str, MetricUnit, float], None]
 
 
 @dataclass(frozen=True, slots=True)
+class PacingState:
+    """The shared item (`BUCKET_KEY`) as an operator reads it (`sluice monitor`)."""
+
+    rate: float | None  # the stack's rate after 429s; None: never stepped down (the declared one)
+    lateness_seconds: float | None  # the measured lateness last published; None: not yet
+    decreases: int  # 429s that stepped the rate down, ever
+    tat: float | None  # the first free slot (epoch seconds)
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> "PacingState":
+        """From the item as the boto3 resource returns it (numbers as Decimal)."""
+
+        def number(name: str) -> float | None:
+            return float(item[name]) if name in item else None
+
+        return cls(
+            rate=number("rate"),
+            lateness_seconds=number("lateness"),
+            decreases=int(item.get("decreases", 0)),
+            tat=number("tat"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ApiPolicy:
     """The downstream's limit as its documentation states it (template ApiRateLimit, ApiBurst).
 

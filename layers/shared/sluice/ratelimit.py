@@ -79,6 +79,7 @@ STOPPED_GRACE_SECONDS = 1.0  # a stopped caller still sends on a slot due within
 LATENESS_SAMPLES = 512  # the recent requests whose wake-up and trip are kept
 MIN_SAMPLES = 50  # fewer than this: the assumed lateness is used
 LATENESS_PERCENTILE = 0.99
+RECOMPUTE_EVERY = 16  # new samples between two computations of the percentiles
 MIN_WAKE_TOLERANCE_SECONDS = 0.002  # a wake-up this late is always on time (timer granularity)
 # An API counting in whole milliseconds (nginx) may see two arrivals up to 1 ms closer than they were.
 CLOCK_GRANULARITY_SECONDS = 0.001
@@ -433,31 +434,41 @@ class LatenessMeter:
         self._wake: deque[float] = deque(maxlen=samples)
         self._trip: deque[float] = deque(maxlen=samples)
         self._lock = threading.Lock()
+        # Percentiles are asked for under the limiter's lock by every waiting thread: recomputed
+        # once per RECOMPUTE_EVERY new samples, not per question.
+        self._added = 0
+        self._cached: tuple[float, float] | None = None
 
     def woke(self, seconds: float) -> None:
         with self._lock:
             self._wake.append(max(0.0, seconds))
+            self._added += 1
 
     def answered(self, seconds: float) -> None:
         with self._lock:
             self._trip.append(max(0.0, seconds))
+            self._added += 1
 
     @property
     def measured(self) -> bool:
         return len(self._wake) >= MIN_SAMPLES and len(self._trip) >= MIN_SAMPLES
 
     def wake_p99(self) -> float:
-        with self._lock:
-            return _percentile(list(self._wake), LATENESS_PERCENTILE) if self._wake else 0.0
+        return self._percentiles()[0]
 
     def trip_spread_p99(self) -> float:
         """p99 of the trip minus its minimum: the part every request pays moves all arrivals
         alike and cannot bunch them; only the spread above it can."""
+        return self._percentiles()[1]
+
+    def _percentiles(self) -> tuple[float, float]:
         with self._lock:
-            if not self._trip:
-                return 0.0
-            trips = list(self._trip)
-        return _percentile(trips, LATENESS_PERCENTILE) - min(trips)
+            if self._cached is None or self._added >= RECOMPUTE_EVERY:
+                wake = _percentile(list(self._wake), LATENESS_PERCENTILE) if self._wake else 0.0
+                trips = list(self._trip)
+                spread = _percentile(trips, LATENESS_PERCENTILE) - min(trips) if trips else 0.0
+                self._cached, self._added = (wake, spread), 0
+            return self._cached
 
 
 class RateLimiter:
@@ -550,12 +561,17 @@ class RateLimiter:
         try:
             while True:
                 slot = self._take_slot(stop, order)
+                asleep = self._clock.now()
                 # A request handed out before its segment stopped still goes out on a slot that is
                 # due (the segment's safety margin covers a second); a longer wait, a pause, is given
                 # up. Slots go in row order, so the rows that give up come after those that send.
                 sleep_until(self._clock, slot, stop, grace_seconds=STOPPED_GRACE_SECONDS)
                 late = self._clock.now() - slot
-                self.meter.woke(late)
+                if asleep < slot:
+                    # Only a real sleep measures the wake-up: a slot handed out due already is late
+                    # by at most the tolerance by construction, and counting it would ratchet the
+                    # tolerance up on its own samples.
+                    self.meter.woke(late)
                 if late <= self.wake_tolerance:
                     return slot
                 # Woken too late: sending now could bunch with the next callers' arrivals. The slot

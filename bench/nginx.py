@@ -101,7 +101,14 @@ def _dynamodb(endpoint: str) -> Any:
 
 
 def invocation(
-    endpoint: str, url: str, declared: ApiPolicy, threads: int, first_row: int, until: float, out: Any
+    endpoint: str,
+    url: str,
+    declared: ApiPolicy,
+    threads: int,
+    first_row: int,
+    seconds: float,
+    go: Any,
+    out: Any,
 ) -> None:
     """One ProcessObject invocation in its own process (as on Lambda: its own interpreter, its own
     GIL): `threads` workers delivering rows until `until`, on the shared ControlTable."""
@@ -128,9 +135,11 @@ def invocation(
                     failed.append(f"{type(error).__name__}: {error}")
 
     workers = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    out.put("ready")
+    go.wait()  # every invocation starts at once, after all have imported and set up
     for thread in workers:
         thread.start()
-    time.sleep(max(0.0, until - time.time()))
+    time.sleep(seconds)
     stop.set()
     for thread in workers:
         thread.join(timeout=30)
@@ -147,7 +156,9 @@ def run_case(case: Case, *, invocations: int, threads: int, workdir: Path) -> di
     try:
         endpoint = f"http://127.0.0.1:{port}"
         # moto's backends are process-wide: the last run's table is still there
-        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10)  # noqa: S310
+        urllib.request.urlopen(
+            urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10
+        )  # noqa: S310
         _dynamodb(endpoint).create_table(
             TableName="ControlTable",
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
@@ -156,17 +167,29 @@ def run_case(case: Case, *, invocations: int, threads: int, workdir: Path) -> di
         )
         with NginxJudge(case.nginx, workdir) as nginx:
             context = multiprocessing.get_context("spawn")
-            out = context.Queue()
-            began = time.time() + 2.0  # the processes' start-up (spawn imports boto3) is not measured
+            out, go = context.Queue(), context.Event()
             processes = [
                 context.Process(
                     target=invocation,
-                    args=(endpoint, f"{nginx.url}/rows", case.declared, threads, n * 10**8, began + case.seconds, out),
+                    args=(
+                        endpoint,
+                        f"{nginx.url}/rows",
+                        case.declared,
+                        threads,
+                        n * 10**8,
+                        case.seconds,
+                        go,
+                        out,
+                    ),
                 )
                 for n in range(invocations)
             ]
             for process in processes:
                 process.start()
+            # the processes' start-up (spawn imports boto3 and Powertools) is not measured
+            for _ in processes:
+                assert out.get(timeout=120) == "ready"
+            go.set()
             reports = [out.get(timeout=case.seconds + 120) for _ in processes]
             for process in processes:
                 process.join(timeout=30)
@@ -208,6 +231,7 @@ def figures(case: Case, arrivals: list[Arrival], reports: list[dict[str, Any]]) 
         "trip_spread_p99_ms": max(s["trip_spread_p99_ms"] for s in stats),
         "interval_ms": max(s["interval_ms"] for s in stats),
         "forfeited": sum(int(s["forfeited"]) for s in stats),
+        "expired": sum(int(s["expired"]) for s in stats),
     }
 
 

@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from boto3.dynamodb.types import TypeDeserializer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
-
-from boto3.dynamodb.types import TypeDeserializer
 
 from sluice.ratelimit import BUCKET_KEY, PacingState
 from sluice_cli.commands.status import STATE_STYLES
@@ -154,10 +153,14 @@ def _concurrency(snapshot: Snapshot, ssm: Any, outputs: Mapping[str, Any]) -> No
 
 
 def _pacing(snapshot: Snapshot, dynamodb: Any, outputs: Mapping[str, Any]) -> None:
-    raw = dynamodb.get_item(TableName=outputs["ControlTableName"], Key={"pk": {"S": BUCKET_KEY}}).get("Item", {})
+    raw = dynamodb.get_item(TableName=outputs["ControlTableName"], Key={"pk": {"S": BUCKET_KEY}}).get(
+        "Item", {}
+    )
     state = PacingState.from_item({name: _DESERIALIZE.deserialize(value) for name, value in raw.items()})
     snapshot.paced_rate = state.rate
-    snapshot.pacing_lateness_ms = None if state.lateness_seconds is None else round(state.lateness_seconds * 1000, 2)
+    snapshot.pacing_lateness_ms = (
+        None if state.lateness_seconds is None else round(state.lateness_seconds * 1000, 2)
+    )
     snapshot.rate_decreases = state.decreases
 
 
@@ -261,8 +264,7 @@ def plain_line(snapshot: Snapshot) -> str:
         f"concurrency={_value(snapshot.concurrency)} api={_value(snapshot.api_rate, '{:.1f}/s')} "
         f"429s={_value(snapshot.api_throttled)} paced={_value(snapshot.paced_rate, '{:.1f}/s')} "
         f"lateness={_value(snapshot.pacing_lateness_ms, '{:.1f}ms')} steps_down={_value(snapshot.rate_decreases)} "
-        f"files: {files}"
-        + "".join(f" ! {error}" for error in snapshot.errors)
+        f"files: {files}" + "".join(f" ! {error}" for error in snapshot.errors)
     )
 
 

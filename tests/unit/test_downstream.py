@@ -397,7 +397,11 @@ def test_the_pacing_tolerates_the_configured_lateness(monkeypatch: pytest.Monkey
         table = create_tables()["ControlTable"]
         client_from_settings(
             settings(
-                api_rate_limit=10, api_burst=2, api_rate_lateness_seconds=0.25, api_max_in_flight=6, concurrency_max=3
+                api_rate_limit=10,
+                api_burst=2,
+                api_rate_lateness_seconds=0.25,
+                api_max_in_flight=6,
+                concurrency_max=3,
             ),
             table,
         )

@@ -638,7 +638,9 @@ def test_the_measured_lateness_is_shared_and_the_largest_fresh_one_is_paced_for(
     # THEN a new invocation, measuring nothing yet, paces for the larger of that and its own
     published = float(table.get_item(Key={"pk": BUCKET_KEY})["Item"]["lateness"])
     assert published == pytest.approx(slow.lateness(), abs=1e-5)
-    assert published == pytest.approx(MIN_WAKE_TOLERANCE_SECONDS + 0.020 + CLOCK_GRANULARITY_SECONDS, abs=1e-5)
+    assert published == pytest.approx(
+        MIN_WAKE_TOLERANCE_SECONDS + 0.020 + CLOCK_GRANULARITY_SECONDS, abs=1e-5
+    )
     fresh.acquire()
     assert fresh.lateness() == pytest.approx(max(published, DEFAULT_LATENESS_SECONDS))
     # and once it is stale, only its own counts

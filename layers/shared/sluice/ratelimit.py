@@ -26,27 +26,67 @@ the invocation's recent use (`claim_ahead_seconds`), so a busy invocation writes
 once per several requests, not once per request. A claim never reaches more than
 `max_ahead_seconds` past now; beyond that the caller just waits.
 
-Pacing, and why it is (1 + L) / R. What the API counts is *arrivals*, and a request arrives
-after its slot, by the thread's wake-up plus the request's trip. Say every arrival lags its slot
-by d, 0 <= d <= L (the tolerated lateness). Then the R + 1 slots s_0 < ... < s_R of any run
-span at least R × interval = 1 + L seconds, so their arrivals are at least
-(1 + L) + d_R - d_0 >= 1 second apart: never R + 1 arrivals in one half-open one-second window,
-whatever the lateness pattern within [0, L]. The rate is R / (1 + L): 95.2% of the limit at
-L = 50 ms, where a fixed 90% headroom gave up 10% and still had no stated bound.
+The policy is the API's, as it documents it (`ApiPolicy`: template ApiRateLimit R, ApiBurst B):
+never more than R requests in any one-second window, and never more than a token bucket of rate R
+and depth B lets through (nginx's `limit_req burst=B nodelay`; B = 0 is strict spacing, 1/R).
 
-The lateness is made a bound, not a hope, on the sending side: a caller that wakes up more than
-`wake_tolerance` (L / 2 by default) after its slot forfeits it and claims a new one, so a stalled
-thread or a descheduled process cannot send late into a later caller's second. The other half of
-L is left for the trip to the API. Measured on loopback on this 2-core machine under load
-(docs/performance.md): wake-up lateness p99 ~11 ms, max ~17 ms; slot to arrival p99 ~18 ms,
-max ~42 ms. A deployment whose trip to the API varies more sets a larger L.
+Pacing, and why it is max((1 + L) / R, 1/R + max(0, L - B/R)). What the API counts is
+*arrivals*, and a request arrives after its slot, by the thread's wake-up plus the request's trip.
+Say every arrival lags its slot by d, 0 <= d <= L (the lateness). The window: the R + 1 slots
+s_0 < ... < s_R of any run span at least R × interval >= 1 + L seconds, so their arrivals are at
+least (1 + L) + d_R - d_0 >= 1 second apart: never R + 1 arrivals in a half-open one-second window.
+The bucket (GCRA with emission interval T = 1/R and tolerance B·T): arrivals conform when
+a_j - a_i >= (j - i)·T - B·T for every i < j; slots `interval` >= T apart give
+a_j - a_i >= (j - i)·interval - L, so interval >= T + L - B·T suffices. A burst covers lateness:
+with B/R >= L only the window's (1 + L) / R is left (98% of R at L = 20 ms); strict spacing pays
+the whole lateness per request (1/R + L). `window_only` (a limit with no stated burst, the
+simulator's sliding window) keeps the first term only.
 
-A pause (a 429 or 503 whose Retry-After says "not before T") is written into the same item:
+Pacing from measured lateness, not an assumed one. L is what this stack measures (`LatenessMeter`,
+the last LATENESS_SAMPLES requests of the invocation): the wake-up tolerance (below) plus the p99
+of send → first byte above its minimum (the part every request pays shifts all arrivals alike; the
+spread above it is an upper bound of how much a trip can vary; a slow API's own latency variation
+counts too, which is conservative) plus 1 ms for an API that counts whole milliseconds. Until
+MIN_SAMPLES are in, the assumed lateness (ApiRateLatenessSeconds) is used. Each invocation
+publishes its L into the shared item with a claim every PUBLISH_SECONDS (no extra write), and
+paces for the larger of its own and any published within SHARED_FRESH_SECONDS: every invocation
+claims slots for the worst lateness measured in the stack.
+
+A slot woken late is never used late: a caller that wakes more than `wake_tolerance` after its
+slot forfeits it and claims a new one, as often as it takes (the old limiter sent on the fourth
+late slot; an arrival later than L is exactly what breaks the window). The tolerance is the
+measured p99 of real sleeps' wake-up lateness (at least MIN_WAKE_TOLERANCE_SECONDS; L/2 assumed
+until measured); slots handed out already due are not samples, else the tolerance would ratchet
+up on its own values. Connections are opened before a slot is taken (downstream.HttpTransport
+.ready), so a handshake never makes an arrival late.
+
+Stack-wide feedback on 429 (AIMD in the same item). The declared limit can be wrong (a quota
+shared with another client). A 429 steps the stack's rate down, `rate = DECREASE_FACTOR × rate`,
+one conditional write that also counts `decreases`; a 429 on a slot within DECREASE_HOLD_SECONDS
+of the last decrease is the same overshoot and changes nothing. The schedule pauses (tat pushed)
+for Retry-After, or one interval at the new rate plus L, so the API's bucket drains. The rate
+creeps back by INCREASE_PER_SLOT × R per slot claimed, inside the claim's own write: with
+requests, not with time, so a stack idle for a minute does not come back at the refused rate.
+Every claim reads the item back (ReturnValues ALL_NEW): every invocation paces at the stack's rate
+from its next claim on. The 429 is no failed attempt for the row: it waits and goes again.
+
+A pause (a 429, or a 503 whose Retry-After says "not before T") is written into the same item:
 `tat` is pushed to T (`SET tat = :T` if tat < T, one write), so every invocation's next claim,
 busy or idle, starts at T or later. Slots an invocation already holds before T are dropped from
 its own reservoir; other invocations hold at most `claim_ahead_seconds` of slots, which they
 may still use. Every wait here takes a `stop` event: a caller whose segment runs out of time
 gives up its wait (Interrupted) instead of sleeping through a long pause.
+
+R in the interval is the stack's rate now (declared, or lower after 429s); each claim computes
+its interval when it is made, and slots of claims at different intervals are still at least the
+smaller one apart (a claim starts at or after the previous tat).
+
+The most requests in flight (ApiMaxInFlight) is enforced per invocation, as an equal share:
+`max_in_flight` permits, taken before the slot (a caller never holds a slot waiting for a permit)
+and returned by `finished`. A stack-wide counter in the item would cost two writes per request and
+leak the count of every invocation that dies mid-request; a share of ApiMaxInFlight /
+ConcurrencyMax per invocation holds the sum with no write at all, at the price of leaving part
+of it unused while fewer invocations run (settings.ProcessSettings.api_in_flight_per_invocation).
 
 Time is epoch seconds because it is shared between machines; a `Clock` is injected so tests run
 on a `ManualClock` without sleeping.
@@ -285,7 +325,9 @@ class SharedBucket:
 
     # -- writes -------------------------------------------------------------------------------
 
-    def claim(self, count: int, stop: threading.Event | None = None, *, publish: float | None = None) -> float:
+    def claim(
+        self, count: int, stop: threading.Event | None = None, *, publish: float | None = None
+    ) -> float:
         """Take `count` consecutive slots; the first one's time. Slots are `last_interval` apart.
 
         One write in the usual case, whatever the other invocations did meanwhile: a busy bucket
@@ -643,9 +685,11 @@ class RateLimiter:
                         self._handed.append(now)
                         self._cond.notify_all()  # the next in line takes the next slot
                         return self._slots.popleft()
-                    if self._claiming or self._slots:
+                    if self._claiming or len(self._slots) >= len(self._line):
                         self._cond.wait(WAIT_TICK_SECONDS)
                     else:
+                        # More callers waiting than slots held: claim now, not once the reservoir
+                        # is empty, so the claim's round trip does not leave a gap of unused slots.
                         self._claim(now, stop)
             finally:
                 self._waiters -= 1
@@ -660,7 +704,7 @@ class RateLimiter:
         while self._handed and now - self._handed[0] > RATE_WINDOW:
             self._handed.popleft()
         demand = math.ceil(len(self._handed) / RATE_WINDOW * self._claim_ahead)
-        count = max(self._waiters, min(self._max_batch, demand))
+        count = max(self._waiters - len(self._slots), min(self._max_batch, demand))
         lateness = self.lateness()
         self._bucket.lateness = lateness
         publish = lateness if self.meter.measured and now - self._published_at >= PUBLISH_SECONDS else None

@@ -263,7 +263,8 @@ def plain_line(snapshot: Snapshot) -> str:
         f"dlq={_value(snapshot.dlq_visible)} running={_value(snapshot.running_executions)} "
         f"concurrency={_value(snapshot.concurrency)} api={_value(snapshot.api_rate, '{:.1f}/s')} "
         f"429s={_value(snapshot.api_throttled)} paced={_value(snapshot.paced_rate, '{:.1f}/s')} "
-        f"lateness={_value(snapshot.pacing_lateness_ms, '{:.1f}ms')} steps_down={_value(snapshot.rate_decreases)} "
+        f"lateness={_value(snapshot.pacing_lateness_ms, '{:.1f}ms')} "
+        f"steps_down={_value(snapshot.rate_decreases)} "
         f"files: {files}" + "".join(f" ! {error}" for error in snapshot.errors)
     )
 

@@ -437,3 +437,32 @@ def test_a_row_handed_out_before_the_stop_still_gets_its_first_attempt() -> None
         client, _, _ = client_for(server)
 
         assert client.deliver(ROW, KEY, stop=stop).accepted
+
+
+def test_a_429_is_news_for_the_stack_not_a_failed_attempt_of_the_row() -> None:
+    # GIVEN an API that refuses a row four times with a bare 429 (no Retry-After), then accepts it,
+    # and a client allowed only two attempts per row
+    replies = (*[Reply(429, {"error": "slow down"})] * 4, Reply(200, {}))
+    with ApiServer(scripted(*replies)) as server:
+        client, pacer, _ = client_for(server, attempts=2)
+        delivery = client.deliver(ROW, KEY)
+
+    # THEN the row was delivered: each 429 went to the limiter with its slot (the stack steps
+    # down and pauses), none counted against the row; every attempt's trip was measured
+    assert delivery.accepted
+    assert pacer.throttles == [1.0, 2.0, 3.0, 4.0]
+    assert len(pacer.trips) == 5
+    assert all(trip is not None and trip >= 0 for trip in pacer.trips)
+    assert counted("ApiThrottles") == 4
+
+
+def test_a_connection_is_open_before_the_slot_is_taken() -> None:
+    with ApiServer() as server:
+        transport = HttpTransport(server.url, pool_size=2, timeout_seconds=5)
+        pool = transport._pool.connection_from_url(server.url)
+
+        transport.ready()
+
+        connection = pool._get_conn()
+        assert connection.is_connected, "ready() left the pool's connection unopened"
+        pool._put_conn(connection)

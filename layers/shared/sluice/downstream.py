@@ -247,19 +247,11 @@ class DownstreamClient:
                 # Once admitted, a row goes out even if the segment stops meanwhile: every row held
                 # for the downstream goes, or none does, so no row is delivered past an abandoned one.
                 probe = self.health.admit(stop) if self.health is not None else False
-                if isinstance(self._transport, HttpTransport):
-                    self._transport.ready()
-                slot = self._limiter.acquire(stop, order)
+                slot = self._ready_slot(stop, order)
             except Interrupted as error:
                 raise DeliveryAbandoned(f"stopped before attempt {sent + 1}, key {key}: {problem}") from error
             sent += 1
-            sent_at = self._clock.now()
-            outcome: Delivery | _Failure = _Failure("no answer", answered=False)
-            try:
-                outcome = self._attempt(body, headers)
-            finally:
-                answered = isinstance(outcome, Delivery) or outcome.answered
-                self._limiter.finished(sent_at, self._clock.now() if answered else None)
+            outcome = self._timed_attempt(body, headers)
             if isinstance(outcome, Delivery):
                 if self.health is not None:
                     self.health.answered(probe=probe)
@@ -276,18 +268,11 @@ class DownstreamClient:
             elif self.health is not None and self.health.failed(problem, key, probe=probe):
                 add_metric("ApiRetries", MetricUnit.Count, 1)
                 continue
-            if outcome.throttled:
-                # Too fast for the API now: the whole stack steps down and pauses (shared item),
+            if outcome.throttled or outcome.retry_after is not None:
+                # Too fast for the API now (429: the whole stack steps down and pauses), or the API
+                # said when (Retry-After): nobody in the stack sends before then (the shared item),
                 # and this row waits for it rather than failing.
-                until = self._limiter.throttled(slot, outcome.retry_after)
-                add_metric("ApiRetries", MetricUnit.Count, 1)
-                self._wait(until, stop, sent, key, problem)
-                continue
-            if outcome.retry_after is not None:
-                # The API said when: nobody in the stack sends before then (one shared write),
-                # and this row waits for it rather than failing.
-                until = self._clock.now() + outcome.retry_after
-                self._limiter.pause(until)
+                until = self._hold_back(slot, outcome)
                 add_metric("ApiRetries", MetricUnit.Count, 1)
                 self._wait(until, stop, sent, key, problem)
                 continue
@@ -303,6 +288,31 @@ class DownstreamClient:
             add_metric("ApiRetries", MetricUnit.Count, 1)
             logger.debug("retrying a row", extra={"key": key, "attempt": sent, "problem": problem})
             self._wait(self._clock.now() + self._policy.backoff(attempt, self._rng), stop, sent, key, problem)
+
+    def _ready_slot(self, stop: threading.Event | None, order: int | None) -> float:
+        """A connection open (so its setup cannot make the arrival late), then the rate slot."""
+        if isinstance(self._transport, HttpTransport):
+            self._transport.ready()
+        return self._limiter.acquire(stop, order)
+
+    def _timed_attempt(self, body: bytes, headers: Mapping[str, str]) -> "Delivery | _Failure":
+        """One attempt, its send → answer time told to the limiter (which paces for its spread)."""
+        sent_at = self._clock.now()
+        outcome: Delivery | _Failure = _Failure("no answer", answered=False)
+        try:
+            outcome = self._attempt(body, headers)
+        finally:
+            answered = isinstance(outcome, Delivery) or outcome.answered
+            self._limiter.finished(sent_at, self._clock.now() if answered else None)
+        return outcome
+
+    def _hold_back(self, slot: float, outcome: "_Failure") -> float:
+        """Until when the stack holds back after a 429 or a Retry-After (one shared write or two)."""
+        if outcome.throttled:
+            return self._limiter.throttled(slot, outcome.retry_after)
+        until = self._clock.now() + (outcome.retry_after or 0.0)
+        self._limiter.pause(until)
+        return until
 
     def _wait(self, until: float, stop: threading.Event | None, sent: int, key: str, problem: str) -> None:
         try:

@@ -92,6 +92,7 @@ Time is epoch seconds because it is shared between machines; a `Clock` is inject
 on a `ManualClock` without sleeping.
 """
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -662,10 +663,9 @@ class RateLimiter:
 
     def _release_permit(self) -> None:
         if self._in_flight is not None:
-            try:
+            # finished() without a permit (a caller outside acquire) holds nothing to return
+            with contextlib.suppress(ValueError):
                 self._in_flight.release()
-            except ValueError:  # finished() without a permit (a caller outside acquire): nothing held
-                pass
 
     def _take_slot(self, stop: threading.Event | None = None, order: int | None = None) -> float:
         """The next slot, to the waiting caller with the lowest `order` first (then first come)."""

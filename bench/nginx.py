@@ -3,8 +3,9 @@
 What runs is ProcessObject's delivery path without the rest of the pipeline: `invocations`
 processes (one per ProcessObject invocation, as on Lambda, `threads` worker threads each), each
 with its RateLimiter on one ControlTable item (moto's server on 127.0.0.1), each thread POSTing
-rows through DownstreamClient + HttpTransport (urllib3, real sockets) to nginx on 127.0.0.1. nginx refuses with 429 what its
-leaky bucket says came too soon and logs every arrival; its log is the verdict. The offline
+rows through DownstreamClient + HttpTransport (urllib3, real sockets) to nginx on 127.0.0.1.
+nginx refuses with 429 what its leaky bucket says came too soon and logs every arrival; its log
+is the verdict. The offline
 stack's other work (S3, Step Functions, checkpoints) is left out on purpose: it would make the
 load bursty and measure moto, not the limiter (tests/integration/test_nginx_judge.py runs the
 whole stack against nginx).
@@ -100,24 +101,27 @@ def _dynamodb(endpoint: str) -> Any:
     )
 
 
-def invocation(
-    endpoint: str,
-    url: str,
-    declared: ApiPolicy,
-    threads: int,
-    first_row: int,
-    seconds: float,
-    go: Any,
-    out: Any,
-) -> None:
+@dataclass(frozen=True)
+class Invocation:
+    """What one invocation's process is given (picklable, for multiprocessing's spawn)."""
+
+    endpoint: str  # moto's server
+    url: str  # nginx
+    declared: ApiPolicy
+    threads: int
+    first_row: int
+    seconds: float
+
+
+def invocation(job: Invocation, go: Any, out: Any) -> None:
     """One ProcessObject invocation in its own process (as on Lambda: its own interpreter, its own
-    GIL): `threads` workers delivering rows until `until`, on the shared ControlTable."""
-    table = CountingTable(_dynamodb(endpoint).Table("ControlTable"))
-    limiter = shared_limiter(table, policy=declared, clock=SystemClock())
-    client = DownstreamClient(
-        HttpTransport(url, pool_size=threads, timeout_seconds=5), limiter, policy=RetryPolicy(max_attempts=5)
-    )
-    rows = iter(range(first_row, first_row + 10**8))
+    GIL): `threads` workers delivering rows for `seconds` once `go` is set, on the shared
+    ControlTable; what it did goes to `out`."""
+    table = CountingTable(_dynamodb(job.endpoint).Table("ControlTable"))
+    limiter = shared_limiter(table, policy=job.declared, clock=SystemClock())
+    transport = HttpTransport(job.url, pool_size=job.threads, timeout_seconds=5)
+    client = DownstreamClient(transport, limiter, policy=RetryPolicy(max_attempts=5))
+    rows = iter(range(job.first_row, job.first_row + 10**8))
     rows_lock = threading.Lock()
     stop = threading.Event()
     delivered: list[int] = []
@@ -134,12 +138,12 @@ def invocation(
                 if not stop.is_set():
                     failed.append(f"{type(error).__name__}: {error}")
 
-    workers = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(job.threads)]
     out.put("ready")
     go.wait()  # every invocation starts at once, after all have imported and set up
     for thread in workers:
         thread.start()
-    time.sleep(seconds)
+    time.sleep(job.seconds)
     stop.set()
     for thread in workers:
         thread.join(timeout=30)
@@ -156,9 +160,8 @@ def run_case(case: Case, *, invocations: int, threads: int, workdir: Path) -> di
     try:
         endpoint = f"http://127.0.0.1:{port}"
         # moto's backends are process-wide: the last run's table is still there
-        urllib.request.urlopen(
-            urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10
-        )  # noqa: S310
+        reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")  # noqa: S310
+        urllib.request.urlopen(reset, timeout=10).close()  # noqa: S310 - moto on 127.0.0.1
         _dynamodb(endpoint).create_table(
             TableName="ControlTable",
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
@@ -172,12 +175,9 @@ def run_case(case: Case, *, invocations: int, threads: int, workdir: Path) -> di
                 context.Process(
                     target=invocation,
                     args=(
-                        endpoint,
-                        f"{nginx.url}/rows",
-                        case.declared,
-                        threads,
-                        n * 10**8,
-                        case.seconds,
+                        Invocation(
+                            endpoint, f"{nginx.url}/rows", case.declared, threads, n * 10**8, case.seconds
+                        ),
                         go,
                         out,
                     ),

@@ -648,6 +648,39 @@ def test_the_measured_lateness_is_shared_and_the_largest_fresh_one_is_paced_for(
     assert fresh.lateness() == pytest.approx(DEFAULT_LATENESS_SECONDS)
 
 
+def test_a_smaller_lateness_never_overwrites_a_larger_fresh_one_and_none_is_kept_alive_by_others(
+    table: Any,
+) -> None:
+    clock = ManualClock(T0)
+    slow, quick = (shared_limiter(table, policy=ApiPolicy(rate=50, burst=0), clock=clock) for _ in range(2))
+
+    def measure(limiter: RateLimiter, spread: float) -> None:
+        for index in range(MIN_SAMPLES + 10):
+            limiter.acquire()
+            limiter.finished(clock.now(), clock.now() + 0.001 + spread * (index % 2))
+
+    def published() -> float:
+        return float(table.get_item(Key={"pk": BUCKET_KEY})["Item"]["lateness"])
+
+    # GIVEN one invocation that measured a 30 ms spread and published it
+    measure(slow, 0.030)
+    clock.advance(ratelimit.PUBLISH_SECONDS)
+    slow.acquire()
+    high = published()
+    # WHEN a quick one (1 ms) publishes too, and paces meanwhile
+    measure(quick, 0.0)
+    clock.advance(ratelimit.PUBLISH_SECONDS)
+    quick.acquire()
+    # THEN the larger one stays in the item and the quick invocation paces for it...
+    assert published() == pytest.approx(high)
+    assert quick.lateness() == pytest.approx(high)
+    # ...but only while its owner keeps it fresh: the quick one does not republish it as its own
+    clock.advance(ratelimit.SHARED_FRESH_SECONDS + 1)
+    quick.acquire()
+    assert published() == pytest.approx(quick.own_lateness())
+    assert published() < high
+
+
 def test_requests_in_flight_are_capped_per_invocation(table: Any) -> None:
     limiter = shared_limiter(table, limit=1000, clock=SystemClock(), max_in_flight=2)
     limiter.acquire()

@@ -98,6 +98,7 @@ import itertools
 import math
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -327,7 +328,12 @@ class SharedBucket:
     # -- writes -------------------------------------------------------------------------------
 
     def claim(
-        self, count: int, stop: threading.Event | None = None, *, publish: float | None = None
+        self,
+        count: int,
+        stop: threading.Event | None = None,
+        *,
+        publish: float | None = None,
+        publisher: str = "",
     ) -> float:
         """Take `count` consecutive slots; the first one's time. Slots are `last_interval` apart.
 
@@ -344,10 +350,11 @@ class SharedBucket:
                 sleep_until(self.clock, seen - self.max_ahead, stop)
                 continue
             interval = self.interval
-            sets, values = [], {}
+            sets: list[str] = []
+            values: dict[str, Any] = {}
             if publish is not None:
-                sets.append("lateness = :lateness, lateness_at = :now")
-                values[":lateness"] = Decimal(_micros(publish))
+                sets.append("lateness = :lateness, lateness_at = :now, lateness_by = :by")
+                values |= {":lateness": Decimal(_micros(publish)), ":by": publisher}
             if self.rate() < self.policy.rate:  # additive increase, in the same write
                 sets.append("rate = if_not_exists(rate, :declared) + :increase")
                 values[":declared"] = Decimal(_micros(self.policy.rate))
@@ -400,7 +407,7 @@ class SharedBucket:
         return until
 
     def _extend(
-        self, now: float, count: int, interval: float, extra: str, values: dict[str, Decimal]
+        self, now: float, count: int, interval: float, extra: str, values: dict[str, Any]
     ) -> float | None:
         """Busy bucket: tat += count × interval, if tat >= now still. The first slot, or None."""
         delta = Decimal(_micros(count * interval))
@@ -414,7 +421,7 @@ class SharedBucket:
         return float(new_tat - delta)
 
     def _restart(
-        self, now: float, count: int, interval: float, extra: str, values: dict[str, Decimal]
+        self, now: float, count: int, interval: float, extra: str, values: dict[str, Any]
     ) -> float | None:
         """Idle (or new) bucket: tat = now + count × interval, if tat < now still. Now, or None."""
         new_tat = _micros(now + count * interval)
@@ -427,7 +434,7 @@ class SharedBucket:
         self._tat = new_tat
         return now
 
-    def _update(self, update: str, condition: str, values: dict[str, Decimal]) -> dict[str, Any] | None:
+    def _update(self, update: str, condition: str, values: dict[str, Any]) -> dict[str, Any] | None:
         """The item's attributes after the write, or None when the condition failed (our view of
         the item is refreshed either way)."""
         try:
@@ -559,6 +566,7 @@ class RateLimiter:
         self._tickets = itertools.count()
         self._claiming = False
         self._published_at = float("-inf")
+        self._id = uuid.uuid4().hex[:12]  # names this invocation's published lateness
         self._forfeits_reported = 0
         self.claims = 0  # writes to the bucket
         self.expired = 0  # claimed ahead, never handed out in time
@@ -581,16 +589,18 @@ class RateLimiter:
     def _assumed(self) -> float:
         return self._bucket.assumed_lateness
 
-    def lateness(self) -> float:
-        """The arrival lateness slots must tolerate: what a sent request can lag its slot (the
-        wake tolerance, enforced, plus the trip's measured spread and the API's clock
-        granularity), or the assumed lateness until measured; never less than another
-        invocation of the stack published lately."""
+    def own_lateness(self) -> float:
+        """What a request of this invocation can lag its slot: the wake tolerance (enforced) plus
+        the trip's measured spread and the API's clock granularity; the assumed lateness until
+        measured."""
         if self.meter.measured:
-            own = self.wake_tolerance + self.meter.trip_spread_p99() + CLOCK_GRANULARITY_SECONDS
-        else:
-            own = self._assumed
-        return max(own, self._bucket.shared_lateness(self._clock.now()))
+            return self.wake_tolerance + self.meter.trip_spread_p99() + CLOCK_GRANULARITY_SECONDS
+        return self._assumed
+
+    def lateness(self) -> float:
+        """The arrival lateness slots must tolerate: this invocation's own, never less than the
+        one another invocation of the stack published lately."""
+        return max(self.own_lateness(), self._bucket.shared_lateness(self._clock.now()))
 
     # -- callers ------------------------------------------------------------------------------
 
@@ -705,13 +715,19 @@ class RateLimiter:
             self._handed.popleft()
         demand = math.ceil(len(self._handed) / RATE_WINDOW * self._claim_ahead)
         count = max(self._waiters - len(self._slots), min(self._max_batch, demand))
-        lateness = self.lateness()
+        own, shared = self.own_lateness(), self._bucket.shared_lateness(now)
+        lateness = max(own, shared)
         self._bucket.lateness = lateness
-        publish = lateness if self.meter.measured and now - self._published_at >= PUBLISH_SECONDS else None
+        # Its own lateness, not the max it paces for (that would keep a stall's value alive for
+        # ever); and not over a larger fresh one of another invocation, which keeps it until it
+        # lowers it itself or stops publishing (SHARED_FRESH_SECONDS).
+        mine = self._bucket.shared.get("lateness_by") == self._id
+        due = self.meter.measured and now - self._published_at >= PUBLISH_SECONDS
+        publish = own if due and (own >= shared or mine) else None
         self._claiming = True
         self._cond.release()
         try:
-            start = self._bucket.claim(count, stop, publish=publish)
+            start = self._bucket.claim(count, stop, publish=publish, publisher=self._id)
         finally:
             self._cond.acquire()
             self._claiming = False
@@ -719,7 +735,7 @@ class RateLimiter:
         self.claims += 1
         interval = self._bucket.last_interval
         self._slots.extend(start + index * interval for index in range(count))
-        if publish is not None:
+        if due:
             self._published_at = now
             self._report(lateness)
 

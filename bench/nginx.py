@@ -282,6 +282,28 @@ def measure(
     return results
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The table docs/performance.md shows, from `measure`'s results (medians)."""
+    lines = [
+        "| case | accepted ÷ limit | 429s (share; after convergence) | busiest sliding second "
+        "| rows 2xx twice | DynamoDB writes / 1,000 requests | lateness paced for "
+        "(wake p99 + trip spread p99) | interval |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, case in results["cases"].items():
+        m, limit = case["median"], case["nginx"]["rate"]
+        after = f" after {case['converge_seconds']:g} s" if case["converge_seconds"] else ""
+        lines.append(
+            f"| {name} | **{m['settled_of_limit']:.3f}**{after} ({m['settled_accepted_per_second']:.1f}/s "
+            f"of {limit}) | {m['refused_429']:g} ({100 * m['refused_share']:.2f}%; "
+            f"{100 * m['settled_refused_share']:.2f}%) | {m['busiest_second']:g} (limit {limit}) "
+            f"| {m['rows_answered_twice']:g} | {m['dynamodb_writes_per_1000_requests']:.0f} "
+            f"| {m['lateness_ms']:.1f} ms ({m['wake_p99_ms']:.1f} + {m['trip_spread_p99_ms']:.1f}) "
+            f"| {m['interval_ms']:.1f} ms |"
+        )
+    return "\n".join(lines)
+
+
 def write(results: dict[str, Any], path: Path = RESULTS) -> None:
     """Under KEY in latest.json, leaving the other parts' figures as they are."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -296,7 +318,7 @@ def write(results: dict[str, Any], path: Path = RESULTS) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.nginx", description=__doc__)
     parser.add_argument("--rates", default="50,200", help="the limits to run the three cases at")
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of a run")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of a run")
     parser.add_argument("--runs", type=int, default=3, help="runs per case (figures are medians)")
     parser.add_argument("--invocations", type=int, default=3, help="ProcessObject invocations at once")
     parser.add_argument("--threads", type=int, default=6, help="worker threads per invocation")
@@ -309,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
     )
     write(results)
-    print(json.dumps({name: case["median"] for name, case in results["cases"].items()}, indent=2))
+    print(markdown(results))
     return 0
 
 

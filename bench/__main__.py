@@ -5,7 +5,9 @@ Parts, each skippable with --skip: `cpu` (seconds), `utilization` (Sluice and th
 the offline stack, plus latency and the counts the cost comes from: a few minutes), `memory`
 (ProcessObject through a --memory-size-gb file: long, CPU-bound; see docs/performance.md),
 `hostile` (ProcessObject through a --hostile-size-mb file of hostile records: peak RSS),
-`output` (WriteOutput's merge of a --output-rows file's parts on moto: minutes).
+`output` (WriteOutput's merge of a --output-rows file's parts on moto: minutes), `nginx` (the
+pacing judged by stock nginx's limit_req, issue 11's table: about 12 minutes; alone:
+`python -m bench.nginx`).
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import cpupath, memory, output, summary
+from bench import cpupath, memory, nginx, output, summary
 from bench.utilization import Workload, ramp_design, run_design, seed_design, sluice_design
 from sluice_cli.report import make_charts
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("cpu", "utilization", "memory", "hostile", "output")
+PARTS = ("cpu", "utilization", "memory", "hostile", "output", "nginx")
 STATE = ROOT / ".sluice" / "bench"  # the stacks' logs and state, the memory part's scratch files
 Record = Callable[[dict[str, Any]], None]
 Say = Callable[[str], None]
@@ -89,6 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output-latency-ms", type=float, default=0, help="a wait before each S3 call (output)"
     )
+    parser.add_argument("--nginx-rates", default="50,200", help="limits of the nginx part's cases")
+    parser.add_argument("--nginx-runs", type=int, default=3, help="runs per nginx case (medians)")
     parser.add_argument("--skip", action="append", default=[], choices=PARTS, help="leave a part out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--docs-img", type=Path, default=None, help="also copy the charts here (docs/img)")
@@ -137,6 +141,15 @@ def run_parts(args: argparse.Namespace, record: Record, say: Say) -> dict[str, A
         began = time.monotonic()
         results["output"] = output.measure(args.output_rows, latency_ms=args.output_latency_ms)
         timings["output"] = round(time.monotonic() - began, 1)
+        write_results(args.out, results)
+    if "nginx" not in args.skip:
+        say("nginx: the pacing judged by limit_req…")
+        began = time.monotonic()
+        rates = [int(rate) for rate in args.nginx_rates.split(",")]
+        results["nginx"] = nginx.measure(
+            rates=rates, seconds=20, runs=args.nginx_runs, invocations=3, threads=6, say=say
+        )
+        timings["nginx"] = round(time.monotonic() - began, 1)
         write_results(args.out, results)
     if "memory" not in args.skip:
         began = time.monotonic()
@@ -201,6 +214,7 @@ def carried_over(out: Path, skipped: list[str]) -> Carried:
         "memory": ["memory"],
         "hostile": ["memory_hostile"],
         "output": ["output"],
+        "nginx": ["nginx"],
     }
     results = {key: previous[key] for part in skipped for key in keys[part] if key in previous}
     runs: set[str] = set()

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from boto3.dynamodb.types import TypeDeserializer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from sluice.ratelimit import BUCKET_KEY, PacingState
 from sluice_cli.commands.status import STATE_STYLES
 from sluice_cli.commands.target import StackTarget, TargetError, resolve_target
 
@@ -57,6 +59,10 @@ class Snapshot:
     api_requests: int | None = None
     api_throttled: int | None = None
     api_busiest_second: int | None = None
+    # The stack's shared pacing (ControlTable item ratelimit#downstream, sluice/ratelimit.py)
+    paced_rate: float | None = None  # after 429s; None: the declared rate (never stepped down)
+    pacing_lateness_ms: float | None = None  # the measured lateness the pacing tolerates
+    rate_decreases: int | None = None  # 429s that stepped the stack's rate down
     errors: list[str] = field(default_factory=list)
 
     def as_record(self, run: str = "") -> dict[str, Any]:
@@ -89,6 +95,7 @@ def take_snapshot(
         ("executions", lambda: _executions(snapshot, clients("stepfunctions"), outputs)),
         ("files", lambda: _files(snapshot, clients("dynamodb"), outputs, max_scan_pages)),
         ("concurrency", lambda: _concurrency(snapshot, clients("ssm"), outputs)),
+        ("pacing", lambda: _pacing(snapshot, clients("dynamodb"), outputs)),
     ]
     if api_stats is not None:
         readings.append(("API", lambda: _api_offline(snapshot, api_stats())))
@@ -143,6 +150,21 @@ def _files(snapshot: Snapshot, dynamodb: Any, outputs: Mapping[str, Any], max_pa
 def _concurrency(snapshot: Snapshot, ssm: Any, outputs: Mapping[str, Any]) -> None:
     value = ssm.get_parameter(Name=outputs["ConcurrencyParameterName"])["Parameter"]["Value"]
     snapshot.concurrency = int(value)
+
+
+def _pacing(snapshot: Snapshot, dynamodb: Any, outputs: Mapping[str, Any]) -> None:
+    raw = dynamodb.get_item(TableName=outputs["ControlTableName"], Key={"pk": {"S": BUCKET_KEY}}).get(
+        "Item", {}
+    )
+    state = PacingState.from_item({name: _DESERIALIZE.deserialize(value) for name, value in raw.items()})
+    snapshot.paced_rate = state.rate
+    snapshot.pacing_lateness_ms = (
+        None if state.lateness_seconds is None else round(state.lateness_seconds * 1000, 2)
+    )
+    snapshot.rate_decreases = state.decreases
+
+
+_DESERIALIZE = TypeDeserializer()
 
 
 def _api_offline(snapshot: Snapshot, stats: dict[str, Any]) -> None:
@@ -211,6 +233,11 @@ def render(snapshot: Snapshot, title: str = "Sluice") -> Group:
     if snapshot.api_throttled is not None:
         throttled = str(snapshot.api_throttled)
         readings.add_row("API 429s", f"[red]{throttled}[/]" if snapshot.api_throttled else throttled)
+    if snapshot.rate_decreases is not None:
+        paced = "declared rate" if snapshot.paced_rate is None else f"{snapshot.paced_rate:.1f}/s"
+        readings.add_row("paced at (after 429s)", paced)
+        readings.add_row("pacing lateness (measured)", _value(snapshot.pacing_lateness_ms, "{:.1f} ms"))
+        readings.add_row("rate steps down (429s)", str(snapshot.rate_decreases))
 
     files = Table(title="files by state" + ("" if snapshot.files_counted_all else " (first pages only)"))
     files.add_column("state")
@@ -235,8 +262,10 @@ def plain_line(snapshot: Snapshot) -> str:
         f"{stamp} queue={_value(snapshot.queue_visible)} in_flight={_value(snapshot.queue_in_flight)} "
         f"dlq={_value(snapshot.dlq_visible)} running={_value(snapshot.running_executions)} "
         f"concurrency={_value(snapshot.concurrency)} api={_value(snapshot.api_rate, '{:.1f}/s')} "
-        f"429s={_value(snapshot.api_throttled)} files: {files}"
-        + "".join(f" ! {error}" for error in snapshot.errors)
+        f"429s={_value(snapshot.api_throttled)} paced={_value(snapshot.paced_rate, '{:.1f}/s')} "
+        f"lateness={_value(snapshot.pacing_lateness_ms, '{:.1f}ms')} "
+        f"steps_down={_value(snapshot.rate_decreases)} "
+        f"files: {files}" + "".join(f" ! {error}" for error in snapshot.errors)
     )
 
 

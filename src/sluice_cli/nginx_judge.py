@@ -184,12 +184,18 @@ http {{
         # (try_files would log a permission error per request): keep them as the user who started it.
         return f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
 
-    def start(self) -> Self:
+    def restart(self, policy: LimitPolicy) -> Self:
+        """The same nginx (same port, so clients keep its URL) with another policy, log cleared."""
+        self.stop()
+        self.policy = policy
+        return self.start(port=self.port)
+
+    def start(self, port: int = 0) -> Self:
         if shutil.which(NGINX) is None:
             raise NginxUnavailable("nginx is not installed: apt-get install nginx (make setup-judges)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
-            self.port = _free_port()
+            self.port = port or _free_port()
             conf = self.workdir / "nginx.conf"
             conf.write_text(self.config())
             self.access_log.unlink(missing_ok=True)

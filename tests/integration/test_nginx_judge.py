@@ -29,6 +29,18 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxJudge]:
         yield server
 
 
+def _nginx_stack(nginx: NginxJudge, tmp_path_factory: pytest.TempPathFactory) -> OfflineStack:
+    return OfflineStack(
+        REPO,
+        env="local",
+        overrides={**pipeline.OVERRIDES, "ApiUrl": f"{nginx.url}/rows", "ApiBurst": str(BURST)},
+        function_overrides=pipeline.FUNCTION_OVERRIDES,
+        start_api=False,
+        schedule_period=1.0,
+        state_dir=tmp_path_factory.mktemp("nginx-state"),
+    )
+
+
 def test_the_judge_refuses_requests_that_come_too_soon_and_logs_every_arrival(tmp_path: Path) -> None:
     # GIVEN nginx at 2 r/s with no burst: a request within 500 ms of the last accepted one is refused
     # (a slow rate, so that back-to-back requests stay back to back on a loaded machine)
@@ -66,19 +78,8 @@ def test_the_log_parser_reads_arrival_as_end_minus_duration() -> None:
 def test_the_offline_stack_never_exceeds_a_limit_nginx_enforces(
     nginx: NginxJudge, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    # GIVEN the stack told ApiRateLimit = nginx's rate, delivering to nginx itself
-    def make() -> OfflineStack:
-        return OfflineStack(
-            REPO,
-            env="local",
-            overrides={**pipeline.OVERRIDES, "ApiUrl": f"{nginx.url}/rows"},
-            function_overrides=pipeline.FUNCTION_OVERRIDES,
-            start_api=False,
-            schedule_period=1.0,
-            state_dir=tmp_path_factory.mktemp("nginx-state"),
-        )
-
-    stack = exclusive_stack("nginx", make)
+    # GIVEN the stack told ApiRateLimit and ApiBurst = nginx's, delivering to nginx itself
+    stack = exclusive_stack("nginx", lambda: _nginx_stack(nginx, tmp_path_factory))
     nginx.clear_log()
 
     # WHEN three files of 60 rows arrive together (more rows than one second's limit, so the
@@ -96,3 +97,32 @@ def test_the_offline_stack_never_exceeds_a_limit_nginx_enforces(
     assert verdict.refused_429 == 0, verdict
     assert (len(accepted), len(set(accepted))) == (3 * 60, 3 * 60), "a row was not answered 2xx exactly once"
     assert verdict.busiest_second <= RATE, verdict
+
+
+def test_a_limit_lower_than_declared_is_found_and_held_stack_wide(
+    nginx: NginxJudge, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # GIVEN nginx at half the rate the stack is told (a quota shared with another client)
+    stack = exclusive_stack("nginx", lambda: _nginx_stack(nginx, tmp_path_factory))
+    low = RATE // 2
+    nginx.restart(LimitPolicy(rate=low, burst=BURST))
+    try:
+        # WHEN three files of 60 rows arrive together
+        objects = []
+        for seed in range(3):
+            data, _ = orders_csv_bytes(60, seed=200 + seed)
+            objects.append(pipeline.upload(stack, pipeline.unique_key(f"nginx-low-{seed}"), data))
+        for obj in objects:
+            pipeline.wait_for_state(stack, obj, {"SUCCEEDED"}, timeout=120)
+        arrivals = sorted(nginx.arrivals(at_least=3 * 60), key=lambda a: a.at)
+    finally:
+        nginx.restart(LimitPolicy(rate=RATE, burst=BURST))
+
+    # THEN every row was answered 2xx exactly once (a 429 is retried, never doubled)...
+    accepted = [a.key for a in arrivals if a.status == 200]
+    assert (len(accepted), len(set(accepted))) == (3 * 60, 3 * 60), "a row was not answered 2xx exactly once"
+    # ...and once the stack stepped down to nginx's rate (a few seconds), 429s are rare
+    settled = [a for a in arrivals if a.at > arrivals[0].at + 5]
+    refused = sum(1 for a in settled if a.status == 429)
+    assert refused <= 0.05 * len(settled), f"{refused} of {len(settled)} refused after 5 s"
+    assert judge(settled).busiest_accepted_second <= low + BURST

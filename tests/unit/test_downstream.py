@@ -36,9 +36,12 @@ KEY = "0123456789abcdef0123456789abcdef"
 class CountingPacer:
     """Stands in for the rate limiter: counts the slots taken and the pauses asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = None) -> None:
         self.slots = 0
         self.pauses: list[float] = []
+        self.throttles: list[float] = []
+        self.trips: list[float | None] = []
+        self.clock = clock or ratelimit.SystemClock()
         self._lock = threading.Lock()
 
     def acquire(self, stop: threading.Event | None = None, order: int | None = None) -> float:
@@ -49,6 +52,18 @@ class CountingPacer:
     def pause(self, until: float) -> None:
         with self._lock:
             self.pauses.append(until)
+
+    def throttled(self, slot: float, retry_after: float | None = None) -> float:
+        """A 429: the real limiter steps the stack down and pauses it; here, the pause only."""
+        until = self.clock.now() + (retry_after or 0.0)
+        self.throttles.append(slot)
+        if retry_after:
+            self.pause(until)
+        return until
+
+    def finished(self, sent_at: float, first_byte_at: float | None) -> None:
+        with self._lock:
+            self.trips.append(None if first_byte_at is None else first_byte_at - sent_at)
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +80,8 @@ def counted(name: str) -> float:
 def client_for(
     server: ApiServer, *, attempts: int = 4, backoff_max: float = 20.0, timeout: float = 5.0
 ) -> tuple[DownstreamClient, CountingPacer, ManualClock]:
-    pacer, clock = CountingPacer(), ManualClock(T0)
+    clock = ManualClock(T0)
+    pacer = CountingPacer(clock)
     client = DownstreamClient(
         HttpTransport(server.url, pool_size=4, timeout_seconds=timeout),
         pacer,
@@ -253,7 +269,8 @@ def test_connection_errors_are_retried_then_raised() -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    pacer, clock = CountingPacer(), ManualClock(T0)
+    clock = ManualClock(T0)
+    pacer = CountingPacer(clock)
     client = DownstreamClient(
         HttpTransport(f"http://127.0.0.1:{port}/", pool_size=1, timeout_seconds=1),
         pacer,
@@ -378,11 +395,23 @@ def test_the_pacing_tolerates_the_configured_lateness(monkeypatch: pytest.Monkey
     monkeypatch.setattr(downstream, "shared_limiter", spy)
     with mock_aws():
         table = create_tables()["ControlTable"]
-        client_from_settings(settings(api_rate_limit=10, api_rate_lateness_seconds=0.25), table)
+        client_from_settings(
+            settings(
+                api_rate_limit=10,
+                api_burst=2,
+                api_rate_lateness_seconds=0.25,
+                api_max_in_flight=6,
+                concurrency_max=3,
+            ),
+            table,
+        )
 
-    # THEN the stack's bucket paces for it, and a thread waking more than half of it late forfeits
+    # THEN the stack's bucket paces for the declared policy, assuming that lateness until it has
+    # measured its own (a thread waking more than half of it late forfeits), and the invocation
+    # keeps to its share of the requests in flight (6 over CONCURRENCY_MAX 3)
     ((kwargs, limiter),) = built
-    assert kwargs == {"limit": 10.0, "lateness_seconds": 0.25}
+    assert kwargs["policy"] == ratelimit.ApiPolicy(rate=10.0, burst=2)
+    assert (kwargs["lateness_seconds"], kwargs["max_in_flight"]) == (0.25, 2)
     assert limiter.wake_tolerance == pytest.approx(0.125)
     # and without the setting, the default the pacing proof in ratelimit.py is written for
     assert settings().api_rate_lateness_seconds == ratelimit.DEFAULT_LATENESS_SECONDS
@@ -408,3 +437,32 @@ def test_a_row_handed_out_before_the_stop_still_gets_its_first_attempt() -> None
         client, _, _ = client_for(server)
 
         assert client.deliver(ROW, KEY, stop=stop).accepted
+
+
+def test_a_429_is_news_for_the_stack_not_a_failed_attempt_of_the_row() -> None:
+    # GIVEN an API that refuses a row four times with a bare 429 (no Retry-After), then accepts it,
+    # and a client allowed only two attempts per row
+    replies = (*[Reply(429, {"error": "slow down"})] * 4, Reply(200, {}))
+    with ApiServer(scripted(*replies)) as server:
+        client, pacer, _ = client_for(server, attempts=2)
+        delivery = client.deliver(ROW, KEY)
+
+    # THEN the row was delivered: each 429 went to the limiter with its slot (the stack steps
+    # down and pauses), none counted against the row; every attempt's trip was measured
+    assert delivery.accepted
+    assert pacer.throttles == [1.0, 2.0, 3.0, 4.0]
+    assert len(pacer.trips) == 5
+    assert all(trip is not None and trip >= 0 for trip in pacer.trips)
+    assert counted("ApiThrottles") == 4
+
+
+def test_a_connection_is_open_before_the_slot_is_taken() -> None:
+    with ApiServer() as server:
+        transport = HttpTransport(server.url, pool_size=2, timeout_seconds=5)
+        pool = transport._pool.connection_from_url(server.url)
+
+        transport.ready()
+
+        connection = pool._get_conn()
+        assert connection.is_connected, "ready() left the pool's connection unopened"
+        pool._put_conn(connection)

@@ -22,6 +22,7 @@ from moto.server import ThreadedMotoServer
 from rich.console import Console
 from typer.testing import CliRunner
 
+from sluice import ratelimit
 from sluice_cli.monitor import Snapshot, monitor, render, take_snapshot
 from sluice_cli.report import load_samples, make_charts
 from sluice_cli.simulate import upload_files
@@ -44,6 +45,12 @@ def make_stack(client: Any) -> dict[str, str]:
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
+    dynamodb.create_table(
+        TableName="control",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
     ssm.put_parameter(Name="/sluice/dispatcher/concurrency", Value="4", Type="String")
     role = "arn:aws:iam::123456789012:role/sfn"
     machine = sfn.create_state_machine(name="dispatcher", definition=DEFINITION, roleArn=role)[
@@ -54,6 +61,7 @@ def make_stack(client: Any) -> dict[str, str]:
         "IngestQueueUrl": queue,
         "IngestDLQUrl": dlq,
         "MetadataTableName": "metadata",
+        "ControlTableName": "control",
         "ConcurrencyParameterName": "/sluice/dispatcher/concurrency",
         "DispatcherStateMachineArn": machine,
     }
@@ -69,6 +77,10 @@ def fill(client: Any, outputs: dict[str, str]) -> None:
     for number, state in enumerate(["SUCCEEDED", "SUCCEEDED", "PROCESSING", "FAILED"]):
         item = {"pk": {"S": f"raw/f{number}.csv#v"}, "state": {"S": state}}
         dynamodb.put_item(TableName=outputs["MetadataTableName"], Item=item)
+    # the stack's pacing after three 429s stepped it down (sluice/ratelimit.py's shared item)
+    pacing = {"rate": "31.5", "lateness": "0.0121", "decreases": "3", "tat": "1800000000.5"}
+    item = {"pk": {"S": ratelimit.BUCKET_KEY}, **{name: {"N": value} for name, value in pacing.items()}}
+    dynamodb.put_item(TableName=outputs["ControlTableName"], Item=item)
 
 
 @pytest.fixture
@@ -106,6 +118,7 @@ def test_a_snapshot_reads_queue_dead_letters_executions_files_concurrency_and_ap
     assert snapshot.concurrency == 4
     # the rate of the last whole second, not of the one in progress
     assert (snapshot.api_rate, snapshot.api_limit, snapshot.api_requests) == (47.0, 50.0, 1_234)
+    assert (snapshot.paced_rate, snapshot.pacing_lateness_ms, snapshot.rate_decreases) == (31.5, 12.1, 3)
     assert snapshot.as_record("bench")["kind"] == "snapshot"
 
 
@@ -138,6 +151,9 @@ def test_the_view_shows_every_reading() -> None:
         api_limit=50.0,
         api_throttled=0,
         api_busiest_second=50,
+        paced_rate=31.5,
+        pacing_lateness_ms=12.1,
+        rate_decreases=3,
         errors=["files: throttled"],
     )
     console = Console(record=True, width=100)
@@ -153,6 +169,9 @@ def test_the_view_shows_every_reading() -> None:
         "concurrency setting",
         "47.0/s of 50/s (94%)",
         "busiest second so far",
+        "31.5/s",
+        "12.1 ms",
+        "rate steps down (429s)",
         "SUCCEEDED",
         "! files: throttled",
     ):
@@ -320,5 +339,6 @@ def test_monitor_without_a_terminal_prints_a_line_per_reading(monkeypatch: pytes
 
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
-        "08:00:00 queue=3 in_flight=? dlq=? running=? concurrency=? api=? 429s=? files: SUCCEEDED=2"
+        "08:00:00 queue=3 in_flight=? dlq=? running=? concurrency=? api=? 429s=? paced=? lateness=? "
+        "steps_down=? files: SUCCEEDED=2"
     ]

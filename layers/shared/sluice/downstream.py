@@ -8,6 +8,9 @@ deduplicate). Answers:
 - 429, 408, 5xx, timeouts, connection errors: retried with exponential backoff and full jitter
   (a random wait in [0, min(max, base × 2^retry)]), at most API_MAX_ATTEMPTS attempts in all.
   Exhausted: TransientDownstreamError.
+- 429: the API's limit is lower than the stack paces at, for now (a quota shared with another
+  client): the whole stack steps its rate down and pauses (ratelimit.RateLimiter.throttled), and
+  the row waits for it; not a failed attempt.
 - an answer with `Retry-After` (seconds or an HTTP-date): the whole stack pauses until then
   (ratelimit.RateLimiter.pause, one write to the shared rate item) and the row waits for it; it
   is not a failed attempt, however long the pause (the segment's stop event ends the wait).
@@ -16,9 +19,11 @@ deduplicate). Answers:
   with the same Idempotency-Key. So do 5xx and connection errors once they are sustained.
 - any other status: the row is rejected with "api {status}: {body}".
 
-Every attempt first takes a slot from the rate limiter. That is why the transports never retry
+Every attempt first takes a slot from the rate limiter, and tells it when the answer came
+(`finished`: the pacing measures send → first byte). That is why the transports never retry
 on their own (urllib3 `retries=False`): a retry inside urllib3 would be a request the limiter
-never saw.
+never saw. Before taking a slot, the HTTP transport makes sure a connection is open (`ready`),
+so a connection's setup never makes an arrival late.
 
 Two transports answer `post(body, headers)`: `HttpTransport` (urllib3, pooled, thread-safe) and
 `SimulatedApi` (seed 002: latency uniform in [min, max] seconds, a failure rate answered as 503),
@@ -104,6 +109,10 @@ class Pacer(Protocol):
 
     def pause(self, until: float) -> None: ...
 
+    def throttled(self, slot: float, retry_after: float | None = None) -> float: ...
+
+    def finished(self, sent_at: float, first_byte_at: float | None) -> None: ...
+
 
 class Transport(Protocol):
     def post(self, body: bytes, headers: Mapping[str, str]) -> ApiResponse: ...
@@ -119,6 +128,20 @@ class HttpTransport:
             retries=False,
             timeout=urllib3.Timeout(total=timeout_seconds),
         )
+
+    def ready(self) -> None:
+        """Open a connection to the API now if the one a request will take is not open, so the
+        request's arrival is never late by a TCP (or TLS) handshake. urllib3 opens connections
+        lazily and has no public "warm up"; the pool's own checkout is used for it."""
+        pool = self._pool.connection_from_url(self._url)
+        conn = pool._get_conn()
+        try:
+            if not conn.is_connected:
+                conn.connect()
+        except (OSError, urllib3.exceptions.HTTPError):
+            conn.close()  # the request will report the failure itself
+        finally:
+            pool._put_conn(conn)
 
     def post(self, body: bytes, headers: Mapping[str, str]) -> ApiResponse:
         try:
@@ -224,11 +247,11 @@ class DownstreamClient:
                 # Once admitted, a row goes out even if the segment stops meanwhile: every row held
                 # for the downstream goes, or none does, so no row is delivered past an abandoned one.
                 probe = self.health.admit(stop) if self.health is not None else False
-                self._limiter.acquire(stop, order)
+                slot = self._ready_slot(stop, order)
             except Interrupted as error:
                 raise DeliveryAbandoned(f"stopped before attempt {sent + 1}, key {key}: {problem}") from error
             sent += 1
-            outcome = self._attempt(body, headers)
+            outcome = self._timed_attempt(body, headers)
             if isinstance(outcome, Delivery):
                 if self.health is not None:
                     self.health.answered(probe=probe)
@@ -245,11 +268,11 @@ class DownstreamClient:
             elif self.health is not None and self.health.failed(problem, key, probe=probe):
                 add_metric("ApiRetries", MetricUnit.Count, 1)
                 continue
-            if outcome.retry_after is not None:
-                # The API said when: nobody in the stack sends before then (one shared write),
+            if outcome.throttled or outcome.retry_after is not None:
+                # Too fast for the API now (429: the whole stack steps down and pauses), or the API
+                # said when (Retry-After): nobody in the stack sends before then (the shared item),
                 # and this row waits for it rather than failing.
-                until = self._clock.now() + outcome.retry_after
-                self._limiter.pause(until)
+                until = self._hold_back(slot, outcome)
                 add_metric("ApiRetries", MetricUnit.Count, 1)
                 self._wait(until, stop, sent, key, problem)
                 continue
@@ -266,6 +289,31 @@ class DownstreamClient:
             logger.debug("retrying a row", extra={"key": key, "attempt": sent, "problem": problem})
             self._wait(self._clock.now() + self._policy.backoff(attempt, self._rng), stop, sent, key, problem)
 
+    def _ready_slot(self, stop: threading.Event | None, order: int | None) -> float:
+        """A connection open (so its setup cannot make the arrival late), then the rate slot."""
+        if isinstance(self._transport, HttpTransport):
+            self._transport.ready()
+        return self._limiter.acquire(stop, order)
+
+    def _timed_attempt(self, body: bytes, headers: Mapping[str, str]) -> "Delivery | _Failure":
+        """One attempt, its send → answer time told to the limiter (which paces for its spread)."""
+        sent_at = self._clock.now()
+        outcome: Delivery | _Failure = _Failure("no answer", answered=False)
+        try:
+            outcome = self._attempt(body, headers)
+        finally:
+            answered = isinstance(outcome, Delivery) or outcome.answered
+            self._limiter.finished(sent_at, self._clock.now() if answered else None)
+        return outcome
+
+    def _hold_back(self, slot: float, outcome: "_Failure") -> float:
+        """Until when the stack holds back after a 429 or a Retry-After (one shared write or two)."""
+        if outcome.throttled:
+            return self._limiter.throttled(slot, outcome.retry_after)
+        until = self._clock.now() + (outcome.retry_after or 0.0)
+        self._limiter.pause(until)
+        return until
+
     def _wait(self, until: float, stop: threading.Event | None, sent: int, key: str, problem: str) -> None:
         try:
             sleep_until(self._clock, until, stop)
@@ -278,7 +326,7 @@ class DownstreamClient:
         try:
             response = self._transport.post(body, headers)
         except TransportError as error:
-            return _Failure(str(error))
+            return _Failure(str(error), answered=False)
         add_metric("ApiLatency", MetricUnit.Milliseconds, round((time.perf_counter() - started) * 1000, 1))
         status = response.status
         if 200 <= status < 300:
@@ -302,6 +350,7 @@ class _Failure:
     retry_after: float | None = None  # seconds, from the answer's Retry-After
     throttled: bool = False  # 429
     systemic: bool = False  # 401/403/404/405/410: the API's credential or route, not the row
+    answered: bool = True  # False: no HTTP answer (a timeout, a connection error)
 
 
 def _unless_stopped(stop: threading.Event | None, attempt: int, key: str, problem: str) -> None:
@@ -380,7 +429,11 @@ def client_from_settings(settings: ProcessSettings, control_table: Any) -> Downs
     return DownstreamClient(
         transport,
         shared_limiter(
-            control_table, limit=settings.api_rate_limit, lateness_seconds=settings.api_rate_lateness_seconds
+            control_table,
+            policy=settings.api_policy,
+            lateness_seconds=settings.api_rate_lateness_seconds,
+            max_in_flight=settings.api_in_flight_per_invocation,
+            metric=add_metric,
         ),
         policy=policy,
     )

@@ -26,49 +26,169 @@ the invocation's recent use (`claim_ahead_seconds`), so a busy invocation writes
 once per several requests, not once per request. A claim never reaches more than
 `max_ahead_seconds` past now; beyond that the caller just waits.
 
-Pacing, and why it is (1 + L) / R. What the API counts is *arrivals*, and a request arrives
-after its slot, by the thread's wake-up plus the request's trip. Say every arrival lags its slot
-by d, 0 <= d <= L (the tolerated lateness). Then the R + 1 slots s_0 < ... < s_R of any run
-span at least R × interval = 1 + L seconds, so their arrivals are at least
-(1 + L) + d_R - d_0 >= 1 second apart: never R + 1 arrivals in one half-open one-second window,
-whatever the lateness pattern within [0, L]. The rate is R / (1 + L): 95.2% of the limit at
-L = 50 ms, where a fixed 90% headroom gave up 10% and still had no stated bound.
+The policy is the API's, as it documents it (`ApiPolicy`: template ApiRateLimit R, ApiBurst B):
+never more than R requests in any one-second window, and never more than a token bucket of rate R
+and depth B lets through (nginx's `limit_req burst=B nodelay`; B = 0 is strict spacing, 1/R).
 
-The lateness is made a bound, not a hope, on the sending side: a caller that wakes up more than
-`wake_tolerance` (L / 2 by default) after its slot forfeits it and claims a new one, so a stalled
-thread or a descheduled process cannot send late into a later caller's second. The other half of
-L is left for the trip to the API. Measured on loopback on this 2-core machine under load
-(docs/performance.md): wake-up lateness p99 ~11 ms, max ~17 ms; slot to arrival p99 ~18 ms,
-max ~42 ms. A deployment whose trip to the API varies more sets a larger L.
+Pacing, and why it is max((1 + L) / R, 1/R + max(0, L - B/R)). What the API counts is
+*arrivals*, and a request arrives after its slot, by the thread's wake-up plus the request's trip.
+Say every arrival lags its slot by d, 0 <= d <= L (the lateness). The window: the R + 1 slots
+s_0 < ... < s_R of any run span at least R × interval >= 1 + L seconds, so their arrivals are at
+least (1 + L) + d_R - d_0 >= 1 second apart: never R + 1 arrivals in a half-open one-second window.
+The bucket (GCRA with emission interval T = 1/R and tolerance B·T): arrivals conform when
+a_j - a_i >= (j - i)·T - B·T for every i < j; slots `interval` >= T apart give
+a_j - a_i >= (j - i)·interval - L, so interval >= T + L - B·T suffices. A burst covers lateness:
+with B/R >= L only the window's (1 + L) / R is left (98% of R at L = 20 ms); strict spacing pays
+the whole lateness per request (1/R + L). `window_only` (a limit with no stated burst, the
+simulator's sliding window) keeps the first term only.
 
-A pause (a 429 or 503 whose Retry-After says "not before T") is written into the same item:
+Pacing from measured lateness, not an assumed one. L is what this stack measures (`LatenessMeter`,
+the last LATENESS_SAMPLES requests of the invocation): the wake-up tolerance (below) plus the p99
+of send → first byte above its minimum (the part every request pays shifts all arrivals alike; the
+spread above it is an upper bound of how much a trip can vary; a slow API's own latency variation
+counts too, which is conservative) plus 1 ms for an API that counts whole milliseconds. Until
+MIN_SAMPLES are in, the assumed lateness (ApiRateLatenessSeconds) is used. Each invocation
+publishes its L into the shared item with a claim every PUBLISH_SECONDS (no extra write), and
+paces for the larger of its own and any published within SHARED_FRESH_SECONDS: every invocation
+claims slots for the worst lateness measured in the stack.
+
+A slot woken late is never used late: a caller that wakes more than `wake_tolerance` after its
+slot forfeits it and claims a new one, as often as it takes (the old limiter sent on the fourth
+late slot; an arrival later than L is exactly what breaks the window). The tolerance is the
+measured p99 of real sleeps' wake-up lateness (at least MIN_WAKE_TOLERANCE_SECONDS; L/2 assumed
+until measured); slots handed out already due are not samples, else the tolerance would ratchet
+up on its own values. Connections are opened before a slot is taken (downstream.HttpTransport
+.ready), so a handshake never makes an arrival late.
+
+Stack-wide feedback on 429 (AIMD in the same item). The declared limit can be wrong (a quota
+shared with another client). A 429 steps the stack's rate down, `rate = DECREASE_FACTOR × rate`,
+one conditional write that also counts `decreases`; a 429 on a slot within DECREASE_HOLD_SECONDS
+of the last decrease is the same overshoot and changes nothing. The schedule pauses (tat pushed)
+for Retry-After, or one interval at the new rate plus L, so the API's bucket drains. The rate
+creeps back by INCREASE_PER_SLOT × R per slot claimed, inside the claim's own write: with
+requests, not with time, so a stack idle for a minute does not come back at the refused rate.
+Every claim reads the item back (ReturnValues ALL_NEW): every invocation paces at the stack's rate
+from its next claim on. The 429 is no failed attempt for the row: it waits and goes again.
+
+A pause (a 429, or a 503 whose Retry-After says "not before T") is written into the same item:
 `tat` is pushed to T (`SET tat = :T` if tat < T, one write), so every invocation's next claim,
 busy or idle, starts at T or later. Slots an invocation already holds before T are dropped from
 its own reservoir; other invocations hold at most `claim_ahead_seconds` of slots, which they
 may still use. Every wait here takes a `stop` event: a caller whose segment runs out of time
 gives up its wait (Interrupted) instead of sleeping through a long pause.
 
+R in the interval is the stack's rate now (declared, or lower after 429s); each claim computes
+its interval when it is made, and slots of claims at different intervals are still at least the
+smaller one apart (a claim starts at or after the previous tat).
+
+The most requests in flight (ApiMaxInFlight) is enforced per invocation, as an equal share:
+`max_in_flight` permits, taken before the slot (a caller never holds a slot waiting for a permit)
+and returned by `finished`. A stack-wide counter in the item would cost two writes per request and
+leak the count of every invocation that dies mid-request; a share of ApiMaxInFlight /
+ConcurrencyMax per invocation holds the sum with no write at all, at the price of leaving part
+of it unused while fewer invocations run (settings.ProcessSettings.api_in_flight_per_invocation).
+
 Time is epoch seconds because it is shared between machines; a `Clock` is injected so tests run
 on a `ManualClock` without sleeping.
 """
 
+import contextlib
 import heapq
 import itertools
 import math
 import threading
 import time
+import uuid
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
+from boto3.dynamodb.types import TypeDeserializer
+
+from sluice.observability import MetricUnit
+
 BUCKET_KEY = "ratelimit#downstream"
-DEFAULT_LATENESS_SECONDS = 0.05  # L: slot → arrival at the API; paces at R / 1.05 = 95.2% of R
-MAX_FORFEITS = 3  # consecutive late wake-ups before a caller sends on the slot it has anyway
+DEFAULT_LATENESS_SECONDS = 0.05  # lateness assumed until measured (ApiRateLatenessSeconds)
 CLAIM_AHEAD_SECONDS = 0.2  # a claim covers this long of the invocation's recent use...
 MAX_BATCH = 64  # ...but never more slots than this
 RATE_WINDOW = 1.0  # seconds of hand-outs that make "recent use"
 WAIT_TICK_SECONDS = 0.25  # a long wait looks at its stop event this often
 STOPPED_GRACE_SECONDS = 1.0  # a stopped caller still sends on a slot due within this
+
+# Measured lateness (module doc, "Pacing from measured lateness")
+LATENESS_SAMPLES = 512  # the recent requests whose wake-up and trip are kept
+MIN_SAMPLES = 50  # fewer than this: the assumed lateness is used
+LATENESS_PERCENTILE = 0.99
+RECOMPUTE_EVERY = 16  # new samples between two computations of the percentiles
+MIN_WAKE_TOLERANCE_SECONDS = 0.002  # a wake-up this late is always on time (timer granularity)
+# An API counting in whole milliseconds (nginx) may see two arrivals up to 1 ms closer than they were.
+CLOCK_GRANULARITY_SECONDS = 0.001
+PUBLISH_SECONDS = 5.0  # an invocation writes its measured lateness into the shared item this often
+SHARED_FRESH_SECONDS = 3 * PUBLISH_SECONDS  # a published lateness older than this is ignored
+
+# Stack-wide feedback on 429 (module doc, "Feedback"): AIMD on the shared item
+DECREASE_FACTOR = 0.9  # a 429 multiplies the stack's rate by this
+# Each slot claimed while below the declared rate adds this fraction of it back (in the claim's own
+# write): the rate creeps back with requests sent, not with time, so an idle stack does not come
+# back at the rate that was refused. 2e-4: a 10% step down is climbed back in 500 requests at R.
+INCREASE_PER_SLOT = 0.0002
+MIN_RATE_FRACTION = 0.05  # the rate never falls below this fraction of the declared one
+# A 429 on a slot within this of the last decrease is the same overshoot (slots claimed ahead at
+# the old rate, CLAIM_AHEAD_SECONDS, and requests in flight): it does not step down again.
+DECREASE_HOLD_SECONDS = 0.3
+
+# Metrics (names declared here once; monitor and dashboards read them)
+PACED_RATE_METRIC = "ApiPacedRate"  # requests/s the stack paces at now (declared, or lower after 429s)
+RATE_DECREASE_METRIC = "ApiRateDecreases"  # 429s that stepped the stack's rate down
+PACING_LATENESS_METRIC = "ApiPacingLatenessMs"  # the arrival lateness the pacing tolerates
+WAKE_LATENESS_METRIC = "ApiWakeLatenessP99Ms"  # measured: slot -> thread awake, p99
+TRIP_SPREAD_METRIC = "ApiTripSpreadP99Ms"  # measured: send -> first byte, p99 minus the minimum
+FORFEIT_METRIC = "ApiSlotsForfeited"  # slots given up because the caller woke too late for them
+
+MetricSink = Callable[[str, MetricUnit, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PacingState:
+    """The shared item (`BUCKET_KEY`) as an operator reads it (`sluice monitor`)."""
+
+    rate: float | None  # the stack's rate after 429s; None: never stepped down (the declared one)
+    lateness_seconds: float | None  # the measured lateness last published; None: not yet
+    decreases: int  # 429s that stepped the rate down, ever
+    tat: float | None  # the first free slot (epoch seconds)
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> "PacingState":
+        """From the item as the boto3 resource returns it (numbers as Decimal)."""
+
+        def number(name: str) -> float | None:
+            return float(item[name]) if name in item else None
+
+        return cls(
+            rate=number("rate"),
+            lateness_seconds=number("lateness"),
+            decreases=int(item.get("decreases", 0)),
+            tat=number("tat"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPolicy:
+    """The downstream's limit as its documentation states it (template ApiRateLimit, ApiBurst).
+
+    `rate` requests per second, and never more than `rate` in any one-second window; `burst`
+    requests tolerated at once beyond the rate (a token bucket's depth beyond one request, nginx's
+    `burst=`, API Gateway's burst minus one); 0 = strict spacing, one request per 1/rate.
+    """
+
+    rate: float
+    burst: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 0:
+            raise ValueError("limit (rate) must be > 0 and burst >= 0")
 
 
 class Clock(Protocol):
@@ -132,16 +252,21 @@ class RateLimitContention(RuntimeError):
     """The bucket kept changing under us: too many claimers for one item."""
 
 
-def pacing_interval(limit: float, lateness_seconds: float) -> float:
+def pacing_interval(limit: float, lateness_seconds: float, burst: int | None = None) -> float:
     """Seconds between two slots so that arrivals up to `lateness_seconds` late never put more
-    than `limit` requests in one second (module doc)."""
+    than `limit` requests in any one-second window and, with a `burst` (None: the API counts per
+    window only), never overflow a token bucket of rate `limit` and depth `burst` (module doc)."""
     if limit <= 0 or lateness_seconds < 0:
         raise ValueError("limit must be > 0 and lateness_seconds >= 0")
-    return (1.0 + lateness_seconds) / limit
+    window = (1.0 + lateness_seconds) / limit
+    if burst is None:
+        return window
+    return max(window, 1.0 / limit + max(0.0, lateness_seconds - burst / limit))
 
 
 class SharedBucket:
-    """The GCRA schedule in the ControlTable (a boto3 DynamoDB Table resource).
+    """The GCRA schedule in the ControlTable (a boto3 DynamoDB Table resource), with the stack's
+    measured lateness and its rate after 429s (AIMD) in the same item.
 
     `tat` is kept as the exact decimal string stored, so the condition compares like with like.
     """
@@ -150,15 +275,24 @@ class SharedBucket:
         self,
         table: Any,
         *,
-        limit: float,
+        limit: float | None = None,
+        policy: ApiPolicy | None = None,
         lateness_seconds: float = DEFAULT_LATENESS_SECONDS,
         clock: Clock | None = None,
         key: str = BUCKET_KEY,
         max_ahead_seconds: float = 5.0,
         max_conflicts: int = 100,
     ):
-        self.interval = pacing_interval(limit, lateness_seconds)
-        self.lateness = lateness_seconds
+        # `limit` alone: an API that counts per one-second window only (no token bucket beyond it)
+        self.window_only = policy is None
+        if policy is None:
+            if limit is None:
+                raise ValueError("a limit or a policy is needed")
+            policy = ApiPolicy(rate=limit)
+        pacing_interval(policy.rate, lateness_seconds)  # refuses a bad lateness
+        self.policy = policy
+        self.assumed_lateness = lateness_seconds  # until the limiter has measured its own
+        self.lateness = lateness_seconds  # what the next claim tolerates (the limiter updates it)
         self.clock = clock or SystemClock()
         self._table = table
         self._conflict = table.meta.client.exceptions.ConditionalCheckFailedException
@@ -166,14 +300,48 @@ class SharedBucket:
         self.max_ahead = max_ahead_seconds
         self._max_conflicts = max_conflicts
         self._tat: str | None = None  # the last value seen
+        self.shared: dict[str, Any] = {}  # the item's other attributes, as last seen
+        self.last_interval = self.interval
+        self.decreases = 0  # 429s whose write stepped the stack's rate down
 
-    def claim(self, count: int, stop: threading.Event | None = None) -> float:
-        """Take `count` consecutive slots; the first one's time. Slots are `interval` apart.
+    # -- what the stack paces at ------------------------------------------------------------
+
+    def rate(self) -> float:
+        """The stack's rate now: the declared one, or less after 429s, creeping back by
+        INCREASE_PER_SLOT of the declared rate per slot claimed since."""
+        if "rate" not in self.shared:
+            return self.policy.rate
+        return min(self.policy.rate, float(self.shared["rate"]))
+
+    def shared_lateness(self, now: float) -> float:
+        """The lateness another invocation published lately (0 when none is fresh)."""
+        if "lateness_at" not in self.shared or now - float(self.shared["lateness_at"]) > SHARED_FRESH_SECONDS:
+            return 0.0
+        return float(self.shared["lateness"])
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two slots now, at the stack's rate and the lateness tolerated."""
+        burst = None if self.window_only else self.policy.burst
+        return pacing_interval(self.rate(), self.lateness, burst)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def claim(
+        self,
+        count: int,
+        stop: threading.Event | None = None,
+        *,
+        publish: float | None = None,
+        publisher: str = "",
+    ) -> float:
+        """Take `count` consecutive slots; the first one's time. Slots are `last_interval` apart.
 
         One write in the usual case, whatever the other invocations did meanwhile: a busy bucket
         (tat at or after now) is extended with an atomic ADD, an idle one restarted at now with a
         SET; each is conditional on the bucket being in that case, so only a switch between busy
-        and idle since our last look costs a second write.
+        and idle since our last look costs a second write. `publish`: a measured lateness to write
+        into the item with the claim (no extra write). Every claim reads the item back.
         """
         for _ in range(self._max_conflicts):
             now = self.clock.now()
@@ -181,10 +349,24 @@ class SharedBucket:
             if seen is not None and seen - now > self.max_ahead:
                 sleep_until(self.clock, seen - self.max_ahead, stop)
                 continue
+            interval = self.interval
+            sets: list[str] = []
+            values: dict[str, Any] = {}
+            if publish is not None:
+                sets.append("lateness = :lateness, lateness_at = :now, lateness_by = :by")
+                values |= {":lateness": Decimal(_micros(publish)), ":by": publisher}
+            if self.rate() < self.policy.rate:  # additive increase, in the same write
+                sets.append("rate = if_not_exists(rate, :declared) + :increase")
+                values[":declared"] = Decimal(_micros(self.policy.rate))
+                values[":increase"] = Decimal(_micros(count * INCREASE_PER_SLOT * self.policy.rate))
+            extra = ", ".join(sets)
             start = (
-                self._extend(now, count) if seen is not None and seen >= now else self._restart(now, count)
+                self._extend(now, count, interval, extra, values)
+                if seen is not None and seen >= now
+                else self._restart(now, count, interval, extra, values)
             )
             if start is not None:
+                self.last_interval = interval
                 return start
         raise RateLimitContention(f"could not claim a rate slot in {self._max_conflicts} tries")
 
@@ -195,47 +377,91 @@ class SharedBucket:
         if self._update("SET tat = :until", condition, {":until": Decimal(value)}) is not None:
             self._tat = value
 
-    def _extend(self, now: float, count: int) -> float | None:
+    def throttled(self, slot: float, retry_after: float | None = None) -> float:
+        """A request sent on `slot` was answered 429: step the stack's rate down (unless a 429
+        of the same overshoot did already) and pause the schedule. When the row may go again.
+
+        Multiplicative decrease, one conditional write: `rate = DECREASE_FACTOR × rate(now)` if
+        the last decrease was before `slot - DECREASE_HOLD_SECONDS` (requests claimed or in flight
+        at the old rate answer 429 too; they are the same overshoot). The pause lets the API's
+        bucket drain: Retry-After when given, else one interval at the new rate plus the
+        tolerated lateness, so the next arrival finds room.
+        """
+        now = self.clock.now()
+        new_rate = max(self.policy.rate * MIN_RATE_FRACTION, self.rate() * DECREASE_FACTOR)
+        values = {
+            ":rate": Decimal(_micros(new_rate)),
+            ":now": Decimal(_micros(now)),
+            ":before": Decimal(_micros(slot - DECREASE_HOLD_SECONDS)),
+            ":one": Decimal(1),
+        }
+        condition = "attribute_not_exists(rate_at) OR rate_at < :before"
+        stepped = self._update("SET rate = :rate, rate_at = :now ADD decreases :one", condition, values)
+        wait = retry_after or 0.0
+        if stepped is not None:
+            self.decreases += 1
+            wait = max(wait, 1.0 / new_rate + self.lateness)
+        until = now + wait
+        if wait > 0:
+            self.pause(until)
+        return until
+
+    def _extend(
+        self, now: float, count: int, interval: float, extra: str, values: dict[str, Any]
+    ) -> float | None:
         """Busy bucket: tat += count × interval, if tat >= now still. The first slot, or None."""
-        delta = Decimal(_micros(count * self.interval))
-        answer = self._update(
-            "ADD tat :delta", "tat >= :now", {":delta": delta, ":now": Decimal(_micros(now))}
-        )
+        delta = Decimal(_micros(count * interval))
+        update = "ADD tat :delta" + (f" SET {extra}" if extra else "")
+        values = {**values, ":delta": delta, ":now": Decimal(_micros(now))}
+        answer = self._update(update, "tat >= :now", values)
         if answer is None:
             return None
         new_tat = answer["tat"]
         self._tat = str(new_tat)
         return float(new_tat - delta)
 
-    def _restart(self, now: float, count: int) -> float | None:
+    def _restart(
+        self, now: float, count: int, interval: float, extra: str, values: dict[str, Any]
+    ) -> float | None:
         """Idle (or new) bucket: tat = now + count × interval, if tat < now still. Now, or None."""
-        new_tat = _micros(now + count * self.interval)
+        new_tat = _micros(now + count * interval)
         condition = "attribute_not_exists(tat) OR tat < :now"
-        answer = self._update(
-            "SET tat = :new", condition, {":new": Decimal(new_tat), ":now": Decimal(_micros(now))}
-        )
+        update = "SET tat = :new" + (f", {extra}" if extra else "")
+        values = {**values, ":new": Decimal(new_tat), ":now": Decimal(_micros(now))}
+        answer = self._update(update, condition, values)
         if answer is None:
             return None
         self._tat = new_tat
         return now
 
-    def _update(self, update: str, condition: str, values: dict[str, Decimal]) -> dict[str, Any] | None:
-        """The item's new attributes, or None when the condition failed (our view is refreshed)."""
+    def _update(self, update: str, condition: str, values: dict[str, Any]) -> dict[str, Any] | None:
+        """The item's attributes after the write, or None when the condition failed (our view of
+        the item is refreshed either way)."""
         try:
             answer = self._table.update_item(
                 Key=self._key,
                 UpdateExpression=update,
                 ConditionExpression=condition,
                 ExpressionAttributeValues=values,
-                ReturnValues="UPDATED_NEW",
+                ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except self._conflict as error:
             # The item inside the error is not deserialized by the resource: {"tat": {"N": "..."}}
-            old = error.response.get("Item", {}).get("tat")
-            self._tat = old["N"] if old else None
+            raw = error.response.get("Item", {})
+            self._see({name: _DESERIALIZE.deserialize(value) for name, value in raw.items()})
             return None
-        return dict(answer.get("Attributes", {}))
+        item = dict(answer.get("Attributes", {}))
+        self._see(item)
+        return item
+
+    def _see(self, item: dict[str, Any]) -> None:
+        tat = item.get("tat")
+        self._tat = str(tat) if tat is not None else None
+        self.shared = {name: value for name, value in item.items() if name not in ("pk", "tat")}
+
+
+_DESERIALIZE = TypeDeserializer()
 
 
 def _micros(when: float) -> str:
@@ -245,17 +471,71 @@ def _micros(when: float) -> str:
     return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
 
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+class LatenessMeter:
+    """This invocation's recent wake-up lateness (slot -> thread awake) and trips (send -> first
+    byte of the answer), and the arrival lateness the pacing must tolerate from them."""
+
+    def __init__(self, samples: int = LATENESS_SAMPLES) -> None:
+        self._wake: deque[float] = deque(maxlen=samples)
+        self._trip: deque[float] = deque(maxlen=samples)
+        self._lock = threading.Lock()
+        # Percentiles are asked for under the limiter's lock by every waiting thread: recomputed
+        # once per RECOMPUTE_EVERY new samples, not per question.
+        self._added = 0
+        self._cached: tuple[float, float] | None = None
+
+    def woke(self, seconds: float) -> None:
+        with self._lock:
+            self._wake.append(max(0.0, seconds))
+            self._added += 1
+
+    def answered(self, seconds: float) -> None:
+        with self._lock:
+            self._trip.append(max(0.0, seconds))
+            self._added += 1
+
+    @property
+    def measured(self) -> bool:
+        return len(self._wake) >= MIN_SAMPLES and len(self._trip) >= MIN_SAMPLES
+
+    def wake_p99(self) -> float:
+        return self._percentiles()[0]
+
+    def trip_spread_p99(self) -> float:
+        """p99 of the trip minus its minimum: the part every request pays moves all arrivals
+        alike and cannot bunch them; only the spread above it can."""
+        return self._percentiles()[1]
+
+    def _percentiles(self) -> tuple[float, float]:
+        with self._lock:
+            if self._cached is None or self._added >= RECOMPUTE_EVERY:
+                wake = _percentile(list(self._wake), LATENESS_PERCENTILE) if self._wake else 0.0
+                trips = list(self._trip)
+                spread = _percentile(trips, LATENESS_PERCENTILE) - min(trips) if trips else 0.0
+                self._cached, self._added = (wake, spread), 0
+            return self._cached
+
+
 class RateLimiter:
-    """Paces the threads of one invocation on the shared bucket; `acquire` before every request.
+    """Paces the threads of one invocation on the shared bucket; `acquire` before every request,
+    `finished` after it.
 
     Slots are claimed into a local reservoir and handed out earliest first. One thread at a time
     claims: for every thread waiting at that moment, and ahead for what this invocation has been
     using (its hand-outs over the last second × `claim_ahead_seconds`, at most `max_batch`), so a
     busy invocation makes one DynamoDB write per several requests instead of one each. A slot
-    claimed ahead is only ever used on time: one that has passed by more than `wake_tolerance`
-    is dropped from the reservoir, and a caller that wakes more than `wake_tolerance` after its
-    slot gives it up and takes another (module doc). What was claimed and not used is capacity
+    is only ever used on time: one that has passed by more than `wake_tolerance` is dropped from
+    the reservoir, and a caller that wakes more than `wake_tolerance` after its slot gives it up
+    and takes another, however often (module doc). What was claimed and not used is capacity
     the stack does not get back, which is why the reservoir follows the demand.
+
+    `max_in_flight` (0: no cap) bounds this invocation's requests between `acquire` and
+    `finished`; a caller takes its permit before its slot, so it never holds a slot waiting for one.
     """
 
     def __init__(
@@ -265,12 +545,17 @@ class RateLimiter:
         wake_tolerance: float | None = None,
         claim_ahead_seconds: float = CLAIM_AHEAD_SECONDS,
         max_batch: int = MAX_BATCH,
+        max_in_flight: int = 0,
+        metric: MetricSink | None = None,
     ):
         self._bucket = bucket
         self._clock = bucket.clock
-        self.wake_tolerance = bucket.lateness / 2 if wake_tolerance is None else wake_tolerance
+        self._fixed_wake_tolerance = wake_tolerance
+        self.meter = LatenessMeter()
         self._claim_ahead = claim_ahead_seconds
         self._max_batch = max_batch
+        self._in_flight = threading.BoundedSemaphore(max_in_flight) if max_in_flight > 0 else None
+        self._metric = metric
         self._cond = threading.Condition()
         self._slots: deque[float] = deque()  # claimed, not handed out yet, in time order
         self._handed: deque[float] = deque()  # when slots were handed out, the last RATE_WINDOW
@@ -280,41 +565,117 @@ class RateLimiter:
         self._line: list[tuple[int, int]] = []
         self._tickets = itertools.count()
         self._claiming = False
+        self._published_at = float("-inf")
+        self._id = uuid.uuid4().hex[:12]  # names this invocation's published lateness
+        self._forfeits_reported = 0
         self.claims = 0  # writes to the bucket
         self.expired = 0  # claimed ahead, never handed out in time
         self.forfeited = 0  # handed out, given up because the caller woke too late for it
-        self.late_sends = 0  # sent late anyway, after MAX_FORFEITS consecutive forfeits
+
+    # -- the lateness the pacing tolerates ----------------------------------------------------
+
+    @property
+    def wake_tolerance(self) -> float:
+        """How late a caller may wake after its slot and still send on it: the measured p99
+        wake-up lateness (never under MIN_WAKE_TOLERANCE_SECONDS), half the assumed lateness
+        until measured. Later than this, the slot is forfeited."""
+        if self._fixed_wake_tolerance is not None:
+            return self._fixed_wake_tolerance
+        if not self.meter.measured:
+            return self._assumed / 2
+        return max(MIN_WAKE_TOLERANCE_SECONDS, self.meter.wake_p99())
+
+    @property
+    def _assumed(self) -> float:
+        return self._bucket.assumed_lateness
+
+    def own_lateness(self) -> float:
+        """What a request of this invocation can lag its slot: the wake tolerance (enforced) plus
+        the trip's measured spread and the API's clock granularity; the assumed lateness until
+        measured."""
+        if self.meter.measured:
+            return self.wake_tolerance + self.meter.trip_spread_p99() + CLOCK_GRANULARITY_SECONDS
+        return self._assumed
+
+    def lateness(self) -> float:
+        """The arrival lateness slots must tolerate: this invocation's own, never less than the
+        one another invocation of the stack published lately."""
+        return max(self.own_lateness(), self._bucket.shared_lateness(self._clock.now()))
+
+    # -- callers ------------------------------------------------------------------------------
 
     def acquire(self, stop: threading.Event | None = None, order: int | None = None) -> float:
         """Block until this caller's slot; its time (epoch seconds). Interrupted once `stop` is set.
 
-        Among callers waiting at once, a lower `order` (a row number) gets the earlier slot.
+        Among callers waiting at once, a lower `order` (a row number) gets the earlier slot. With
+        `max_in_flight`, the caller holds a permit from here until `finished`.
         """
-        for forfeits in range(MAX_FORFEITS + 1):
-            slot = self._take_slot(stop, order)
-            # A request handed out before its segment stopped still goes out on a slot that is
-            # due (the segment's safety margin covers a second); a longer wait, a pause, is given
-            # up. Slots go in row order, so the rows that give up come after those that send.
-            sleep_until(self._clock, slot, stop, grace_seconds=STOPPED_GRACE_SECONDS)
-            if self._clock.now() - slot <= self.wake_tolerance:
-                return slot
-            if forfeits == MAX_FORFEITS:
-                break
-            with self._cond:
-                self.forfeited += 1
-        # Woken late every time: the machine is stalling. Sending beats starving the caller; the
-        # API's own 429 (retried) is the last guard.
-        with self._cond:
-            self.late_sends += 1
-        return slot
+        self._take_permit(stop)
+        try:
+            while True:
+                slot = self._take_slot(stop, order)
+                asleep = self._clock.now()
+                # A request handed out before its segment stopped still goes out on a slot that is
+                # due (the segment's safety margin covers a second); a longer wait, a pause, is given
+                # up. Slots go in row order, so the rows that give up come after those that send.
+                sleep_until(self._clock, slot, stop, grace_seconds=STOPPED_GRACE_SECONDS)
+                late = self._clock.now() - slot
+                if asleep < slot:
+                    # Only a real sleep measures the wake-up: a slot handed out due already is late
+                    # by at most the tolerance by construction, and counting it would ratchet the
+                    # tolerance up on its own samples.
+                    self.meter.woke(late)
+                if late <= self.wake_tolerance:
+                    return slot
+                # Woken too late: sending now could bunch with the next callers' arrivals. The slot
+                # is given up, however often; the caller's stop event still ends the wait.
+                with self._cond:
+                    self.forfeited += 1
+        except BaseException:
+            self._release_permit()
+            raise
+
+    def finished(self, sent_at: float, first_byte_at: float | None) -> None:
+        """The request sent at `sent_at` got its first byte back at `first_byte_at` (None: no
+        answer, a timeout or a connection error): its trip is measured, its permit returned."""
+        if first_byte_at is not None:
+            self.meter.answered(first_byte_at - sent_at)
+        self._release_permit()
+
+    def throttled(self, slot: float, retry_after: float | None = None) -> float:
+        """The request sent on `slot` was answered 429: the stack steps down and pauses (one or
+        two writes to the shared item); when the row may be sent again."""
+        before = self._bucket.decreases
+        until = self._bucket.throttled(slot, retry_after)
+        self._drop_before(until)
+        if self._bucket.decreases > before:
+            self._emit(RATE_DECREASE_METRIC, MetricUnit.Count, 1)
+            self._emit(PACED_RATE_METRIC, MetricUnit.CountPerSecond, round(self._bucket.rate(), 3))
+        return until
 
     def pause(self, until: float) -> None:
         """Nobody in the stack sends before `until` (a Retry-After): one write to the shared item."""
         self._bucket.pause(until)
+        self._drop_before(until)
+
+    def _drop_before(self, until: float) -> None:
         with self._cond:
             while self._slots and self._slots[0] < until:
                 self._slots.popleft()
                 self.expired += 1
+
+    def _take_permit(self, stop: threading.Event | None) -> None:
+        if self._in_flight is None:
+            return
+        while not self._in_flight.acquire(timeout=WAIT_TICK_SECONDS):
+            if stop is not None and stop.is_set():
+                raise Interrupted("stopped while waiting for a request in flight to end")
+
+    def _release_permit(self) -> None:
+        if self._in_flight is not None:
+            # finished() without a permit (a caller outside acquire) holds nothing to return
+            with contextlib.suppress(ValueError):
+                self._in_flight.release()
 
     def _take_slot(self, stop: threading.Event | None = None, order: int | None = None) -> float:
         """The next slot, to the waiting caller with the lowest `order` first (then first come)."""
@@ -325,7 +686,8 @@ class RateLimiter:
             try:
                 while True:
                     now = self._clock.now()
-                    while self._slots and now - self._slots[0] > self.wake_tolerance:
+                    tolerance = self.wake_tolerance
+                    while self._slots and now - self._slots[0] > tolerance:
                         self._slots.popleft()
                         self.expired += 1
                     if self._slots and self._line[0] == me:
@@ -333,9 +695,11 @@ class RateLimiter:
                         self._handed.append(now)
                         self._cond.notify_all()  # the next in line takes the next slot
                         return self._slots.popleft()
-                    if self._claiming or self._slots:
+                    if self._claiming or len(self._slots) >= len(self._line):
                         self._cond.wait(WAIT_TICK_SECONDS)
                     else:
+                        # More callers waiting than slots held: claim now, not once the reservoir
+                        # is empty, so the claim's round trip does not leave a gap of unused slots.
                         self._claim(now, stop)
             finally:
                 self._waiters -= 1
@@ -350,25 +714,79 @@ class RateLimiter:
         while self._handed and now - self._handed[0] > RATE_WINDOW:
             self._handed.popleft()
         demand = math.ceil(len(self._handed) / RATE_WINDOW * self._claim_ahead)
-        count = max(self._waiters, min(self._max_batch, demand))
+        count = max(self._waiters - len(self._slots), min(self._max_batch, demand))
+        own, shared = self.own_lateness(), self._bucket.shared_lateness(now)
+        lateness = max(own, shared)
+        self._bucket.lateness = lateness
+        # Its own lateness, not the max it paces for (that would keep a stall's value alive for
+        # ever); and not over a larger fresh one of another invocation, which keeps it until it
+        # lowers it itself or stops publishing (SHARED_FRESH_SECONDS).
+        mine = self._bucket.shared.get("lateness_by") == self._id
+        due = self.meter.measured and now - self._published_at >= PUBLISH_SECONDS
+        publish = own if due and (own >= shared or mine) else None
         self._claiming = True
         self._cond.release()
         try:
-            start = self._bucket.claim(count, stop)
+            start = self._bucket.claim(count, stop, publish=publish, publisher=self._id)
         finally:
             self._cond.acquire()
             self._claiming = False
             self._cond.notify_all()
         self.claims += 1
-        self._slots.extend(start + index * self._bucket.interval for index in range(count))
+        interval = self._bucket.last_interval
+        self._slots.extend(start + index * interval for index in range(count))
+        if due:
+            self._published_at = now
+            self._report(lateness)
+
+    def _report(self, lateness: float) -> None:
+        """The pacing's state, every PUBLISH_SECONDS: the rate, the lateness and what it is made of."""
+        self._emit(PACED_RATE_METRIC, MetricUnit.CountPerSecond, round(self._bucket.rate(), 3))
+        self._emit(PACING_LATENESS_METRIC, MetricUnit.Milliseconds, round(lateness * 1000, 2))
+        self._emit(WAKE_LATENESS_METRIC, MetricUnit.Milliseconds, round(self.meter.wake_p99() * 1000, 2))
+        self._emit(TRIP_SPREAD_METRIC, MetricUnit.Milliseconds, round(self.meter.trip_spread_p99() * 1000, 2))
+        forfeits, self._forfeits_reported = self.forfeited - self._forfeits_reported, self.forfeited
+        self._emit(FORFEIT_METRIC, MetricUnit.Count, forfeits)
+
+    def _emit(self, name: str, unit: MetricUnit, value: float) -> None:
+        if self._metric is not None:
+            self._metric(name, unit, value)
+
+    def stats(self) -> dict[str, float]:
+        """What the pacing uses now (for a bench or a log line)."""
+        return {
+            "rate": round(self._bucket.rate(), 3),
+            "interval_ms": round(self._bucket.interval * 1000, 3),
+            "lateness_ms": round(self.lateness() * 1000, 3),
+            "wake_tolerance_ms": round(self.wake_tolerance * 1000, 3),
+            "wake_p99_ms": round(self.meter.wake_p99() * 1000, 3),
+            "trip_spread_p99_ms": round(self.meter.trip_spread_p99() * 1000, 3),
+            "forfeited": self.forfeited,
+            "expired": self.expired,
+            "claims": self.claims,
+            "decreases": self._bucket.decreases,
+        }
 
 
 def shared_limiter(
     table: Any,
     *,
-    limit: float,
+    limit: float | None = None,
+    policy: ApiPolicy | None = None,
     lateness_seconds: float = DEFAULT_LATENESS_SECONDS,
     clock: Clock | None = None,
+    max_in_flight: int = 0,
+    metric: MetricSink | None = None,
 ) -> RateLimiter:
-    """A limiter for one invocation, on the stack's bucket in `table` (the ControlTable)."""
-    return RateLimiter(SharedBucket(table, limit=limit, lateness_seconds=lateness_seconds, clock=clock))
+    """A limiter for one invocation, on the stack's bucket in `table` (the ControlTable).
+
+    `policy` (rate and burst) as the API documents it; `limit` alone: an API that counts per
+    one-second window only (no token bucket to respect beyond it)."""
+    bucket = SharedBucket(
+        table,
+        limit=limit,
+        policy=policy,
+        lateness_seconds=lateness_seconds,
+        clock=clock,
+    )
+    return RateLimiter(bucket, max_in_flight=max_in_flight, metric=metric)

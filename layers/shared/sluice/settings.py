@@ -11,7 +11,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sluice.ratelimit import DEFAULT_LATENESS_SECONDS
+from sluice.ratelimit import DEFAULT_LATENESS_SECONDS, ApiPolicy
 
 # The downstream API choice (template parameters Stage, ApiMode, ApiUrl). The rule below is the one
 # place it is written in Python; template.yaml's `Rules` (ApiMode…, ApiUrl…) state the same for
@@ -125,10 +125,15 @@ class ProcessSettings(MetadataSettings):
     stage: Stage
     api_mode: ApiMode = "http"
     api_url: str = ""  # with api_mode http: the endpoint (api_choice_problem says which are refused)
+    # The API's policy as it documents it (template ApiRateLimit, ApiBurst, ApiMaxInFlight;
+    # sluice/ratelimit.py paces the whole stack by it)
     api_rate_limit: float = Field(default=50.0, gt=0)  # requests per second, for the whole stack
-    # slot → arrival at the API the pacing tolerates; it sends at api_rate_limit / (1 + this)
+    api_burst: int = Field(default=5, ge=0)  # requests tolerated at once beyond the rate; 0: strict spacing
+    api_max_in_flight: int = Field(default=0, ge=0)  # requests in flight, whole stack; 0: no cap
+    concurrency_max: int = Field(default=1, ge=1)  # ProcessObject invocations at once, at most
+    # slot → arrival lateness assumed until the stack has measured its own
     api_rate_lateness_seconds: float = Field(default=DEFAULT_LATENESS_SECONDS, ge=0, le=1)
-    api_concurrency: int = Field(default=16, ge=1)  # requests in flight in one invocation
+    api_concurrency: int = Field(default=16, ge=1)  # worker threads (requests in flight) in one invocation
     api_timeout_seconds: float = Field(default=10.0, gt=0)
     api_max_attempts: int = Field(default=5, ge=1)
     api_backoff_base_seconds: float = Field(default=0.5, gt=0)
@@ -148,6 +153,23 @@ class ProcessSettings(MetadataSettings):
         # RuntimeError, not ValueError: pydantic would wrap a ValueError into a location-less error.
         if problem := api_choice_problem(self.stage, self.api_mode, self.api_url):
             raise RuntimeError(f"ProcessSettings: {problem}")
+        if 0 < self.api_max_in_flight < self.concurrency_max:
+            raise RuntimeError(
+                f"ProcessSettings: API_MAX_IN_FLIGHT ({self.api_max_in_flight}) is below CONCURRENCY_MAX "
+                f"({self.concurrency_max}): every invocation needs one request in flight at least"
+            )
+
+    @property
+    def api_policy(self) -> ApiPolicy:
+        return ApiPolicy(rate=self.api_rate_limit, burst=self.api_burst)
+
+    @property
+    def api_in_flight_per_invocation(self) -> int:
+        """ApiMaxInFlight is stack-wide; each invocation keeps to an equal share of it (at most
+        CONCURRENCY_MAX run at once), so the sum holds without a shared counter (0: no cap)."""
+        if not self.api_max_in_flight:
+            return 0
+        return self.api_max_in_flight // self.concurrency_max
 
 
 class OutputSettings(Settings):

@@ -57,6 +57,7 @@ from sluice.downstream import (
     Delivery,
     DeliveryAbandoned,
     DownstreamClient,
+    RowUrlError,
     add_metric,
     idempotency_key,
 )
@@ -83,6 +84,7 @@ class _Entry:
     key: str = ""
     payload: dict[str, Any] = field(default_factory=dict)
     body: bytes = b""  # the payload as posted, encoded once by the schema
+    url: str | None = None  # the row's own URL (ApiUrl's {column} placeholders filled), None: ApiUrl
     future: "Future[Delivery] | None" = None
     answered: dict[str, Any] | None = None
 
@@ -249,7 +251,12 @@ class Segment:
                 if self._failure is not None or self._stop.is_set():
                     return False
                 entry.future = pool.submit(
-                    self._client.deliver, entry.body, entry.key, stop=self._stop, order=row.number
+                    self._client.deliver,
+                    entry.body,
+                    entry.key,
+                    url=entry.url,
+                    stop=self._stop,
+                    order=row.number,
                 )
                 self._in_flight.add(entry.future)
             self._window.append(entry)
@@ -270,8 +277,12 @@ class Segment:
         parsed = self._schema.parse(record)
         if parsed.payload is None:
             return _Entry(row, reason=parsed.reason)
+        try:
+            url = self._client.target.url(record)
+        except RowUrlError as error:
+            return _Entry(row, reason=str(error))
         key = idempotency_key(self._obj, row.number, record, resend_token=self._resend_token)
-        return _Entry(row, key=key, payload=parsed.payload, body=parsed.body)
+        return _Entry(row, key=key, payload=parsed.payload, body=parsed.body, url=url)
 
     def _wait_for_a_worker(self) -> None:
         """Until fewer than `concurrency` requests are in flight; notes a row that failed."""

@@ -103,7 +103,7 @@ def test_the_schema_exposes_its_columns_and_a_json_schema_for_the_docs() -> None
 
 
 def test_the_registry_knows_orders_v1_and_names_the_known_ones_otherwise() -> None:
-    assert set(SCHEMAS) == {"orders-v1"}
+    assert set(SCHEMAS) == {"orders-v1", "passthrough"}
     assert get_schema("orders-v1").name == "orders-v1"
     with pytest.raises(ValueError, match=r"unknown row schema 'orders-v9'; known: orders-v1"):
         get_schema("orders-v9")
@@ -149,3 +149,13 @@ def test_a_payload_that_cannot_be_sent_as_json_is_the_rows_reject() -> None:
         schema.parse({"value": "nan"}).reason
         == "cannot be sent as JSON: Out of range float values are not JSON compliant: nan"
     )
+
+
+def test_passthrough_sends_each_row_keyed_by_its_header_as_read() -> None:
+    schema = get_schema("passthrough")
+    parsed = schema.parse({"id": "0042", "note": " two words ", "model_config": "", "amount": "1e3"})
+
+    assert parsed.payload == {"id": "0042", "note": " two words ", "model_config": "", "amount": "1e3"}
+    assert parsed.body == b'{"id":"0042","note":" two words ","model_config":"","amount":"1e3"}'
+    assert schema.any_header
+    assert not get_schema("orders-v1").any_header

@@ -5,7 +5,8 @@ A file is INVALID (never retried, routed to the invalid path) when:
 - its first SAMPLE_BYTES are not UTF-8 (a UTF-8 BOM is allowed and ignored);
 - its header does not name exactly the schema's columns. Names are compared after trimming
   spaces, case-sensitively, and in any order: the rows are read by name, so a reordered file is
-  as good as the documented one, while a missing, unexpected or repeated name is not;
+  as good as the documented one, while a missing, unexpected or repeated name is not. With
+  RowSchema=passthrough any header goes whose names are unique and non-empty;
 - one of its first SAMPLE_ROWS data rows would be rejected by the reader: a different number
   of columns than the header (a wrong delimiter or a shifted file shows there), malformed CSV,
   or over a record cap (a bad row further down is only rejected);
@@ -175,6 +176,17 @@ def _check_header(header: list[str], schema: RowSchema) -> None:
     if len(header) > MAX_HEADER_COLUMNS:
         raise _Invalid(f"header: {len(header)} columns, more than MAX_HEADER_COLUMNS ({MAX_HEADER_COLUMNS})")
     repeated = [name for name, count in Counter(header).items() if count > 1]
+    if schema.any_header:  # passthrough: the header is the payload's keys
+        unnamed = [str(number) for number, name in enumerate(header, start=1) if not name]
+        problems = [
+            f"column{'s' if len(unnamed) > 1 else ''} {', '.join(unnamed)} without a name" if unnamed else "",
+            _names("repeated column", repeated),
+        ]
+        if problem := "; ".join(problem for problem in problems if problem):
+            raise _Invalid(
+                f"header: {problem} (RowSchema {schema.name} needs a unique, non-empty name per column)"
+            )
+        return
     missing = [name for name in schema.columns if name not in header]
     unexpected = list(dict.fromkeys(name for name in header if name not in schema.columns))
     problems = [

@@ -3,6 +3,7 @@ shape (ApiMethod, `{column}` in ApiUrl, ApiHeaders), against a loopback API that
 kind of credential. Secrets in moto's Secrets Manager, read through Powertools' SecretsProvider."""
 
 import base64
+import json
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -229,7 +230,9 @@ def test_oauth_client_credentials_fetches_a_token_once_and_renews_it_when_it_exp
 
     with ApiServer(respond) as server:
         base = server.url.rsplit("/", 1)[0]
-        secret = f'{{"token_url": "{base}/token", "client_id": "c1", "client_secret": "s1", "scope": "rows:write"}}'
+        secret = json.dumps(
+            {"token_url": f"{base}/token", "client_id": "c1", "client_secret": "s1", "scope": "rows:write"}
+        )
         arn = secrets.create("api-oauth", secret)
         client = make_client(server, auth(secrets, "oauth2-client-credentials", arn, clock=clock.now))
         before = [client.deliver(ROW, f"key-{n}") for n in range(4)]
@@ -313,5 +316,6 @@ def test_client_from_settings_sends_the_method_headers_and_credential_the_settin
     client = client_from_settings(settings, create_tables()["ControlTable"])
 
     assert client.target.columns == ("id",)
-    assert client._auth is not None and client._auth.kind == "api-key"
+    assert client._auth is not None
+    assert client._auth.kind == "api-key"
     assert client._static_headers == {"X-Tenant": "acme"}

@@ -194,8 +194,8 @@ class ApiAuth:
             answer = None
         if response.status != 200 or not isinstance(answer, dict) or not answer.get("access_token"):
             # RFC 6749 §5.2's error code, never the body: it could echo what was sent
-            error = answer.get("error") if isinstance(answer, dict) else None
-            raise AuthError(f"token_url answered {response.status} ({error or 'no access_token'})")
+            code = answer.get("error") if isinstance(answer, dict) else None
+            raise AuthError(f"token_url answered {response.status} ({code or 'no access_token'})")
         lifetime = float(answer.get("expires_in") or float("inf"))
         margin = min(TOKEN_EXPIRY_MARGIN_SECONDS, lifetime / 10)
         self._token = (str(answer["access_token"]), now + lifetime - margin)

@@ -53,6 +53,8 @@ from sluice.schemas.base import wire_body
 from sluice.settings import URL_PLACEHOLDER, ProcessSettings
 
 RETRYABLE_STATUSES = frozenset({408, 429})
+LATENCY_METRIC = "ApiLatency"  # ms, one value per request the API answered
+THROTTLES_METRIC = "ApiThrottles"  # requests answered 429
 BODY_SNIPPET_CHARS = 200
 
 # Powertools' Metrics is not thread-safe (add_metric reads, appends and may flush a shared dict);
@@ -341,13 +343,13 @@ class DownstreamClient:
             response = self._transport.send(body, headers, url)
         except (TransportError, AuthError) as error:
             return _Failure.of(error)
-        add_metric("ApiLatency", MetricUnit.Milliseconds, round((time.perf_counter() - started) * 1000, 1))
+        add_metric(LATENCY_METRIC, MetricUnit.Milliseconds, round((time.perf_counter() - started) * 1000, 1))
         status = response.status
         if 200 <= status < 300:
             return Delivery(accepted=True, answer=_answer(response.body))
         problem = f"api {status}: {_snippet(response.body)}"
         if status == 429:
-            add_metric("ApiThrottles", MetricUnit.Count, 1)
+            add_metric(THROTTLES_METRIC, MetricUnit.Count, 1)
         if status in RETRYABLE_STATUSES or status >= 500:
             retry_after = _retry_after(response.headers.get("Retry-After"), self._clock.now())
             return _Failure(problem, retry_after=retry_after, throttled=status == 429)

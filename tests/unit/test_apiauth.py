@@ -291,6 +291,8 @@ REQUIRED = {
             "a brace that is not part of a {column} placeholder",
         ),
         ({"API_METHOD": "DELETE"}, "API_METHOD"),
+        ({"API_BATCH_SIZE": "10"}, "a batch has no one row to fill them from"),
+        ({"API_BATCH_SIZE": "501"}, "API_BATCH_SIZE"),
     ],
 )
 def test_the_cold_start_refuses_a_request_shape_it_cannot_send(

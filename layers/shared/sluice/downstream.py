@@ -22,6 +22,15 @@ API can deduplicate), API_HEADERS' static headers and the credential (apiauth.py
   they are sustained.
 - any other status: the row is rejected with "api {status}: {body}".
 
+Batches (API_BATCH_SIZE > 1, `deliver_batch`): up to that many rows in one request, a JSON array
+of their payloads in file order, one rate slot, `Idempotency-Key` = `batch_key` of the rows' own
+keys. The whole request is answered as above (a retry re-sends the same batch with the same
+key; a rejecting 4xx rejects each of its rows with that reason). A 2xx must carry one result per
+row, in order: a JSON array of objects with an HTTP-like `status` (2xx: the row is accepted, the
+object kept as its answer; any other: the row is rejected, `api item {status}: {object}`).
+Another 2xx body rejects every row of the batch saying so: nothing is counted delivered that the
+API did not confirm.
+
 Every attempt first takes a slot from the rate limiter. That is why the transports never retry
 on their own (urllib3 `retries=False`): a retry inside urllib3 would be a request the limiter
 never saw.
@@ -83,6 +92,12 @@ def idempotency_key(obj: ObjectRef, row: int, record: Mapping[str, str], *, rese
     content = hashlib.sha256(json.dumps(record).encode()).hexdigest()
     identity = json.dumps([obj.bucket, obj.key, row, content, resend_token])
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def batch_key(keys: list[str]) -> str:
+    """A batch's Idempotency-Key: sha256 of the JSON list of its rows' keys, 32 hex characters.
+    The same rows in the same order carry the same key (a retry, a re-run from the checkpoint)."""
+    return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:32]
 
 
 class TransientDownstreamError(RuntimeError):
@@ -323,6 +338,41 @@ class DownstreamClient:
             add_metric("ApiRetries", MetricUnit.Count, 1)
             logger.debug("retrying a row", extra={"key": key, "attempt": sent, "problem": problem})
             self._wait(self._clock.now() + self._policy.backoff(attempt, self._rng), stop, sent, key, problem)
+
+    def deliver_batch(
+        self,
+        bodies: list[bytes],
+        keys: list[str],
+        *,
+        stop: threading.Event | None = None,
+        order: int | None = None,
+    ) -> list[Delivery]:
+        """Several rows in one request (module doc, Batches): each row's Delivery, in order."""
+        delivery = self.deliver(b"[" + b",".join(bodies) + b"]", batch_key(keys), stop=stop, order=order)
+        if not delivery.accepted:
+            return [delivery] * len(keys)
+        results = delivery.answer
+        if not (
+            isinstance(results, list)
+            and len(results) == len(keys)
+            and all(isinstance(item, dict) and isinstance(item.get("status"), int) for item in results)
+        ):
+            answer = _snippet(json.dumps(results).encode())
+            reason = (
+                f"api answer to a batch of {len(keys)} rows is not a JSON array of {len(keys)} results "
+                f'with a "status" each (docs/interfaces.md, Batches): {answer}'
+            )
+            return [Delivery(accepted=False, reason=reason, attempts=delivery.attempts)] * len(keys)
+        return [
+            Delivery(accepted=True, answer=item, attempts=delivery.attempts)
+            if 200 <= item["status"] < 300
+            else Delivery(
+                accepted=False,
+                reason=f"api item {item['status']}: {_snippet(json.dumps(item).encode())}",
+                attempts=delivery.attempts,
+            )
+            for item in results
+        ]
 
     def _wait(self, until: float, stop: threading.Event | None, sent: int, key: str, problem: str) -> None:
         try:

@@ -31,6 +31,7 @@ ApiAuthType = Literal["none", "api-key", "basic", "bearer", "oauth2-client-crede
 # `{column}` in ApiUrl: filled from the row, URL-encoded (downstream.RequestTarget)
 URL_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 # Headers Sluice sets itself: ApiHeaders may not name them (any case).
+MAX_BATCH_SIZE = 500  # rows per request (template ApiBatchSize MaxValue)
 RESERVED_HEADERS = frozenset({"authorization", "content-type", "content-length", "host", "idempotency-key"})
 
 
@@ -82,6 +83,16 @@ def api_choice_problem(stage: str, api_mode: str, api_url: str) -> str | None:
             "(or ApiMode=simulated for a performance run outside prod)"
         )
     return url_problem(api_url, stage)
+
+
+def batch_problem(batch_size: int, api_url: str) -> str | None:
+    """A batch has no one row to fill ApiUrl's placeholders from."""
+    if batch_size > 1 and URL_PLACEHOLDER.search(api_url):
+        return (
+            f"API_BATCH_SIZE={batch_size} with {{column}} placeholders in API_URL: a batch has no one row "
+            "to fill them from; use ApiBatchSize=1 or a URL without placeholders"
+        )
+    return None
 
 
 def api_auth_problem(auth_type: str, secret_arn: str) -> str | None:
@@ -164,6 +175,9 @@ class ProcessSettings(MetadataSettings):
     api_auth_type: ApiAuthType = "none"
     api_auth_secret_arn: str = ""  # the secret's ARN; the credential itself is read at run time
     api_auth_secret_max_age_seconds: int = Field(default=300, ge=0)  # Powertools parameters cache
+    api_batch_size: int = Field(
+        default=1, ge=1, le=MAX_BATCH_SIZE
+    )  # rows per request (a JSON array when > 1)
     api_rate_limit: float = Field(default=50.0, gt=0)  # requests per second, for the whole stack
     # slot → arrival at the API the pacing tolerates; it sends at api_rate_limit / (1 + this)
     api_rate_lateness_seconds: float = Field(default=DEFAULT_LATENESS_SECONDS, ge=0, le=1)
@@ -187,6 +201,7 @@ class ProcessSettings(MetadataSettings):
         # RuntimeError, not ValueError: pydantic would wrap a ValueError into a location-less error.
         problem = (
             api_choice_problem(self.stage, self.api_mode, self.api_url)
+            or batch_problem(self.api_batch_size, self.api_url)
             or headers_problem(self.api_headers)
             or api_auth_problem(self.api_auth_type, self.api_auth_secret_arn)
         )

@@ -36,6 +36,7 @@ from sluice.downstream import (
     batch_key,
     idempotency_key,
 )
+from sluice.filecheck import check_sample
 from sluice.health import BreakerState, DownstreamHealth
 from sluice.metadata import Fenced, MetadataStore
 from sluice.models import FileState, ObjectRef, ProcessResult
@@ -270,6 +271,45 @@ def test_a_batch_answer_without_one_result_per_row_rejects_its_rows_saying_why(w
     _, rejects = world.merged(final)
     assert rejects[1].startswith('1,"api answer to a batch of 5 rows is not a JSON array of 5 results')
     assert rejects[-1].startswith('7,"api answer to a batch of 2 rows')
+
+
+def test_a_schema_file_validates_and_sends_each_row_as_it_declares(world: World) -> None:
+    # GIVEN a file for layers/shared/sluice/schemas/files/products-v1.json, one row out of bounds
+    schema = get_schema("products-v1")
+    body = (
+        b"sku,product name,price,stock,active,category,released,internal note\n"
+        b"AB-1,Saw,12.50,3,yes,tools,2026-01-31,x\n"
+        b"AB-2,Rake,-1,,no,garden,,y\n"
+        b"AB-3,Pan,7,,true,kitchen,,\n"
+    )
+    world.upload(body)
+    assert check_sample(body, schema, truncated=False).valid
+
+    final = world.run_all(rows_per_segment=100, schema=schema)[-1]
+
+    assert (final.rows_delivered, final.rows_rejected) == (2, 1)
+    assert [request.payload for request in world.server.received] == [
+        {
+            "sku": "AB-1",
+            "name": "Saw",
+            "price_eur": "12.50",
+            "stock": 3,
+            "active": True,
+            "category": "tools",
+            "released": "2026-01-31",
+        },
+        {
+            "sku": "AB-3",
+            "name": "Pan",
+            "price_eur": "7",
+            "stock": None,
+            "active": True,
+            "category": "kitchen",
+            "released": None,
+        },
+    ]
+    _, rejects = world.merged(final)
+    assert rejects[1:] == ["2,price: must be >= 0"]
 
 
 def test_a_paused_segment_checkpoints_exactly_after_its_last_committed_row(world: World) -> None:

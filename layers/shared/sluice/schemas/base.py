@@ -47,8 +47,9 @@ class RowSchema:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """The header's column names, in the model's (documented) order; () when any header goes."""
-        return tuple(self.model.model_fields)
+        """The header's column names, in the model's (documented) order; () when any header goes.
+        A field's alias is its column's name where the column is no Python name (schema files)."""
+        return tuple(field.alias or name for name, field in self.model.model_fields.items())
 
     @property
     def any_header(self) -> bool:

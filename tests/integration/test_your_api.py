@@ -64,6 +64,8 @@ def test_your_csv_reaches_your_api_as_put_with_its_bearer_token_rotated_mid_run(
     mine.write_text("\n".join(lines) + "\n")
     repeated = tmp_path / "repeated.csv"
     repeated.write_text("id,id\n1,2\n")  # passthrough needs unique names: INVALID, with its alert
+    no_id = tmp_path / "no-id.csv"
+    no_id.write_text("sku,name\n1,2\n")  # ApiUrl's {id} names no column of it: INVALID
     state = tmp_path / "state"
     api = RotatingBearerApi(state / "outputs.json")
 
@@ -73,7 +75,7 @@ def test_your_csv_reaches_your_api_as_put_with_its_bearer_token_rotated_mid_run(
             app,
             [
                 "run",
-                *("--files", str(mine), "--files", str(repeated)),
+                *("--files", str(mine), "--files", str(repeated), "--files", str(no_id)),
                 *("-p", "RowSchema=passthrough", "--api-url", url, "-p", "ApiMethod=PUT"),
                 *("-p", "ApiAuthType=bearer", "-p", "ApiAuthSecretArn=tok", "--secret", 'tok={"token":"t1"}'),
                 *("--report", str(tmp_path / "report.json"), "--state-dir", str(state), "--timeout", "120"),
@@ -105,6 +107,8 @@ def test_your_csv_reaches_your_api_as_put_with_its_bearer_token_rotated_mid_run(
     ]
     assert files["repeated.csv"]["state"] == "INVALID"
     assert "repeated column 'id'" in files["repeated.csv"]["error"]
+    assert files["no-id.csv"]["state"] == "INVALID"
+    assert "ApiUrl's {id} names no column of this file" in files["no-id.csv"]["error"]
     # AND without the simulator the API figures are Sluice's own, and say so
     assert report["api"]["source"] == "sluice"
     assert report["api"]["requests"] >= len(ids) + 1

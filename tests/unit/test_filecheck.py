@@ -282,3 +282,12 @@ def test_passthrough_takes_any_header_with_unique_non_empty_names(sample: bytes,
     if reason is not None:
         assert check.reason is not None
         assert check.reason.startswith(reason)
+
+
+def test_a_header_without_a_column_that_api_url_names_is_invalid() -> None:
+    schema = get_schema("passthrough")
+    sample = b"sku,name\nA,b\n"
+
+    assert check_sample(sample, schema, truncated=False, url_columns=("sku",)).valid
+    check = check_sample(sample, schema, truncated=False, url_columns=("id", "sku", "tenant"))
+    assert check.reason == "header: ApiUrl's {id}, {tenant} names no column of this file"

@@ -160,6 +160,12 @@ class ValidateSettings(MetadataSettings):
     api_rate_limit: float = Field(default=50.0, gt=0)
     api_rate_lateness_seconds: float = Field(default=DEFAULT_LATENESS_SECONDS, ge=0, le=1)
     raw_glacier_days: int = Field(default=30, ge=1)
+    api_url: str = ""  # its {column} placeholders must name columns of every file (issue 12)
+
+    @property
+    def url_columns(self) -> tuple[str, ...]:
+        """The columns ApiUrl's placeholders name, in order, each once."""
+        return tuple(dict.fromkeys(URL_PLACEHOLDER.findall(self.api_url)))
 
 
 class ProcessSettings(MetadataSettings):

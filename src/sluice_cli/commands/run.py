@@ -32,6 +32,7 @@ from sluice.health import HEALTH_KEY
 from sluice.models import ObjectRef
 from sluice.results import Layout
 from sluice.schemas import GUIDE, get_schema
+from sluice.settings import URL_PLACEHOLDER
 from sluice_cli.commands.local import ApiUrlOption, SecretOption, api_settings, own_api, parse_secrets
 from sluice_cli.commands.runreport import (
     MAX_REJECTS_PER_FILE,
@@ -60,9 +61,10 @@ ALERT_BODY_LINES = 4  # of each alert email, shown under its subject
 
 
 def plan_files(
-    paths: list[Path] | None, seed: int, row_schema: str, prefix: str
+    paths: list[Path] | None, seed: int, parameters: dict[str, Any], prefix: str
 ) -> list[tuple[TrackedFile, bytes]]:
-    """The files to upload (key under `prefix`, bytes) and what each one's content calls for."""
+    """The files to upload (key under `prefix`, bytes) and what each one's content calls for
+    under the stack's RowSchema and ApiUrl (whose placeholders must name columns of the file)."""
     if not paths:
         return [
             (
@@ -78,14 +80,19 @@ def plan_files(
             )
             for item in default_mix(seed)
         ]
-    schema = get_schema(row_schema)
+    schema = get_schema(str(parameters.get("RowSchema", "orders-v1")))
+    url_columns = tuple(dict.fromkeys(URL_PLACEHOLDER.findall(str(parameters.get("ApiUrl", "")))))
     planned = []
     for path in paths:
         data = path.read_bytes()
         # The Validate stage's own check, on the same sample it reads: a file it would refuse is
         # expected INVALID; any other file must succeed, with or without rejected rows.
         check = (
-            check_sample(data[:SAMPLE_BYTES], schema, truncated=len(data) > SAMPLE_BYTES) if data else None
+            check_sample(
+                data[:SAMPLE_BYTES], schema, truncated=len(data) > SAMPLE_BYTES, url_columns=url_columns
+            )
+            if data
+            else None
         )
         valid = check is not None and check.valid
         expected = SUCCESS if valid else frozenset({"INVALID"})
@@ -368,7 +375,7 @@ def run(
         console.print(f"Offline stack up in {time.monotonic() - began:.1f} s at {stack.endpoint_url}")
         parameters = stack.parameters
         prefix = str(parameters.get("RawKeyPrefix") or DEFAULT_PREFIX)
-        planned = plan_files(files, seed, str(parameters.get("RowSchema", "orders-v1")), prefix)
+        planned = plan_files(files, seed, parameters, prefix)
         upload(stack, planned)
         tracked = [entry for entry, _ in planned]
         console.print(f"Uploaded {len(tracked)} files to s3://{stack.outputs['RawBucketName']}/{prefix}")

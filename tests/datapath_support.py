@@ -21,8 +21,10 @@ PROCESSED_BUCKET = "sluice-processed-test"
 @dataclass(frozen=True)
 class Received:
     key: str
-    payload: Any
+    payload: Any  # the JSON body; a body that is not JSON (an OAuth token request's form) as text
     headers: dict[str, str]
+    method: str = "POST"
+    path: str = ""
 
 
 @dataclass
@@ -51,10 +53,16 @@ class ApiServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    payload = json.loads(body) if body else None
+                except ValueError:
+                    payload = body.decode()
                 request = Received(
                     key=self.headers.get("Idempotency-Key", ""),
-                    payload=json.loads(body) if body else None,
+                    payload=payload,
                     headers=dict(self.headers.items()),
+                    method=self.command,
+                    path=self.path,
                 )
                 with server._lock:
                     seen = sum(1 for earlier in server.received if earlier.key == request.key)
@@ -67,6 +75,8 @@ class ApiServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            do_PUT = do_PATCH = do_POST
 
             def log_message(self, format: str, *args: Any) -> None:
                 return

@@ -39,7 +39,14 @@ class ValidateRequest(BaseModel):
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     obj = ValidateRequest.model_validate(event).object
     tracer.put_annotation(key="object_id", value=obj.id)
-    check = check_object(s3, obj, schema, max_file_bytes=settings.max_file_bytes, deliverable=deliverable)
+    check = check_object(
+        s3,
+        obj,
+        schema,
+        max_file_bytes=settings.max_file_bytes,
+        deliverable=deliverable,
+        url_columns=settings.url_columns,
+    )
     if check.valid:
         metrics.add_metric(name="FilesValid", unit=MetricUnit.Count, value=1)
         logger.info("File valid", extra={"header": check.header})

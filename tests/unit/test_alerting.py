@@ -197,6 +197,7 @@ def test_an_invalid_file_alert_names_the_file_reason_and_that_it_is_not_retried(
     assert EXECUTION_ARN in alert.body
     assert "not retried" in alert.body
     assert "sluice logs -f ValidateObjectFunction" in alert.body
+    assert "docs/your-own-csv.md lists the columns RowSchema expects" in alert.body  # issue 12
 
 
 def test_a_failed_file_alert_suggests_logs_and_the_redrive() -> None:

@@ -33,8 +33,10 @@ from sluice.downstream import (
     HttpTransport,
     RetryPolicy,
     TransientDownstreamError,
+    batch_key,
     idempotency_key,
 )
+from sluice.filecheck import check_sample
 from sluice.health import BreakerState, DownstreamHealth
 from sluice.metadata import Fenced, MetadataStore
 from sluice.models import FileState, ObjectRef, ProcessResult
@@ -218,6 +220,96 @@ def test_segments_cut_by_time_deliver_every_row_exactly_once_and_resume_at_the_r
     assert item["checkpoint"]["byte_offset"] == len(body)
     assert item["checkpoint"]["next_row"] == 61
     assert (item["rows_total"], item["rows_delivered"], item["rows_rejected"]) == (60, 55, 5)
+
+
+def batch_api(request: Received, seen: int) -> Reply:
+    """Issue 12's batch contract: one result per row of the JSON array, in order; row 33 refused."""
+    return Reply(
+        200,
+        [
+            {"status": 422, "error": "duplicate"} if row["id"] == API_REJECT else {"status": 201}
+            for row in request.payload
+        ],
+    )
+
+
+def test_batches_send_up_to_batch_size_rows_per_request_each_row_getting_its_result(
+    world: World,
+) -> None:
+    # GIVEN an API that takes batches, and ProcessObject sending 4 rows per request
+    world.server.respond = batch_api
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, batch_size=4)
+    world.upload(csv_file())
+
+    # WHEN each invocation only has time for 9 rows
+    final = world.run_all(rows_per_segment=9)[-1]
+
+    # THEN every row to send reached the API exactly once, in batches of at most 4, each batch
+    # keyed by its rows' keys
+    sent = [row["id"] for request in world.server.received for row in request.payload]
+    assert sorted(sent) == POSTED
+    assert all(1 <= len(request.payload) <= 4 for request in world.server.received)
+    assert len(world.server.received) < len(POSTED) / 2
+    for request in world.server.received:
+        assert request.key == batch_key([world.key(row["id"]) for row in request.payload])
+    # AND each row's outcome is its own result: 33 rejected with its item's answer, the rest accepted
+    assert (final.rows_total, final.rows_delivered, final.rows_rejected) == (60, 55, 5)
+    accepted, rejects = world.merged(final)
+    assert [row["row"] for row in accepted] == DELIVERED
+    assert accepted[0]["answer"] == {"status": 201}
+    assert '33,"api item 422: {""status"": 422, ""error"": ""duplicate""}"' in rejects
+
+
+def test_a_batch_answer_without_one_result_per_row_rejects_its_rows_saying_why(world: World) -> None:
+    world.server.respond = lambda request, seen: Reply(200, {"status": "accepted"})
+    world.limits = SegmentLimits(concurrency=1, checkpoint_every=100, batch_size=5)
+    world.upload(b"id,note\n" + b"".join(f"{n},n{n}\n".encode() for n in range(1, 8)))
+
+    final = world.run_all(rows_per_segment=100)[-1]
+
+    assert (final.rows_delivered, final.rows_rejected) == (0, 7)
+    _, rejects = world.merged(final)
+    assert rejects[1].startswith('1,"api answer to a batch of 5 rows is not a JSON array of 5 results')
+    assert rejects[-1].startswith('7,"api answer to a batch of 2 rows')
+
+
+def test_a_schema_file_validates_and_sends_each_row_as_it_declares(world: World) -> None:
+    # GIVEN a file for layers/shared/sluice/schemas/files/products-v1.json, one row out of bounds
+    schema = get_schema("products-v1")
+    body = (
+        b"sku,product name,price,stock,active,category,released,internal note\n"
+        b"AB-1,Saw,12.50,3,yes,tools,2026-01-31,x\n"
+        b"AB-2,Rake,-1,,no,garden,,y\n"
+        b"AB-3,Pan,7,,true,kitchen,,\n"
+    )
+    world.upload(body)
+    assert check_sample(body, schema, truncated=False).valid
+
+    final = world.run_all(rows_per_segment=100, schema=schema)[-1]
+
+    assert (final.rows_delivered, final.rows_rejected) == (2, 1)
+    assert [request.payload for request in world.server.received] == [
+        {
+            "sku": "AB-1",
+            "name": "Saw",
+            "price_eur": "12.50",
+            "stock": 3,
+            "active": True,
+            "category": "tools",
+            "released": "2026-01-31",
+        },
+        {
+            "sku": "AB-3",
+            "name": "Pan",
+            "price_eur": "7",
+            "stock": None,
+            "active": True,
+            "category": "kitchen",
+            "released": None,
+        },
+    ]
+    _, rejects = world.merged(final)
+    assert rejects[1:] == ["2,price: must be >= 0"]
 
 
 def test_a_paused_segment_checkpoints_exactly_after_its_last_committed_row(world: World) -> None:

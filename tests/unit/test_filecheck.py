@@ -263,3 +263,31 @@ def test_a_file_the_settings_cannot_deliver_before_glacier_is_invalid_with_the_e
     )
     assert check.reason.endswith("(RawGlacierDays 7)")
     assert near.valid  # the same file is fine when nothing bounds the time
+
+
+@pytest.mark.parametrize(
+    ("sample", "reason"),
+    [
+        (b"id,name,price\n1,a,2\n", None),
+        (b"sku;qty\nA;1\n", None),  # one column named "sku;qty": any name goes
+        (b"id,,price\n1,a,2\n", "header: column 2 without a name"),
+        (b"id,name,id\n1,a,2\n", "header: repeated column 'id'"),
+        (b",\n1,2\n", "header: no column names on the first line"),
+    ],
+)
+def test_passthrough_takes_any_header_with_unique_non_empty_names(sample: bytes, reason: str | None) -> None:
+    check = check_sample(sample, get_schema("passthrough"), truncated=False)
+
+    assert check.valid is (reason is None), check.reason
+    if reason is not None:
+        assert check.reason is not None
+        assert check.reason.startswith(reason)
+
+
+def test_a_header_without_a_column_that_api_url_names_is_invalid() -> None:
+    schema = get_schema("passthrough")
+    sample = b"sku,name\nA,b\n"
+
+    assert check_sample(sample, schema, truncated=False, url_columns=("sku",)).valid
+    check = check_sample(sample, schema, truncated=False, url_columns=("id", "sku", "tenant"))
+    assert check.reason == "header: ApiUrl's {id}, {tenant} names no column of this file"

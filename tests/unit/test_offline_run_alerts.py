@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
+import typer
 from rich.console import Console
 
 from sluice.alerting import Notification, render_alert
-from sluice_cli.commands.run import print_alerts
-from sluice_cli.commands.runreport import AlertMail, TrackedFile, alert_subject, expected_alerts, summarize
+from sluice_cli.commands.local import own_api, parse_secrets
+from sluice_cli.commands.run import print_alerts, print_summary
+from sluice_cli.commands.runreport import (
+    AlertMail,
+    TrackedFile,
+    alert_subject,
+    emf_values,
+    expected_alerts,
+    summarize,
+)
 
 RECEIVED_AT = 1_800_000_000.25  # 2027-01-15T08:00:00.250Z
 
@@ -152,3 +161,70 @@ def test_a_downstream_unhealthy_at_the_end_fails_the_run() -> None:
     )
     assert summary.as_dict()["downstream"] == unhealthy
     assert healthy.ok
+
+
+def test_without_the_simulator_the_api_figures_are_sluices_own_and_the_rejects_are_kept() -> None:
+    # GIVEN ProcessObject's metrics as Powertools writes them (EMF), and a file with two rejects
+    emf = [
+        {
+            "_aws": {"CloudWatchMetrics": [{"Metrics": [{"Name": "ApiLatency"}, {"Name": "ApiThrottles"}]}]},
+            "ApiLatency": [10.0, 20.0, 30.0],
+            "ApiThrottles": 1,
+        },
+        {"_aws": {"CloudWatchMetrics": [{"Metrics": [{"Name": "ApiLatency"}]}]}, "ApiLatency": 40.0},
+        {"level": "INFO", "message": "not a metric"},
+    ]
+    files = [
+        tracked(
+            "incoming/mine.csv",
+            "SUCCEEDED_WITH_REJECTS",
+            "SUCCEEDED_WITH_REJECTS",
+            rows_total=10,
+            rows_delivered=8,
+            rows_rejected=2,
+            finished_at="2027-01-15T08:00:05.250Z",  # 10 s after the upload
+        )
+    ]
+    rejects = {
+        "incoming/mine.csv": ([{"row": 3, "reason": "id: is empty"}, {"row": 9, "reason": "api 422"}], 2)
+    }
+
+    summary = summarize(
+        files,
+        None,
+        rate_limit=5,
+        wall_seconds=30,
+        max_receive_count=2,
+        rejects=rejects,
+        own_metrics=emf_values(emf),
+        api_url="http://127.0.0.1:9/items/{id}",
+    )
+
+    assert summary.api == {
+        "source": "sluice",
+        "url": "http://127.0.0.1:9/items/{id}",
+        "limit": 5,
+        "requests": 4,
+        "accepted": 8,
+        "accepted_rate": 0.8,
+        "throttled_429": 1,
+        "latency_ms": {"p50": 20.0, "p95": 40.0},
+    }
+    record = summary.as_dict()["files"][0]
+    assert record["rejects"] == rejects["incoming/mine.csv"][0]
+    assert record["rejects_not_listed"] == 0
+    console = Console(record=True, width=200)
+    print_summary(summary, console)
+    text = console.export_text()
+    assert "no simulator, so these are Sluice's own figures" in text
+    assert "0.0 accepted/s" not in text
+    assert "docs/your-own-csv.md" in text
+
+
+def test_a_secret_option_is_name_equals_value_and_an_error_never_shows_the_value() -> None:
+    assert parse_secrets(['tok={"token": "a=b"}', "other=x"]) == {"tok": '{"token": "a=b"}', "other": "x"}
+    with pytest.raises(typer.BadParameter) as error:
+        parse_secrets(["s3cr3t-without-a-name"])
+    assert "s3cr3t" not in str(error.value)
+    assert own_api(None, {"A": "1"}) == (True, {"A": "1"})
+    assert own_api("http://127.0.0.1:9/x", {}) == (False, {"ApiUrl": "http://127.0.0.1:9/x"})

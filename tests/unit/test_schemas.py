@@ -1,10 +1,13 @@
 """Row schemas: orders-v1's rules, its transform, its reasons, and the registry."""
 
+import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 from sluice.schemas import SCHEMAS, RowModel, RowSchema, get_schema
+from sluice.schemas.declared import model_from_file
 
 ORDERS = get_schema("orders-v1")
 GOOD = {
@@ -103,7 +106,7 @@ def test_the_schema_exposes_its_columns_and_a_json_schema_for_the_docs() -> None
 
 
 def test_the_registry_knows_orders_v1_and_names_the_known_ones_otherwise() -> None:
-    assert set(SCHEMAS) == {"orders-v1"}
+    assert set(SCHEMAS) == {"orders-v1", "passthrough", "products-v1"}
     assert get_schema("orders-v1").name == "orders-v1"
     with pytest.raises(ValueError, match=r"unknown row schema 'orders-v9'; known: orders-v1"):
         get_schema("orders-v9")
@@ -149,3 +152,80 @@ def test_a_payload_that_cannot_be_sent_as_json_is_the_rows_reject() -> None:
         schema.parse({"value": "nan"}).reason
         == "cannot be sent as JSON: Out of range float values are not JSON compliant: nan"
     )
+
+
+def test_passthrough_sends_each_row_keyed_by_its_header_as_read() -> None:
+    schema = get_schema("passthrough")
+    parsed = schema.parse({"id": "0042", "note": " two words ", "model_config": "", "amount": "1e3"})
+
+    assert parsed.payload == {"id": "0042", "note": " two words ", "model_config": "", "amount": "1e3"}
+    assert parsed.body == b'{"id":"0042","note":" two words ","model_config":"","amount":"1e3"}'
+    assert schema.any_header
+    assert not get_schema("orders-v1").any_header
+
+
+PRODUCT = {
+    "sku": "AB-1",
+    "product name": " Saw ",
+    "price": "12.50",
+    "stock": "",
+    "active": "Yes",
+    "category": "tools",
+    "released": "2026-01-31",
+    "internal note": "not sent",
+}
+
+
+def test_a_schema_file_checks_types_bounds_patterns_and_sends_its_body() -> None:
+    schema = get_schema("products-v1")  # layers/shared/sluice/schemas/files/products-v1.json
+
+    assert schema.columns == tuple(PRODUCT)  # names that are no Python names are fine
+    assert schema.parse(PRODUCT).payload == {
+        "sku": "AB-1",
+        "name": "Saw",  # renamed (send_as), trimmed
+        "price_eur": "12.50",  # exact, as a string
+        "stock": None,  # optional and empty
+        "active": True,
+        "category": "tools",
+        "released": "2026-01-31",
+    }  # "internal note" is not in `send`
+    bad = {
+        **PRODUCT,
+        "sku": "ab",
+        "price": "1.005",
+        "stock": "-1",
+        "active": "maybe",
+        "released": "2026-02-30",
+    }
+    assert schema.parse(bad).reason == (
+        "sku: must match [A-Z0-9-]{3,20}; price: must have at most 2 decimal places; stock: must be >= 0; "
+        "active: must be true or false; released: is not a calendar date"
+    )
+    assert schema.parse({**PRODUCT, "price": ""}).reason == "price: is empty"
+    assert (
+        schema.parse({**PRODUCT, "category": "toys"}).reason
+        == "category: must be one of tools, garden, kitchen"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"name": "x-v1", "columns": {"a": {"type": "float"}}}', "columns.a.type"),
+        ('{"name": "other", "columns": {"a": {}}}', "its name is 'other', not 'x-v1'"),
+        (
+            '{"name": "x-v1", "columns": {"a": {}}, "send": ["b"]}',
+            "send names columns it does not declare: ['b']",
+        ),
+        ('{"name": "x-v1", "columns": {}}', "columns"),
+        ("{not json", "schema file x-v1.json"),
+    ],
+)
+def test_a_malformed_schema_file_is_refused_naming_the_file_and_the_problem(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    path = tmp_path / "x-v1.json"
+    path.write_text(content)
+
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        model_from_file(path)

@@ -200,6 +200,8 @@ def test_the_rules_are_the_sam_templates_own_and_near_its_parameters(sam: dict[s
         "ApiUrlRequiredForHttp",
         "ApiModeSimulatedRefusedInProd",
         "SmtpSecurityNoneOnlyLocal",
+        "ApiAuthSecretRequired",
+        "ApiAuthSecretNeedsType",
     }
     sections = list(sam)
     assert sections.index("Rules") == sections.index("Parameters") + 1
@@ -249,3 +251,45 @@ def test_an_alert_of_a_simulating_stack_says_so_first() -> None:
     assert simulated.body.splitlines()[0] == SIMULATED_API_LINE == "API: simulated (no row left the stack)"
     assert simulated.body.endswith(real.body)
     assert "simulated" not in real.body
+
+
+SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:api-AbCdEf"
+
+
+@pytest.mark.parametrize(
+    ("auth_type", "secret", "accepted"),
+    [
+        ("none", "", True),
+        ("bearer", SECRET, True),
+        ("oauth2-client-credentials", SECRET, True),
+        ("bearer", "", False),  # issue 12: a kind needs its secret
+        ("api-key", "", False),
+        ("none", SECRET, False),  # and a secret its kind
+    ],
+)
+def test_the_cold_start_and_the_rules_agree_on_the_api_credential(
+    cfn: dict[str, Any], auth_type: str, secret: str, accepted: bool
+) -> None:
+    environment = {**REQUIRED, "STAGE": "dev", "API_URL": HTTPS, "API_AUTH_TYPE": auth_type}
+    try:
+        ProcessSettings.from_env({**environment, "API_AUTH_SECRET_ARN": secret})
+        refusal = None
+    except RuntimeError as error:
+        refusal = str(error)
+    refusals = deploy_refusals(
+        cfn, {"Stage": "dev", "ApiUrl": HTTPS, "ApiAuthType": auth_type, "ApiAuthSecretArn": secret}
+    )
+
+    assert (refusal is None) is accepted, refusal
+    assert (refusals == []) is accepted, refusals
+    assert all("ApiAuth" in text for text in refusals)
+
+
+def test_a_url_placeholder_passes_the_same_rules_as_its_url(cfn: dict[str, Any]) -> None:
+    for stage, url in (
+        ("dev", "https://api.example.com/items/{id}"),
+        ("local", "http://127.0.0.1:9/items/{id}"),
+    ):
+        assert deploy_refusals(cfn, {"Stage": stage, "ApiUrl": url}) == []
+        assert cold_start_refusal(stage, "http", url) is None
+    assert deploy_refusals(cfn, {"Stage": "local", "ApiUrl": "http://{host}/items"}) != []

@@ -400,8 +400,11 @@ def test_each_function_reaches_only_its_own_tables_and_buckets(resources: dict) 
         "IdempotencyTable",
     }
     assert allowed(role["WriteOutputFunction"], "s3:PutObject") == {"ProcessedBucket"}
+    # issue 12: ProcessObject may read the API credential's secret and decrypt it with its own key
+    assert allowed(role["ProcessObjectFunction"], "secretsmanager:GetSecretValue") == {"ApiAuthSecretArn"}
     for name in FUNCTIONS:
-        assert allowed(role[name], "kms:Decrypt") == {"DataKey"}
+        own_keys = {"ApiAuthKmsKeyArn"} if name == "ProcessObjectFunction" else set()
+        assert allowed(role[name], "kms:Decrypt") == {"DataKey"} | own_keys
         assert allowed(role[name], "s3:PutObject") <= {"ProcessedBucket"}
         # its own failure destination; only Redrive sends anywhere else (back to IngestQueue)
         sends = {"FailureDestinationQueue"} | ({"IngestQueue"} if name == "RedriveFunction" else set())
@@ -507,6 +510,7 @@ def test_no_parameter_can_hold_a_password_or_token(sam: dict) -> None:
         if re.search("password|token|secret|apikey|accesskey|credential", n, re.IGNORECASE)
     ]
     assert sorted(secretish) == [
+        "ApiAuthSecretArn",
         "DynatraceApiTokenSecretArn",
         "SmtpPasswordSecretArn",
         "SplunkHecTokenSecretArn",

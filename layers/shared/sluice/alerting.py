@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sluice.filecheck import bounded
 from sluice.models import ObjectRef
+from sluice.schemas import GUIDE as SCHEMA_GUIDE
 
 RUNBOOK = "docs/operations.md"
 # Logical ids of the stack's functions: their deployed names contain them (CloudFormation naming).
@@ -295,6 +296,8 @@ def _render_file_alert(document: dict, notification: Notification, stack_name: s
         advice = [
             "The file can never succeed as it is, so it is not retried.",
             "Fix it at the source and upload it again: the new object version is processed afresh.",
+            f"A CSV of another layout: {SCHEMA_GUIDE} lists the columns RowSchema expects and how to "
+            "send yours (RowSchema=passthrough, or a schema of your own).",
         ]
         commands = [_status(stack_name), _logs("ValidateObjectFunction", stack_name)]
         anchor = "file-invalid"

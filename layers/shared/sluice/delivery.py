@@ -54,9 +54,9 @@ from typing import Any
 from sluice.csvstream import CsvStream, Row
 from sluice.downstream import (
     RESEND_METADATA,
-    Delivery,
     DeliveryAbandoned,
     DownstreamClient,
+    RowUrlError,
     add_metric,
     idempotency_key,
 )
@@ -83,12 +83,18 @@ class _Entry:
     key: str = ""
     payload: dict[str, Any] = field(default_factory=dict)
     body: bytes = b""  # the payload as posted, encoded once by the schema
-    future: "Future[Delivery] | None" = None
+    url: str | None = None  # the row's own URL (ApiUrl's {column} placeholders filled), None: ApiUrl
+    future: "Future[Any] | None" = None  # a Delivery; with batches a list of them, this row's at `index`
+    index: int | None = None
     answered: dict[str, Any] | None = None
 
     @property
     def ready(self) -> bool:
         return self.future is None or self.future.done()
+
+    @property
+    def to_send(self) -> bool:
+        return self.reason is None and self.answered is None and self.future is None
 
 
 @dataclass(slots=True)
@@ -107,11 +113,12 @@ class SegmentLimits:
     concurrency: int = 16  # requests in flight
     checkpoint_every: int = 500  # committed rows per part and checkpoint
     safety_seconds: float = 30.0  # stop taking rows with this little time left
-    window: int = 0  # rows delivered but not committed yet; 0: 4 × concurrency
+    window: int = 0  # rows delivered but not committed yet; 0: 4 × concurrency × batch_size
+    batch_size: int = 1  # rows per request (downstream.deliver_batch when > 1)
 
     @property
     def out_of_order(self) -> int:
-        return self.window or 4 * self.concurrency
+        return self.window or 4 * self.concurrency * self.batch_size
 
     @classmethod
     def from_settings(cls, settings: ProcessSettings) -> "SegmentLimits":
@@ -119,6 +126,7 @@ class SegmentLimits:
             concurrency=settings.api_concurrency,
             checkpoint_every=settings.checkpoint_every_rows,
             safety_seconds=settings.segment_safety_seconds,
+            batch_size=settings.api_batch_size,
         )
 
 
@@ -148,7 +156,7 @@ class Segment:
         self._limits = limits
         self._remaining_ms = remaining_ms
         self._window: deque[_Entry] = deque()  # rows taken, in file order, not committed yet
-        self._in_flight: set[Future[Delivery]] = set()
+        self._in_flight: set[Future[Any]] = set()
         self._part = _Part()
         self._checkpoint = Checkpoint()
         self._counts = RowCounts()
@@ -233,8 +241,15 @@ class Segment:
         return stream
 
     def _take_rows(self, stream: CsvStream, pool: ThreadPoolExecutor) -> bool:
-        """Hand rows to the workers until the file ends (True), time runs short or a row fails."""
+        """Hand rows to the workers until the file ends (True), time runs short or a row fails.
+
+        Rows wait in `pending`, in file order, until they make a request: one row to send (or
+        `batch_size` of them), or none (rejected or answered already: straight to the window).
+        Rows still pending when the segment stops are not in the window, hence not committed:
+        the next segment reads them again from the checkpoint.
+        """
         safety_ms = self._limits.safety_seconds * 1000
+        pending: list[_Entry] = []
         for row in stream:
             remaining_ms = self._remaining_ms()
             # When the reader must stop, on the monotonic clock: its waits look at this, not at the
@@ -243,23 +258,53 @@ class Segment:
             if remaining_ms < safety_ms:
                 self._stop.set()
                 return False
-            entry = self._prepare(row)
-            if entry.reason is None and entry.answered is None:  # to be sent
-                self._wait_for_a_worker()
-                if self._failure is not None or self._stop.is_set():
-                    return False
-                entry.future = pool.submit(
-                    self._client.deliver, entry.body, entry.key, stop=self._stop, order=row.number
-                )
-                self._in_flight.add(entry.future)
-            self._window.append(entry)
-            self._commit(until_blocked=True)
-            while len(self._window) > self._limits.out_of_order and not self._stop.is_set():
-                self._wait_for({self._window[0].future})  # type: ignore[arg-type]  # not ready: a future
-                self._commit(until_blocked=True)
+            pending.append(self._prepare(row))
+            to_send = sum(1 for entry in pending if entry.to_send)
+            if 0 < to_send < self._limits.batch_size and len(pending) < self._limits.out_of_order:
+                continue  # the batch fills
+            if not self._send(pending, pool):
+                return False
+            pending = []
+        return self._send(pending, pool)
+
+    def _send(self, entries: list[_Entry], pool: ThreadPoolExecutor) -> bool:
+        """The rows of `entries` to be sent go to a worker as one request; all of them then enter
+        the window and are committed as far as they can be. False: the segment must stop."""
+        batch = [entry for entry in entries if entry.to_send]
+        if batch:
+            self._wait_for_a_worker()
             if self._failure is not None or self._stop.is_set():
                 return False
-        return True
+            first = batch[0]
+            future: Future[Any]
+            if self._limits.batch_size == 1:
+                future = pool.submit(
+                    self._client.deliver,
+                    first.body,
+                    first.key,
+                    url=first.url,
+                    stop=self._stop,
+                    order=first.row.number,
+                )
+            else:
+                future = pool.submit(
+                    self._client.deliver_batch,
+                    [entry.body for entry in batch],
+                    [entry.key for entry in batch],
+                    stop=self._stop,
+                    order=first.row.number,
+                )
+                for index, entry in enumerate(batch):
+                    entry.index = index
+            for entry in batch:
+                entry.future = future
+            self._in_flight.add(future)
+        self._window.extend(entries)
+        self._commit(until_blocked=True)
+        while len(self._window) > self._limits.out_of_order and not self._stop.is_set():
+            self._wait_for({self._window[0].future})  # type: ignore[arg-type]  # not ready: a future
+            self._commit(until_blocked=True)
+        return self._failure is None and not self._stop.is_set()
 
     def _prepare(self, row: Row) -> _Entry:
         if (answered := self._answered.get(row.number)) is not None:
@@ -270,8 +315,12 @@ class Segment:
         parsed = self._schema.parse(record)
         if parsed.payload is None:
             return _Entry(row, reason=parsed.reason)
+        try:
+            url = self._client.target.url(record)
+        except RowUrlError as error:
+            return _Entry(row, reason=str(error))
         key = idempotency_key(self._obj, row.number, record, resend_token=self._resend_token)
-        return _Entry(row, key=key, payload=parsed.payload, body=parsed.body)
+        return _Entry(row, key=key, payload=parsed.payload, body=parsed.body, url=url)
 
     def _wait_for_a_worker(self) -> None:
         """Until fewer than `concurrency` requests are in flight; notes a row that failed."""
@@ -284,7 +333,7 @@ class Segment:
                 return
             self._wait_for(self._in_flight)
 
-    def _wait_for(self, futures: set[Future[Delivery]]) -> None:
+    def _wait_for(self, futures: set[Future[Any]]) -> None:
         """Until one of `futures` is done, or the segment must stop: never past the deadline.
 
         Every WAIT_TICK_SECONDS without an answer the reader looks at the clock (out of time: stop,
@@ -344,6 +393,8 @@ class Segment:
         if entry.future is None or not entry.future.done() or entry.future.exception() is not None:
             return None
         delivery = entry.future.result()
+        if entry.index is not None:
+            delivery = delivery[entry.index]
         if delivery.accepted:
             return {"line": accepted_line(entry.row.number, entry.key, entry.payload, delivery.answer)}
         return {"reason": delivery.reason}

@@ -1,9 +1,10 @@
-"""The downstream API client: one POST per row, retried, paced by the shared rate limiter.
+"""The downstream API client: one request per row, retried, paced by the shared rate limiter.
 
-Protocol (docs/interfaces.md): `POST {API_URL}` with the transformed row as JSON, headers
-`Content-Type: application/json` and `Idempotency-Key` (stable for a row of an object version,
-so every retry and every re-delivery after a crash carries the same key and the API can
-deduplicate). Answers:
+Protocol (docs/interfaces.md): `{API_METHOD} {API_URL}` (POST, PUT or PATCH; `{column}`
+placeholders in the URL filled from the row, URL-encoded: `RequestTarget`) with the transformed
+row as JSON, headers `Content-Type: application/json`, `Idempotency-Key` (stable for a row of an
+object version, so every retry and every re-delivery after a crash carries the same key and the
+API can deduplicate), API_HEADERS' static headers and the credential (apiauth.py). Answers:
 - 2xx: delivered; the JSON answer is kept with the row.
 - 429, 408, 5xx, timeouts, connection errors: retried with exponential backoff and full jitter
   (a random wait in [0, min(max, base × 2^retry)]), at most API_MAX_ATTEMPTS attempts in all.
@@ -14,10 +15,24 @@ deduplicate). Answers:
 - an answer with `Retry-After` (seconds or an HTTP-date): the whole stack pauses until then
   (ratelimit.RateLimiter.pause, one write to the shared rate item) and the row waits for it; it
   is not a failed attempt, however long the pause (the segment's stop event ends the wait).
-- 401, 403, 404, 405, 410: the API's credential or route is wrong, not the row: the downstream
-  is marked unhealthy stack-wide (health.py) and the row waits for recovery, then is sent again
-  with the same Idempotency-Key. So do 5xx and connection errors once they are sustained.
+- 401 with an ApiAuthType: the secret is re-read (apiauth.ApiAuth.rejected); if the credential
+  changed (rotated), the row is sent again at once with it, not counted as a failed attempt.
+- 401 (after that re-read), 403, 404, 405, 410, or no credential to send (the secret unreadable
+  or malformed): the API's credential or route is wrong, not the row: the downstream is marked
+  unhealthy stack-wide (health.py: the breaker's reason and alert say which), and the row waits
+  for recovery (each probe's 401 re-reads the secret), then is sent again with the same
+  Idempotency-Key. No row is rejected or failed for it. So do 5xx and connection errors once
+  they are sustained.
 - any other status: the row is rejected with "api {status}: {body}".
+
+Batches (API_BATCH_SIZE > 1, `deliver_batch`): up to that many rows in one request, a JSON array
+of their payloads in file order, one rate slot, `Idempotency-Key` = `batch_key` of the rows' own
+keys. The whole request is answered as above (a retry re-sends the same batch with the same
+key; a rejecting 4xx rejects each of its rows with that reason). A 2xx must carry one result per
+row, in order: a JSON array of objects with an HTTP-like `status` (2xx: the row is accepted, the
+object kept as its answer; any other: the row is rejected, `api item {status}: {object}`).
+Another 2xx body rejects every row of the batch saying so: nothing is counted delivered that the
+API did not confirm.
 
 Every attempt first takes a slot from the rate limiter, and tells it when the answer came
 (`finished`: the pacing measures send → first byte). That is why the transports never retry
@@ -25,7 +40,7 @@ on their own (urllib3 `retries=False`): a retry inside urllib3 would be a reques
 never saw. Before taking a slot, the HTTP transport makes sure a connection is open (`ready`),
 so a connection's setup never makes an arrival late.
 
-Two transports answer `post(body, headers)`: `HttpTransport` (urllib3, pooled, thread-safe) and
+Two transports answer `send(body, headers, url)`: `HttpTransport` (urllib3, pooled, thread-safe) and
 `SimulatedApi` (seed 002: latency uniform in [min, max] seconds, a failure rate answered as 503),
 used in-process when API_MODE is simulated.
 """
@@ -37,19 +52,23 @@ import random
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import urllib3
 
+from sluice.apiauth import ApiAuth, AuthError, auth_from_settings
 from sluice.health import SYSTEMIC_STATUSES, DownstreamHealth
 from sluice.models import ObjectRef
 from sluice.observability import MetricUnit, logger, metrics
 from sluice.ratelimit import Clock, Interrupted, SystemClock, shared_limiter, sleep_until
 from sluice.schemas.base import wire_body
-from sluice.settings import ProcessSettings
+from sluice.settings import URL_PLACEHOLDER, ProcessSettings
 
 RETRYABLE_STATUSES = frozenset({408, 429})
+LATENCY_METRIC = "ApiLatency"  # ms, one value per request the API answered
+THROTTLES_METRIC = "ApiThrottles"  # requests answered 429
 BODY_SNIPPET_CHARS = 200
 
 # Powertools' Metrics is not thread-safe (add_metric reads, appends and may flush a shared dict);
@@ -78,6 +97,12 @@ def idempotency_key(obj: ObjectRef, row: int, record: Mapping[str, str], *, rese
     content = hashlib.sha256(json.dumps(record).encode()).hexdigest()
     identity = json.dumps([obj.bucket, obj.key, row, content, resend_token])
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def batch_key(keys: list[str]) -> str:
+    """A batch's Idempotency-Key: sha256 of the JSON list of its rows' keys, 32 hex characters.
+    The same rows in the same order carry the same key (a retry, a re-run from the checkpoint)."""
+    return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:32]
 
 
 class TransientDownstreamError(RuntimeError):
@@ -115,12 +140,42 @@ class Pacer(Protocol):
 
 
 class Transport(Protocol):
-    def post(self, body: bytes, headers: Mapping[str, str]) -> ApiResponse: ...
+    def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse: ...
+
+
+class RowUrlError(ValueError):
+    """The row cannot fill ApiUrl's placeholders: the row's reject reason."""
+
+
+@dataclass(frozen=True)
+class RequestTarget:
+    """ApiUrl with its `{column}` placeholders, each filled from the row's column, URL-encoded
+    (every character but unreserved ones, "/" included: a value is one path segment or query value)."""
+
+    template: str
+    columns: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", tuple(dict.fromkeys(URL_PLACEHOLDER.findall(self.template))))
+
+    def url(self, record: Mapping[str, str]) -> str | None:
+        """The row's URL; None when ApiUrl has no placeholder (the transport's own URL)."""
+        if not self.columns:
+            return None
+        values = {}
+        for column in self.columns:
+            if column not in record:
+                raise RowUrlError(f"ApiUrl names {{{column}}}, which is not a column of this file")
+            if not (value := record[column].strip()):
+                raise RowUrlError(f"{column}: is empty, and ApiUrl needs it ({{{column}}})")
+            values[column] = quote(value, safe="")
+        return URL_PLACEHOLDER.sub(lambda found: values[found.group(1)], self.template)
 
 
 class HttpTransport:
-    def __init__(self, url: str, *, pool_size: int, timeout_seconds: float):
+    def __init__(self, url: str, *, pool_size: int, timeout_seconds: float, method: str = "POST"):
         self._url = url
+        self._method = method
         # block=True: never more connections than worker threads; retries=False: see the module doc.
         self._pool = urllib3.PoolManager(
             maxsize=pool_size,
@@ -143,10 +198,15 @@ class HttpTransport:
         finally:
             pool._put_conn(conn)
 
-    def post(self, body: bytes, headers: Mapping[str, str]) -> ApiResponse:
+    def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse:
         try:
             response = self._pool.request(
-                "POST", self._url, body=body, headers=dict(headers), retries=False, redirect=False
+                self._method,
+                url or self._url,
+                body=body,
+                headers=dict(headers),
+                retries=False,
+                redirect=False,
             )
         except urllib3.exceptions.HTTPError as error:
             raise TransportError(f"{type(error).__name__}: {error}") from error
@@ -170,7 +230,7 @@ class SimulatedApi:
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
 
-    def post(self, body: bytes, headers: Mapping[str, str]) -> ApiResponse:
+    def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse:
         self._clock.sleep_until(self._clock.now() + self._rng.uniform(self._low, self._high))
         if self._rng.random() < self._failure_rate:
             return ApiResponse(503, {}, b'{"error": "simulated failure"}')
@@ -210,19 +270,26 @@ class DownstreamClient:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         health: DownstreamHealth | None = None,
+        auth: ApiAuth | None = None,
+        headers: Mapping[str, str] | None = None,
+        target: RequestTarget | None = None,
     ):
         self._transport = transport
+        self._auth = auth
+        self._static_headers = dict(headers or {})
+        self.target = target or RequestTarget("")
         self._limiter = limiter
         self.health = health
         self._policy = policy or RetryPolicy()
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
 
-    def deliver(
+    def deliver(  # noqa: PLR0912 - one loop reads best as one function: each branch is an answer's kind
         self,
         payload: Mapping[str, Any] | bytes,
         key: str,
         *,
+        url: str | None = None,
         stop: threading.Event | None = None,
         order: int | None = None,
     ) -> Delivery:
@@ -234,12 +301,14 @@ class DownstreamClient:
         answered with a Retry-After (which pauses the whole stack), does not count against the
         row's attempts: the row waits for the API instead of failing. `order` (the row's number)
         puts rows waiting for rate slots at once in file order. `payload` may come encoded already
-        (RowResult.body, so a row is serialised once, not per attempt and again here).
+        (RowResult.body, so a row is serialised once, not per attempt and again here). `url` is
+        the row's own (RequestTarget.url), None for the transport's.
         """
         body = payload if isinstance(payload, bytes) else wire_body(payload)
-        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        headers = {**self._static_headers, "Content-Type": "application/json", "Idempotency-Key": key}
         problem = ""
         attempt = sent = 0  # failed attempts that count against the row; requests sent
+        reauthed = False  # the last attempt was sent again after a 401 changed the credential
         while True:
             if sent:
                 _unless_stopped(stop, sent + 1, key, problem)
@@ -251,12 +320,16 @@ class DownstreamClient:
             except Interrupted as error:
                 raise DeliveryAbandoned(f"stopped before attempt {sent + 1}, key {key}: {problem}") from error
             sent += 1
-            outcome = self._timed_attempt(body, headers)
+            outcome = self._timed_attempt(body, headers, url, reauthed=reauthed)
+            reauthed = False
             if isinstance(outcome, Delivery):
                 if self.health is not None:
                     self.health.answered(probe=probe)
                 return replace(outcome, attempts=sent)
             problem = outcome.problem
+            if outcome.reauth:  # the secret was rotated: send again with the new one, not an attempt
+                reauthed = True
+                continue
             if outcome.systemic:
                 if self.health is None:  # nobody to tell: the row carries the refusal
                     return Delivery(accepted=False, reason=problem, attempts=sent)
@@ -295,12 +368,14 @@ class DownstreamClient:
             self._transport.ready()
         return self._limiter.acquire(stop, order)
 
-    def _timed_attempt(self, body: bytes, headers: Mapping[str, str]) -> "Delivery | _Failure":
+    def _timed_attempt(
+        self, body: bytes, headers: Mapping[str, str], url: str | None, *, reauthed: bool
+    ) -> "Delivery | _Failure":
         """One attempt, its send → answer time told to the limiter (which paces for its spread)."""
         sent_at = self._clock.now()
         outcome: Delivery | _Failure = _Failure("no answer", answered=False)
         try:
-            outcome = self._attempt(body, headers)
+            outcome = self._attempt(body, headers, url, reauthed=reauthed)
         finally:
             answered = isinstance(outcome, Delivery) or outcome.answered
             self._limiter.finished(sent_at, self._clock.now() if answered else None)
@@ -314,32 +389,91 @@ class DownstreamClient:
         self._limiter.pause(until)
         return until
 
+    def deliver_batch(
+        self,
+        bodies: list[bytes],
+        keys: list[str],
+        *,
+        stop: threading.Event | None = None,
+        order: int | None = None,
+    ) -> list[Delivery]:
+        """Several rows in one request (module doc, Batches): each row's Delivery, in order."""
+        delivery = self.deliver(b"[" + b",".join(bodies) + b"]", batch_key(keys), stop=stop, order=order)
+        if not delivery.accepted:
+            return [delivery] * len(keys)
+        results = delivery.answer
+        if not (
+            isinstance(results, list)
+            and len(results) == len(keys)
+            and all(isinstance(item, dict) and isinstance(item.get("status"), int) for item in results)
+        ):
+            answer = _snippet(json.dumps(results).encode())
+            reason = (
+                f"api answer to a batch of {len(keys)} rows is not a JSON array of {len(keys)} results "
+                f'with a "status" each (docs/interfaces.md, Batches): {answer}'
+            )
+            return [Delivery(accepted=False, reason=reason, attempts=delivery.attempts)] * len(keys)
+        return [
+            Delivery(accepted=True, answer=item, attempts=delivery.attempts)
+            if 200 <= item["status"] < 300
+            else Delivery(
+                accepted=False,
+                reason=f"api item {item['status']}: {_snippet(json.dumps(item).encode())}",
+                attempts=delivery.attempts,
+            )
+            for item in results
+        ]
+
     def _wait(self, until: float, stop: threading.Event | None, sent: int, key: str, problem: str) -> None:
         try:
             sleep_until(self._clock, until, stop)
         except Interrupted as error:
             raise DeliveryAbandoned(f"stopped before attempt {sent + 1}, key {key}: {problem}") from error
 
-    def _attempt(self, body: bytes, headers: Mapping[str, str]) -> "Delivery | _Failure":
+    def _attempt(
+        self, body: bytes, headers: Mapping[str, str], url: str | None, *, reauthed: bool
+    ) -> "Delivery | _Failure":
         """One request: a final Delivery, or what went wrong."""
-        started = time.perf_counter()
+        fingerprint = ""
         try:
-            response = self._transport.post(body, headers)
-        except TransportError as error:
-            return _Failure(str(error), answered=False)
-        add_metric("ApiLatency", MetricUnit.Milliseconds, round((time.perf_counter() - started) * 1000, 1))
+            if self._auth is not None:
+                credential, fingerprint = self._auth.current()
+                headers = {**headers, **credential}
+            started = time.perf_counter()
+            response = self._transport.send(body, headers, url)
+        except (TransportError, AuthError) as error:
+            return _Failure.of(error)
+        add_metric(LATENCY_METRIC, MetricUnit.Milliseconds, round((time.perf_counter() - started) * 1000, 1))
         status = response.status
         if 200 <= status < 300:
             return Delivery(accepted=True, answer=_answer(response.body))
         problem = f"api {status}: {_snippet(response.body)}"
         if status == 429:
-            add_metric("ApiThrottles", MetricUnit.Count, 1)
+            add_metric(THROTTLES_METRIC, MetricUnit.Count, 1)
         if status in RETRYABLE_STATUSES or status >= 500:
             retry_after = _retry_after(response.headers.get("Retry-After"), self._clock.now())
             return _Failure(problem, retry_after=retry_after, throttled=status == 429)
+        if status == 401 and self._auth is not None:
+            return self._unauthorized(self._auth, problem, fingerprint, reauthed=reauthed)
         if status in SYSTEMIC_STATUSES:
             return _Failure(problem, systemic=True)
         return Delivery(accepted=False, reason=problem)
+
+    @staticmethod
+    def _unauthorized(auth: ApiAuth, problem: str, fingerprint: str, *, reauthed: bool) -> "_Failure":
+        """A 401: send again if re-reading the secret changed the credential, else systemic."""
+        if reauthed:
+            return _Failure(
+                f"{problem} (with the {auth.kind} credential just re-read from its secret)", systemic=True
+            )
+        try:
+            if auth.rejected(fingerprint):
+                return _Failure(problem, reauth=True)
+        except AuthError as error:
+            return _Failure(f"{problem}; re-reading the credential: {error.problem}", systemic=True)
+        return _Failure(
+            f"{problem} (the {auth.kind} credential re-read from its secret is unchanged)", systemic=True
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +485,14 @@ class _Failure:
     throttled: bool = False  # 429
     systemic: bool = False  # 401/403/404/405/410: the API's credential or route, not the row
     answered: bool = True  # False: no HTTP answer (a timeout, a connection error)
+    reauth: bool = False  # a 401, and the secret re-read holds another credential: send again
+
+    @classmethod
+    def of(cls, error: TransportError | AuthError) -> "_Failure":
+        """No answer (a timeout, a refused connection), or no credential to send."""
+        if isinstance(error, AuthError):
+            return cls(f"api credential: {error.problem}", systemic=not error.transient, answered=False)
+        return cls(str(error), answered=False)
 
 
 def _unless_stopped(stop: threading.Event | None, attempt: int, key: str, problem: str) -> None:
@@ -396,8 +538,8 @@ class _CountedSimulation:
     def __init__(self, api: Transport) -> None:
         self._api = api
 
-    def post(self, body: bytes, headers: Mapping[str, str]) -> ApiResponse:
-        response = self._api.post(body, headers)
+    def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse:
+        response = self._api.send(body, headers, url)
         if 200 <= response.status < 300:
             add_metric(SIMULATED_DELIVERIES_METRIC, MetricUnit.Count, 1)
         return response
@@ -411,7 +553,10 @@ def client_from_settings(settings: ProcessSettings, control_table: Any) -> Downs
     transport: Transport
     if settings.api_mode == "http":
         transport = HttpTransport(
-            settings.api_url, pool_size=settings.api_concurrency, timeout_seconds=settings.api_timeout_seconds
+            settings.api_url,
+            pool_size=settings.api_concurrency,
+            timeout_seconds=settings.api_timeout_seconds,
+            method=settings.api_method,
         )
     else:
         transport = _CountedSimulation(
@@ -436,4 +581,7 @@ def client_from_settings(settings: ProcessSettings, control_table: Any) -> Downs
             metric=add_metric,
         ),
         policy=policy,
+        auth=auth_from_settings(settings),
+        headers=settings.extra_headers,
+        target=RequestTarget(settings.api_url if settings.api_mode == "http" else ""),
     )

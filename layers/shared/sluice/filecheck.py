@@ -5,7 +5,9 @@ A file is INVALID (never retried, routed to the invalid path) when:
 - its first SAMPLE_BYTES are not UTF-8 (a UTF-8 BOM is allowed and ignored);
 - its header does not name exactly the schema's columns. Names are compared after trimming
   spaces, case-sensitively, and in any order: the rows are read by name, so a reordered file is
-  as good as the documented one, while a missing, unexpected or repeated name is not;
+  as good as the documented one, while a missing, unexpected or repeated name is not. With
+  RowSchema=passthrough any header goes whose names are unique and non-empty;
+- ApiUrl has a `{column}` placeholder its header does not name (no row could be sent);
 - one of its first SAMPLE_ROWS data rows would be rejected by the reader: a different number
   of columns than the header (a wrong delimiter or a shifted file shows there), malformed CSV,
   or over a record cap (a bad row further down is only rejected);
@@ -96,6 +98,7 @@ def check_object(
     *,
     max_file_bytes: int,
     deliverable: Deliverable | None = None,
+    url_columns: tuple[str, ...] = (),
 ) -> FileCheck:
     version = {"VersionId": obj.version_id} if obj.version_id else {}
     try:
@@ -111,7 +114,7 @@ def check_object(
     sample = s3_client.get_object(
         Bucket=obj.bucket, Key=obj.key, Range=f"bytes=0-{SAMPLE_BYTES - 1}", **version
     )["Body"].read()
-    check = check_sample(sample, schema, truncated=size > len(sample))
+    check = check_sample(sample, schema, truncated=size > len(sample), url_columns=url_columns)
     if check.valid and deliverable is not None and (rows := _estimated_rows(sample, size)):
         seconds = deliverable.seconds_for(rows)
         if seconds > deliverable.max_seconds:
@@ -137,8 +140,11 @@ class _Invalid(Exception):
     """Raised by the checks below; its message is the file's reason."""
 
 
-def check_sample(sample: bytes, schema: RowSchema, *, truncated: bool) -> FileCheck:
-    """Judge the first bytes of a file; `truncated` when the file goes on after them."""
+def check_sample(
+    sample: bytes, schema: RowSchema, *, truncated: bool, url_columns: tuple[str, ...] = ()
+) -> FileCheck:
+    """Judge the first bytes of a file; `truncated` when the file goes on after them.
+    `url_columns`: the columns ApiUrl's `{column}` placeholders name, which the header must have."""
     try:
         _check_encoding(sample, truncated=truncated)
         try:
@@ -149,6 +155,9 @@ def check_sample(sample: bytes, schema: RowSchema, *, truncated: bool) -> FileCh
             raise _Invalid(f"header: no line end in the first {SAMPLE_BYTES} bytes")
         header = stream.header
         _check_header(header, schema)
+        if missing := [column for column in url_columns if column not in header]:
+            names = ", ".join(f"{{{column}}}" for column in missing)
+            raise _Invalid(f"header: ApiUrl's {names} names no column of this file")
         for row in islice(stream, SAMPLE_ROWS):
             if row.error is not None and not (truncated and row.cut):
                 raise _Invalid(f"row {row.number}: {row.error}")
@@ -175,6 +184,17 @@ def _check_header(header: list[str], schema: RowSchema) -> None:
     if len(header) > MAX_HEADER_COLUMNS:
         raise _Invalid(f"header: {len(header)} columns, more than MAX_HEADER_COLUMNS ({MAX_HEADER_COLUMNS})")
     repeated = [name for name, count in Counter(header).items() if count > 1]
+    if schema.any_header:  # passthrough: the header is the payload's keys
+        unnamed = [str(number) for number, name in enumerate(header, start=1) if not name]
+        problems = [
+            f"column{'s' if len(unnamed) > 1 else ''} {', '.join(unnamed)} without a name" if unnamed else "",
+            _names("repeated column", repeated),
+        ]
+        if problem := "; ".join(problem for problem in problems if problem):
+            raise _Invalid(
+                f"header: {problem} (RowSchema {schema.name} needs a unique, non-empty name per column)"
+            )
+        return
     missing = [name for name in schema.columns if name not in header]
     unexpected = list(dict.fromkeys(name for name in header if name not in schema.columns))
     problems = [

@@ -5,6 +5,7 @@ A missing or malformed variable fails the cold start with a message naming it, r
 KeyError deep inside an invocation.
 """
 
+import json
 import os
 import re
 from typing import Literal, Self
@@ -23,6 +24,44 @@ NO_SIMULATION_STAGES = frozenset({"prod"})  # a stage whose rows must reach the 
 # https anywhere; plain http only to a loopback server (the offline stack's simulator), which
 # api_choice_problem further keeps to the local stage. template.yaml's ApiUrl AllowedPattern is this.
 API_URL_PATTERN = r"^(https://\S+|http://(127\.0\.0\.1|localhost)(:[0-9]+)?(/\S*)?)?$"
+# issue 12: the request's shape and its credential (template parameters ApiMethod, ApiHeaders,
+# ApiAuthType, ApiAuthSecretArn; docs/interfaces.md, Authentication).
+ApiMethod = Literal["POST", "PUT", "PATCH"]
+ApiAuthType = Literal["none", "api-key", "basic", "bearer", "oauth2-client-credentials"]
+# `{column}` in ApiUrl: filled from the row, URL-encoded (downstream.RequestTarget)
+URL_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+# Headers Sluice sets itself: ApiHeaders may not name them (any case).
+MAX_BATCH_SIZE = 500  # rows per request (template ApiBatchSize MaxValue)
+RESERVED_HEADERS = frozenset({"authorization", "content-type", "content-length", "host", "idempotency-key"})
+
+
+def url_problem(url: str, stage: str, what: str = "API_URL") -> str | None:
+    """Why `url` may not be called on `stage`: https:// anywhere, plain http:// only to loopback on local."""
+    if not re.fullmatch(API_URL_PATTERN, url) or (not url.startswith("https://") and stage != LOCAL_STAGE):
+        return (
+            f"{what}={url!r} on stage {stage}: it must start with https:// "
+            f"(plain http:// only to 127.0.0.1 on the {LOCAL_STAGE} stage)"
+        )
+    if "{" in URL_PLACEHOLDER.sub("", url) or "}" in URL_PLACEHOLDER.sub("", url):
+        return f"{what}={url!r}: a brace that is not part of a {{column}} placeholder"
+    return None
+
+
+def headers_problem(value: str) -> str | None:
+    """What is wrong with API_HEADERS (a JSON object of header name -> text), None if nothing."""
+    try:
+        headers = json.loads(value) if value.strip() else {}
+    except ValueError as error:
+        return f"API_HEADERS is not JSON: {error}"
+    if not isinstance(headers, dict) or not all(
+        isinstance(name, str) and isinstance(text, str) for name, text in headers.items()
+    ):
+        return 'API_HEADERS must be a JSON object of strings, e.g. {"X-Tenant": "acme"}'
+    if reserved := sorted(name for name in headers if name.lower() in RESERVED_HEADERS):
+        return f"API_HEADERS may not set {', '.join(reserved)}: Sluice sets it (ApiAuthType for credentials)"
+    if bad := sorted(name for name in headers if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name)):
+        return f"API_HEADERS: not a header name: {', '.join(map(repr, bad))}"
+    return None
 
 
 def api_choice_problem(stage: str, api_mode: str, api_url: str) -> str | None:
@@ -43,12 +82,15 @@ def api_choice_problem(stage: str, api_mode: str, api_url: str) -> str | None:
             "API_URL is empty with API_MODE=http: set ApiUrl=https://<your API> "
             "(or ApiMode=simulated for a performance run outside prod)"
         )
-    if not re.fullmatch(API_URL_PATTERN, api_url) or (
-        not api_url.startswith("https://") and stage != LOCAL_STAGE
-    ):
+    return url_problem(api_url, stage)
+
+
+def batch_problem(batch_size: int, api_url: str) -> str | None:
+    """A batch has no one row to fill ApiUrl's placeholders from."""
+    if batch_size > 1 and URL_PLACEHOLDER.search(api_url):
         return (
-            f"API_URL={api_url!r} on stage {stage}: it must start with https:// "
-            f"(plain http:// only to 127.0.0.1 on the {LOCAL_STAGE} stage)"
+            f"API_BATCH_SIZE={batch_size} with {{column}} placeholders in API_URL: a batch has no one row "
+            "to fill them from; use ApiBatchSize=1 or a URL without placeholders"
         )
     return None
 
@@ -60,6 +102,16 @@ IDEMPOTENCY_KEY_PREFIXES = {
     "ProcessObjectFunction": "process-object",
     "AlertNotifierFunction": "alert-notifier",
 }
+def api_auth_problem(auth_type: str, secret_arn: str) -> str | None:
+    """An ApiAuthType needs its secret, and a secret needs an ApiAuthType (template Rules say the same)."""
+    if auth_type != "none" and not secret_arn:
+        return (
+            f"API_AUTH_TYPE={auth_type} needs API_AUTH_SECRET_ARN: set ApiAuthSecretArn to the "
+            "Secrets Manager secret holding the credential (docs/interfaces.md, Authentication)"
+        )
+    if auth_type == "none" and secret_arn:
+        return "API_AUTH_SECRET_ARN is set with API_AUTH_TYPE=none: set ApiAuthType to the secret's kind"
+    return None
 
 
 class Settings(BaseModel):
@@ -115,6 +167,12 @@ class ValidateSettings(MetadataSettings):
     api_rate_limit: float = Field(default=50.0, gt=0)
     api_rate_lateness_seconds: float = Field(default=DEFAULT_LATENESS_SECONDS, ge=0, le=1)
     raw_glacier_days: int = Field(default=30, ge=1)
+    api_url: str = ""  # its {column} placeholders must name columns of every file (issue 12)
+
+    @property
+    def url_columns(self) -> tuple[str, ...]:
+        """The columns ApiUrl's placeholders name, in order, each once."""
+        return tuple(dict.fromkeys(URL_PLACEHOLDER.findall(self.api_url)))
 
 
 class ProcessSettings(MetadataSettings):
@@ -125,6 +183,14 @@ class ProcessSettings(MetadataSettings):
     stage: Stage
     api_mode: ApiMode = "http"
     api_url: str = ""  # with api_mode http: the endpoint (api_choice_problem says which are refused)
+    api_method: ApiMethod = "POST"
+    api_headers: str = ""  # a JSON object of static headers sent with every request
+    api_auth_type: ApiAuthType = "none"
+    api_auth_secret_arn: str = ""  # the secret's ARN; the credential itself is read at run time
+    api_auth_secret_max_age_seconds: int = Field(default=300, ge=0)  # Powertools parameters cache
+    api_batch_size: int = Field(
+        default=1, ge=1, le=MAX_BATCH_SIZE
+    )  # rows per request (a JSON array when > 1)
     # The API's policy as it documents it (template ApiRateLimit, ApiBurst, ApiMaxInFlight;
     # sluice/ratelimit.py paces the whole stack by it)
     api_rate_limit: float = Field(default=50.0, gt=0)  # requests per second, for the whole stack
@@ -151,7 +217,13 @@ class ProcessSettings(MetadataSettings):
 
     def model_post_init(self, context: object) -> None:
         # RuntimeError, not ValueError: pydantic would wrap a ValueError into a location-less error.
-        if problem := api_choice_problem(self.stage, self.api_mode, self.api_url):
+        problem = (
+            api_choice_problem(self.stage, self.api_mode, self.api_url)
+            or batch_problem(self.api_batch_size, self.api_url)
+            or headers_problem(self.api_headers)
+            or api_auth_problem(self.api_auth_type, self.api_auth_secret_arn)
+        )
+        if problem:
             raise RuntimeError(f"ProcessSettings: {problem}")
         if 0 < self.api_max_in_flight < self.concurrency_max:
             raise RuntimeError(
@@ -170,6 +242,11 @@ class ProcessSettings(MetadataSettings):
         if not self.api_max_in_flight:
             return 0
         return self.api_max_in_flight // self.concurrency_max
+
+    @property
+    def extra_headers(self) -> dict[str, str]:
+        """API_HEADERS, parsed (model_post_init has checked it)."""
+        return dict(json.loads(self.api_headers)) if self.api_headers.strip() else {}
 
 
 class OutputSettings(Settings):

@@ -23,6 +23,42 @@ local_app = typer.Typer(
 )
 
 DEFAULT_PORT = 4566
+API_URL_PARAMETER = "ApiUrl"
+
+# issue 12: your own API offline, and the secrets it needs (shared by `local up` and `run`)
+ApiUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-url",
+        help="Your API instead of the simulator (ApiUrl; http:// only to 127.0.0.1; {column} placeholders).",
+    ),
+]
+SecretOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret",
+        help="NAME=VALUE: a Secrets Manager secret created before the stack; -p X=NAME then gets its ARN "
+        "(repeatable).",
+    ),
+]
+
+
+def parse_secrets(values: list[str] | None) -> dict[str, str]:
+    """`NAME=VALUE` options as {name: value}; an error names the option, never the value."""
+    secrets: dict[str, str] = {}
+    for value in values or []:
+        name, separator, text = value.partition("=")
+        if not separator or not name.strip():
+            raise typer.BadParameter('--secret: expected NAME=VALUE, e.g. tok=\'{"token": "…"}\'')
+        secrets[name.strip()] = text
+    return secrets
+
+
+def own_api(api_url: str | None, overrides: dict[str, str]) -> tuple[bool, dict[str, str]]:
+    """Whether the simulator starts, and the overrides: --api-url replaces it as ApiUrl."""
+    if api_url is None:
+        return True, overrides
+    return False, {**overrides, API_URL_PARAMETER: api_url}
 
 
 def parse_latency(value: str | None) -> tuple[float, float] | None:
@@ -67,6 +103,16 @@ def describe(stack: OfflineStack, console: Console) -> None:
         console.print(
             f"  downstream API [bold]{stack.api.url}[/]   limit {config.rate_limit:g}/s, latency "
             f"{config.latency_min:g}-{config.latency_max:g} s, error rate {config.error_rate:g}"
+        )
+    else:
+        console.print(
+            f"  downstream API [bold]{escape(str(stack.parameters.get(API_URL_PARAMETER, '')))}[/]   yours "
+            f"(no simulator), {stack.parameters.get('ApiMethod', 'POST')}, auth "
+            f"{stack.parameters.get('ApiAuthType', 'none')}"
+        )
+    if stack.secrets:
+        console.print(
+            f"  secrets        {', '.join(sorted(stack.secrets))}   (Secrets Manager, in the emulator)"
         )
     if stack.smtp is not None:
         console.print(
@@ -125,6 +171,8 @@ def up(
     parameter_overrides: Annotated[
         list[str] | None, typer.Option("--parameter", "-p", help="Key=Value template parameter (repeatable).")
     ] = None,
+    api_url: ApiUrlOption = None,
+    secret: SecretOption = None,
     schedule_period: Annotated[
         float, typer.Option(help="Seconds between scheduled dispatcher starts (0 = never).")
     ] = DEFAULT_PERIOD_SECONDS,
@@ -134,6 +182,8 @@ def up(
     console = Console()
     overrides = parse_parameter_overrides(parameter_overrides or [])
     api_changes, overrides = api_settings(api_rate, api_latency, api_error_rate, overrides)
+    start_api, overrides = own_api(api_url, overrides)
+    secrets = parse_secrets(secret)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -147,6 +197,8 @@ def up(
         overrides=overrides,
         port=port,
         api_settings=api_changes,
+        start_api=start_api,
+        secrets=secrets,
         schedule_period=schedule_period,
         outputs_path=outputs,
     )

@@ -4,10 +4,17 @@ Starts the offline stack, uploads the workload in parallel, shows progress from 
 table and the downstream simulator, waits until every file is finished and every alert email it
 calls for has reached the stack's SMTP sink, prints and writes the summary, and exits 0 only if
 every file ended in the state its content calls for and was announced when it had to be.
+
+With `--api-url` (your API, no simulator) the API figures come from Sluice's own metrics
+(ProcessObject's log) and records, and the summary says so; `--secret NAME=VALUE` creates the
+secrets your API's credential needs (docs/your-own-csv.md). report.json keeps every file's
+rejected rows with their reasons.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +29,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sluice.filecheck import SAMPLE_BYTES, check_sample
 from sluice.health import HEALTH_KEY
-from sluice.schemas import get_schema
-from sluice_cli.commands.local import api_settings
+from sluice.models import ObjectRef
+from sluice.results import Layout
+from sluice.schemas import GUIDE, get_schema
+from sluice.settings import URL_PLACEHOLDER
+from sluice_cli.commands.local import ApiUrlOption, SecretOption, api_settings, own_api, parse_secrets
 from sluice_cli.commands.runreport import (
+    MAX_REJECTS_PER_FILE,
+    OWN_FIGURES,
     SUCCESS,
     AlertMail,
     Summary,
     TrackedFile,
+    emf_values,
     expected_alerts,
     missing_alerts,
     summarize,
@@ -48,9 +61,10 @@ ALERT_BODY_LINES = 4  # of each alert email, shown under its subject
 
 
 def plan_files(
-    paths: list[Path] | None, seed: int, row_schema: str, prefix: str
+    paths: list[Path] | None, seed: int, parameters: dict[str, Any], prefix: str
 ) -> list[tuple[TrackedFile, bytes]]:
-    """The files to upload (key under `prefix`, bytes) and what each one's content calls for."""
+    """The files to upload (key under `prefix`, bytes) and what each one's content calls for
+    under the stack's RowSchema and ApiUrl (whose placeholders must name columns of the file)."""
     if not paths:
         return [
             (
@@ -66,14 +80,19 @@ def plan_files(
             )
             for item in default_mix(seed)
         ]
-    schema = get_schema(row_schema)
+    schema = get_schema(str(parameters.get("RowSchema", "orders-v1")))
+    url_columns = tuple(dict.fromkeys(URL_PLACEHOLDER.findall(str(parameters.get("ApiUrl", "")))))
     planned = []
     for path in paths:
         data = path.read_bytes()
         # The Validate stage's own check, on the same sample it reads: a file it would refuse is
         # expected INVALID; any other file must succeed, with or without rejected rows.
         check = (
-            check_sample(data[:SAMPLE_BYTES], schema, truncated=len(data) > SAMPLE_BYTES) if data else None
+            check_sample(
+                data[:SAMPLE_BYTES], schema, truncated=len(data) > SAMPLE_BYTES, url_columns=url_columns
+            )
+            if data
+            else None
         )
         valid = check is not None and check.valid
         expected = SUCCESS if valid else frozenset({"INVALID"})
@@ -149,6 +168,8 @@ class _Monitor:
             f"API [bold]{self.rate:5.1f}[/] req/s (limit {self.limit:g})   "
             f"busiest second {self.stats.get('max_requests_in_any_second', 0)}   "
             f"429s {self.stats.get('throttled', 0)}   duplicates {self.stats.get('duplicate_deliveries', 0)}"
+            if self.stats
+            else f"API: yours, no simulator (limit {self.limit:g}/s); figures at the end, Sluice's own"
         )
         states = "  ".join(
             f"[{STATE_STYLES.get(t.state or '', 'white')}]{_name(t.key)}: {t.state or 'uploaded'}[/]"
@@ -187,6 +208,53 @@ def await_alerts(stack: OfflineStack, expected: list[str], timeout: float) -> li
         time.sleep(0.2)
 
 
+def collect_rejects(
+    stack: OfflineStack, files: list[TrackedFile]
+) -> dict[str, tuple[list[dict[str, Any]], int]]:
+    """Each file's rejected rows from its results' rejects.csv (row, reason), at most
+    MAX_REJECTS_PER_FILE of them, and how many there were."""
+    s3 = stack.client("s3")
+    found: dict[str, tuple[list[dict[str, Any]], int]] = {}
+    for tracked in files:
+        item = tracked.item or {}
+        if not int(item.get("rows_rejected", 0)) or tracked.state not in SUCCESS:
+            continue
+        obj = ObjectRef(
+            bucket=stack.outputs["RawBucketName"],
+            key=tracked.key,
+            version_id=tracked.version_id,
+            etag=item.get("etag"),
+        )
+        body = s3.get_object(
+            Bucket=stack.outputs["ProcessedBucketName"], Key=Layout(obj).results.rejects_key
+        )["Body"]
+        rows = csv.DictReader(io.TextIOWrapper(body, encoding="utf-8"))
+        listed: list[dict[str, Any]] = []
+        count = 0
+        for row in rows:
+            count += 1
+            if len(listed) < MAX_REJECTS_PER_FILE:
+                listed.append({"row": int(row["row"]), "reason": row["reason"]})
+        found[tracked.key] = (listed, count)
+    return found
+
+
+def own_metrics(stack: OfflineStack) -> dict[str, list[float]]:
+    """ProcessObject's metrics, from the embedded-metric-format lines of its log."""
+    path = stack.log_dir / "ProcessObjectFunction.log"
+    if not path.is_file():
+        return {}
+    records = []
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if '"_aws"' in line:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+    return emf_values(records)
+
+
 def _name(key: str) -> str:
     return key.rsplit("/", 1)[-1]
 
@@ -217,7 +285,18 @@ def print_summary(summary: Summary, console: Console, *, mail_dir: Path | None =
     states = ", ".join(f"{state} {count}" for state, count in summary.states.items())
     console.print(f"Files: {states}")
     console.print(f"Rows: {rows['delivered']} delivered, {rows['rejected']} rejected, {rows['total']} read")
-    if "requests" in api:
+    if api.get("source") == OWN_FIGURES:
+        latency_ms = api["latency_ms"]
+        timing = (
+            f"; p50 {latency_ms['p50']:.0f} ms, p95 {latency_ms['p95']:.0f} ms" if latency_ms["p50"] else ""
+        )
+        console.print(
+            f"API (yours, {escape(api['url'])}; no simulator, so these are Sluice's own figures, from "
+            f"ProcessObject's metrics and the metadata table): {api['requests']} requests answered, "
+            f"{api['accepted_rate']:.1f} rows delivered/s, limit {api['limit']:g}/s; "
+            f"{api['throttled_429']} answered 429{timing}"
+        )
+    elif "requests" in api:
         within = "[green]within[/]" if api["busiest_second_within_limit"] else "[red]ABOVE[/]"
         console.print(
             f"API: {api['accepted_rate']:.1f} accepted/s achieved, limit {api['limit']:g}/s; busiest "
@@ -230,6 +309,10 @@ def print_summary(summary: Summary, console: Console, *, mail_dir: Path | None =
     console.print(f"Wall time: {summary.wall_seconds:.1f} s")
     if summary.alerts is not None:
         print_alerts(summary.alerts, console, mail_dir)
+    rejected = sum(len(record.get("rejects", [])) for record in summary.files)
+    if rejected:
+        console.print(f"Rejected rows and their reasons: {rejected} in the report (files[].rejects)")
+    console.print(f"[dim]Your own CSV or API: {GUIDE}[/]")
     for problem in summary.problems:
         console.print(f"[red]✗[/] {problem}")
     if summary.ok:
@@ -262,12 +345,15 @@ def run(
     state_dir: Annotated[
         Path, typer.Option(help="The run's stack state (outputs, function logs: `sluice logs --state-dir`).")
     ] = DEFAULT_STATE_DIR / "run",
+    api_url: ApiUrlOption = None,
+    secret: SecretOption = None,
 ) -> None:
     """Run the pipeline end to end offline on a mix of files, and check every file's outcome."""
     console = Console()
     began = time.monotonic()
     overrides = parse_parameter_overrides(parameter_overrides or [])
     api_changes, overrides = api_settings(api_rate, api_latency, api_error_rate, overrides)
+    start_api, overrides = own_api(api_url, overrides)
     for path in files or []:
         if not path.is_file():
             raise typer.BadParameter(f"--files {path}: no such file")
@@ -278,6 +364,8 @@ def run(
         template=template.name,
         overrides=overrides,
         api_settings=api_changes,
+        start_api=start_api,
+        secrets=parse_secrets(secret),
         port=0,
         state_dir=state_dir.resolve(),
     )
@@ -287,20 +375,21 @@ def run(
         console.print(f"Offline stack up in {time.monotonic() - began:.1f} s at {stack.endpoint_url}")
         parameters = stack.parameters
         prefix = str(parameters.get("RawKeyPrefix") or DEFAULT_PREFIX)
-        planned = plan_files(files, seed, str(parameters.get("RowSchema", "orders-v1")), prefix)
+        planned = plan_files(files, seed, parameters, prefix)
         upload(stack, planned)
         tracked = [entry for entry, _ in planned]
         console.print(f"Uploaded {len(tracked)} files to s3://{stack.outputs['RawBucketName']}/{prefix}")
         max_receive = int(parameters.get("MaxReceiveCount", 1))
         api = stack.api
-        if api is None:
+        if api is None and start_api:
             raise StackError("the stack started without its downstream simulator")
-        monitor = _Monitor(tracked, api.config.rate_limit)
+        rate_limit = api.config.rate_limit if api is not None else float(parameters.get("ApiRateLimit", 0))
+        monitor = _Monitor(tracked, rate_limit)
         deadline = time.monotonic() + timeout
         with Live(monitor.render(), console=console, refresh_per_second=4) as live:
             while True:
                 refresh(stack, tracked)
-                monitor.update(api.stats(), max_receive)
+                monitor.update(api.stats() if api is not None else {}, max_receive)
                 live.update(monitor.render())
                 if all(t.finished(max_receive) for t in tracked) or time.monotonic() > deadline:
                     break
@@ -310,12 +399,15 @@ def run(
             alerts = await_alerts(stack, expected, ALERT_WAIT_SECONDS)
         summary = summarize(
             tracked,
-            api.stats(),
-            rate_limit=api.config.rate_limit,
+            api.stats() if api is not None else None,
+            rate_limit=rate_limit,
             wall_seconds=time.monotonic() - began,
             max_receive_count=max_receive,
             alerts=alerts,
             downstream=downstream_health(stack),
+            rejects=collect_rejects(stack, tracked),
+            own_metrics=own_metrics(stack) if api is None else None,
+            api_url=str(parameters.get("ApiUrl", "")),
         )
     except (StackError, TemplateError) as error:
         console.print(f"[red]Could not start the offline stack:[/] {error}")

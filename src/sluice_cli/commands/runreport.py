@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from sluice.downstream import LATENCY_METRIC, THROTTLES_METRIC
 
 FINISHED = frozenset({"SUCCEEDED", "SUCCEEDED_WITH_REJECTS", "INVALID"})
 SUCCESS = frozenset({"SUCCEEDED", "SUCCEEDED_WITH_REJECTS"})
 # The states a file is announced in on AlertTopic (the dispatcher publishes, AlertNotifier emails).
 ALERTED = frozenset({"INVALID", "FAILED"})
+# report.json keeps at most this many rejected rows (row, reason) per file, and says how many more
+MAX_REJECTS_PER_FILE = 1000
+# Where the summary's API figures come from when no simulator stood in for the API (--api-url)
+OWN_FIGURES = "sluice"
 
 
 @dataclass
@@ -169,13 +175,20 @@ def summarize(
     max_receive_count: int,
     alerts: Sequence[AlertMail] | None = None,
     downstream: dict[str, Any] | None = None,
+    rejects: Mapping[str, tuple[list[dict[str, Any]], int]] | None = None,
+    own_metrics: Mapping[str, list[float]] | None = None,
+    api_url: str = "",
 ) -> Summary:
     """The run's summary; with `alerts` (what the SMTP sink received), a file that ended INVALID
     or FAILED without its alert email is a problem too: alerting is a promised feature.
 
     The API refusing everything is a problem whatever the files' expected states: a file whose
     every row was rejected (the API refused it as a whole, not its rows), or a downstream still
-    unhealthy at the end (`downstream`: the breaker's item, sluice/health.py)."""
+    unhealthy at the end (`downstream`: the breaker's item, sluice/health.py).
+
+    `rejects` (key -> (rows {"row", "reason"}, how many there were)) go into each file's record.
+    Without `api_stats` (no simulator: --api-url), the API figures come from `own_metrics`
+    (ProcessObject's metrics, `emf_values`) and the metadata records, and say so."""
     records: list[dict[str, Any]] = []
     for tracked in files:
         item = tracked.item or {}
@@ -196,6 +209,10 @@ def summarize(
                 "error": item.get("error") or item.get("reason"),
             }
         )
+        if rejects is not None and tracked.key in rejects:
+            rows, count = rejects[tracked.key]
+            records[-1]["rejects"] = rows[:MAX_REJECTS_PER_FILE]
+            records[-1]["rejects_not_listed"] = max(0, count - MAX_REJECTS_PER_FILE)
     latencies = [tracked.latency_seconds for tracked in files if tracked.latency_seconds is not None]
     states = Counter(tracked.state or "NOT REGISTERED" for tracked in files)
     problems = [_problem(record) for record in records if not record["ok"]]
@@ -219,7 +236,10 @@ def summarize(
             f"the downstream API was unhealthy at the end of the run ({downstream.get('reason', '')}): "
             "delivery is paused, rows wait for it"
         )
-    api = api_summary(api_stats, rate_limit)
+    if api_stats is None and own_metrics is not None:
+        api = own_api_summary(own_metrics, files, rate_limit, api_url)
+    else:
+        api = api_summary(api_stats, rate_limit)
     return Summary(
         files=records,
         states=dict(sorted(states.items())),
@@ -273,3 +293,43 @@ def api_summary(stats: dict[str, Any] | None, rate_limit: float | None) -> dict[
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
+
+
+def emf_values(records: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
+    """Every value of every metric in CloudWatch embedded-metric-format records (Powertools'
+    `log_metrics` output, one JSON object per invocation or per 100 values), by metric name."""
+    values: dict[str, list[float]] = {}
+    for record in records:
+        directives = record.get("_aws", {}).get("CloudWatchMetrics", []) if isinstance(record, dict) else []
+        for directive in directives:
+            for metric in directive.get("Metrics", []):
+                name = metric.get("Name")
+                value = record.get(name)
+                found = value if isinstance(value, list) else [value]
+                values.setdefault(name, []).extend(float(v) for v in found if isinstance(v, int | float))
+    return values
+
+
+def own_api_summary(
+    metrics: Mapping[str, list[float]], files: Sequence[TrackedFile], rate_limit: float | None, api_url: str
+) -> dict[str, Any]:
+    """The API's figures as Sluice itself saw them: no simulator counted the arrivals, so there is
+    no busiest second and no duplicate count; requests are the answers ProcessObject timed."""
+    latencies = list(metrics.get(LATENCY_METRIC, []))
+    delivered = sum(int((tracked.item or {}).get("rows_delivered", 0)) for tracked in files)
+    starts = [tracked.uploaded_at for tracked in files if tracked.uploaded_at]
+    ends = [end for tracked in files if (end := tracked.finished_at) is not None]
+    span = max(ends) - min(starts) if starts and ends else 0.0
+    return {
+        "source": OWN_FIGURES,
+        "url": api_url,
+        "limit": rate_limit,
+        "requests": len(latencies),
+        "accepted": delivered,
+        "accepted_rate": round(delivered / span, 2) if span > 0 else 0.0,
+        "throttled_429": int(sum(metrics.get(THROTTLES_METRIC, []))),
+        "latency_ms": {
+            "p50": _round(percentile(latencies, 0.50)),
+            "p95": _round(percentile(latencies, 0.95)),
+        },
+    }

@@ -99,6 +99,7 @@ class OfflineStack:
         max_workers_per_function: int = DEFAULT_MAX_WORKERS,
         function_overrides: Mapping[str, Mapping[str, Any]] | None = None,
         history_event_limit: int = HISTORY_MAX_EVENTS,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.env = env
@@ -112,6 +113,9 @@ class OfflineStack:
         self.mail_dir = self.state_dir / MAIL_DIR
         self.prewarm = prewarm
         self.services = list(services)
+        # issue 12: Secrets Manager secrets (name -> SecretString) created before any resource; a
+        # parameter whose value is one of these names gets the secret's ARN, as deployed.
+        self.secrets = dict(secrets or {})
         self._api_config = api_config
         self._api_settings = dict(api_settings or {})
         self._start_api = start_api
@@ -181,7 +185,8 @@ class OfflineStack:
             **provided,
             **self.explicit_overrides,
         }
-        self.parameters = resolve_parameters(source, overrides)
+        secret_parameters = {name: value for name, value in overrides.items() if value in self.secrets}
+        self.parameters = resolve_parameters(source, _without(overrides, secret_parameters))
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
         _clear_files(self.log_dir, "*.log")
@@ -209,6 +214,7 @@ class OfflineStack:
         self.sns_bridge = SnsLambdaBridge(self.runtime.invoke_async).install()
         self.quotas.install()
         self.server.start()
+        self._create_secrets(source, overrides, secret_parameters)
 
         packaged, artifacts = inline_local_artifacts(source, self.root)
         self.cfn_template = apply_function_overrides(
@@ -267,6 +273,21 @@ class OfflineStack:
                 provided.update({key: value for key, value in overrides_of().items() if key in declared})
         return provided
 
+    def _create_secrets(
+        self, source: dict[str, Any], overrides: Mapping[str, str], secret_parameters: Mapping[str, str]
+    ) -> None:
+        """Each --secret in the emulator's Secrets Manager; the parameters naming one get its ARN
+        (checked against the parameter's AllowedPattern like any value)."""
+        if not self.secrets:
+            return
+        client = self.client("secretsmanager")
+        arns = {
+            name: client.create_secret(Name=name, SecretString=value)["ARN"]
+            for name, value in self.secrets.items()
+        }
+        named = {parameter: arns[name] for parameter, name in secret_parameters.items()}
+        self.parameters = resolve_parameters(source, {**overrides, **named})
+
     def _simulator_config(
         self, source: dict[str, Any], samconfig: SamConfigEnvironment | None
     ) -> ApiSimulatorConfig:
@@ -276,6 +297,7 @@ class OfflineStack:
         settings: dict[str, Any] = dict(self._api_settings)
         if "rate_limit" not in settings and API_RATE_PARAMETER in (source.get("Parameters") or {}):
             overrides = {**(samconfig.parameter_overrides if samconfig else {}), **self.explicit_overrides}
+            overrides = _without(overrides, {k: v for k, v in overrides.items() if v in self.secrets})
             settings["rate_limit"] = float(resolve_parameters(source, overrides)[API_RATE_PARAMETER])
         return ApiSimulatorConfig(**settings)
 
@@ -501,6 +523,11 @@ class OfflineStack:
 
 _running: OfflineStack | None = None
 _running_lock = threading.Lock()
+
+
+def _without(overrides: Mapping[str, str], names: Mapping[str, str]) -> dict[str, str]:
+    """`overrides` but the parameters in `names` (secret names, resolved to ARNs once created)."""
+    return {key: value for key, value in overrides.items() if key not in names}
 
 
 def _release(stack: OfflineStack) -> None:

@@ -5,15 +5,19 @@ A schema is declared once, as a pydantic model whose fields are the CSV columns 
 (ValidateObject), `parse` turning a row into the JSON-ready payload for the API or a one-line
 reason naming the column(s) at fault (ProcessObject), and the JSON Schema for the docs.
 The ROW_SCHEMA setting picks one through `get_schema`; a new schema is one module plus one line
-in `SCHEMAS`.
+in `SCHEMAS`, or one JSON file in `files/` (declared.py;
+docs/your-own-csv.md). `passthrough` takes any CSV with a unique, non-empty header
+and sends each row as it is.
 """
 
 from sluice.schemas.base import RowModel, RowResult, RowSchema, describe
+from sluice.schemas.declared import declared_models
 from sluice.schemas.orders_v1 import OrderV1
+from sluice.schemas.passthrough import Passthrough
 
-SCHEMAS: dict[str, RowSchema] = {
-    model.schema_name: RowSchema(model.schema_name, model) for model in (OrderV1,)
-}
+_MODELS: list[type[RowModel]] = [OrderV1, Passthrough, *declared_models()]  # declared: files/*.json
+SCHEMAS: dict[str, RowSchema] = {model.schema_name: RowSchema(model.schema_name, model) for model in _MODELS}
+GUIDE = "docs/your-own-csv.md"  # how to send another CSV: named by INVALID alerts and `sluice run`
 
 
 def get_schema(name: str) -> RowSchema:
@@ -24,4 +28,4 @@ def get_schema(name: str) -> RowSchema:
         raise ValueError(f"unknown row schema {name!r}; known: {', '.join(sorted(SCHEMAS))}") from None
 
 
-__all__ = ["SCHEMAS", "RowModel", "RowResult", "RowSchema", "describe", "get_schema"]
+__all__ = ["GUIDE", "SCHEMAS", "RowModel", "RowResult", "RowSchema", "describe", "get_schema"]

@@ -14,6 +14,8 @@ class RowModel(BaseModel):
     model_config = ConfigDict(str_strip_whitespace=True, extra="forbid", frozen=True)
 
     schema_name: ClassVar[str]
+    # True: the file's header names the columns (passthrough), any unique, non-empty names
+    any_columns: ClassVar[bool] = False
 
     def transform(self) -> dict[str, Any]:
         """The JSON-ready payload posted downstream for this row."""
@@ -45,8 +47,14 @@ class RowSchema:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """The header's column names, in the model's (documented) order."""
-        return tuple(self.model.model_fields)
+        """The header's column names, in the model's (documented) order; () when any header goes.
+        A field's alias is its column's name where the column is no Python name (schema files)."""
+        return tuple(field.alias or name for name, field in self.model.model_fields.items())
+
+    @property
+    def any_header(self) -> bool:
+        """Any unique, non-empty header is this schema's (passthrough)."""
+        return self.model.any_columns
 
     def parse(self, row: Mapping[str, str]) -> RowResult:
         """The row's payload, or why it is rejected: whatever the row holds, this never raises for it.

@@ -134,6 +134,9 @@ GRANTS: dict[str, list[Row]] = {
         ),
         own_idempotency_records("ProcessObjectFunction"),
         Row(("publish",), ("sns:Publish",), ("AlertTopic",)),
+        # the API's credential (ApiAuthSecretArn), its key only through Secrets Manager
+        Row(("SecretsProvider",), ("secretsmanager:GetSecretValue",), ("ApiAuthSecretArn",)),
+        Row(("SecretsProvider",), ("kms:Decrypt",), ("ApiAuthKmsKeyArn",), via("secretsmanager")),
         *data_key(("s3", "dynamodb", "sns", "sqs"), ("s3", "dynamodb", "sns", "sqs")),
         FAILURE_DESTINATION,
     ],
@@ -346,6 +349,7 @@ LIBRARY_CALLS = {
     "idempotent_function": "idempotent",
     "S3Object": "S3Object",  # a ranged GetObject of the version
     "get_secret": "get_secret",  # secretsmanager GetSecretValue
+    "SecretsProvider": "SecretsProvider",  # Powertools: GetSecretValue (sluice/apiauth.py)
 }
 # What AWS asks of each call (the service authorization reference); kms, the failure destination,
 # logging is what the services do for a caller of the others.
@@ -353,6 +357,7 @@ OPERATION_ACTIONS: dict[str, set[str]] = {
     "head_object": {"s3:GetObject", "s3:GetObjectVersion", "s3:ListBucket"},  # ListBucket: 404, not 403
     "get_object": {"s3:GetObject", "s3:GetObjectVersion"},
     "S3Object": {"s3:GetObject", "s3:GetObjectVersion"},
+    "SecretsProvider": {"secretsmanager:GetSecretValue", "kms:Decrypt"},  # kms: a customer managed key
     "put_object": {"s3:PutObject"},
     "create_multipart_upload": {"s3:PutObject"},
     "upload_part": {"s3:PutObject"},

@@ -102,6 +102,8 @@ IDEMPOTENCY_KEY_PREFIXES = {
     "ProcessObjectFunction": "process-object",
     "AlertNotifierFunction": "alert-notifier",
 }
+
+
 def api_auth_problem(auth_type: str, secret_arn: str) -> str | None:
     """An ApiAuthType needs its secret, and a secret needs an ApiAuthType (template Rules say the same)."""
     if auth_type != "none" and not secret_arn:

@@ -44,6 +44,12 @@ class NoPacing:
     def pause(self, until: float) -> None:
         pass
 
+    def throttled(self, slot: float, retry_after: float | None = None) -> float:
+        return 0.0
+
+    def finished(self, sent_at: float, first_byte_at: float | None) -> None:
+        pass
+
 
 def sluice_rows(data: bytes, schema: RowSchema, client: DownstreamClient, obj: ObjectRef) -> int:
     """Delivery.Segment's per-row work (_prepare, deliver, _record), in one thread."""

@@ -160,6 +160,7 @@ class _GatedBucket:
     def __init__(self, clock: ManualClock, others: int):
         self.clock, self.interval, self.lateness, self.max_ahead = clock, 0.1, 0.0, 5.0
         self.assumed_lateness, self.last_interval, self.decreases = 0.0, 0.1, 0
+        self.shared: dict[str, Any] = {}
         self.claims: list[int] = []
         self._others = others
         self.limiter: RateLimiter | None = None
@@ -206,6 +207,7 @@ def test_a_failed_claim_fails_every_waiter() -> None:
     class Broken:
         clock, interval, lateness, max_ahead = ManualClock(T0), 0.1, 0.0, 5.0
         assumed_lateness, last_interval, decreases = 0.0, 0.1, 0
+        shared: dict[str, Any] = {}
 
         def shared_lateness(self, now: float) -> float:
             return 0.0

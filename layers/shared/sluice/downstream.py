@@ -116,6 +116,9 @@ class DeliveryAbandoned(Exception):
     """
 
 
+WARM_CONNECT_SECONDS = 2.0  # the longest a connection opened ahead of a slot may take
+
+
 class TransportError(Exception):
     """No HTTP answer: a timeout or a connection error."""
 
@@ -190,12 +193,19 @@ class HttpTransport:
         lazily and has no public "warm up"; the pool's own checkout is used for it."""
         pool = self._pool.connection_from_url(self._url)
         conn = pool._get_conn()
+        timeout = conn.timeout
         try:
             if not conn.is_connected:
+                # Bounded on its own: an API that is gone must not hold a worker for the request
+                # timeout before its slot (the segment's stop is only looked at between waits).
+                conn.timeout = (
+                    min(WARM_CONNECT_SECONDS, timeout) if isinstance(timeout, float) else WARM_CONNECT_SECONDS
+                )
                 conn.connect()
         except (OSError, urllib3.exceptions.HTTPError):
             conn.close()  # the request will report the failure itself
         finally:
+            conn.timeout = timeout
             pool._put_conn(conn)
 
     def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse:
@@ -364,7 +374,10 @@ class DownstreamClient:
 
     def _ready_slot(self, stop: threading.Event | None, order: int | None) -> float:
         """A connection open (so its setup cannot make the arrival late), then the rate slot."""
-        if isinstance(self._transport, HttpTransport):
+        # Not while the downstream is unhealthy: a probe's arrival is not paced to the limit.
+        if isinstance(self._transport, HttpTransport) and not (
+            self.health is not None and self.health.seen_open
+        ):
             self._transport.ready()
         return self._limiter.acquire(stop, order)
 

@@ -5,7 +5,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from datapath_support import create_tables
@@ -207,7 +207,7 @@ def test_a_failed_claim_fails_every_waiter() -> None:
     class Broken:
         clock, interval, lateness, max_ahead = ManualClock(T0), 0.1, 0.0, 5.0
         assumed_lateness, last_interval, decreases = 0.0, 0.1, 0
-        shared: dict[str, Any] = {}
+        shared: ClassVar[dict[str, Any]] = {}
 
         def shared_lateness(self, now: float) -> float:
             return 0.0

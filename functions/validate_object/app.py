@@ -26,6 +26,7 @@ deliverable = Deliverable(
     api_rate_limit=settings.api_rate_limit,
     api_rate_lateness_seconds=settings.api_rate_lateness_seconds,
     raw_readable_days=settings.raw_glacier_days,
+    api_batch_size=settings.api_batch_size,
 )
 
 

@@ -22,11 +22,11 @@ from typing import BinaryIO
 
 from sluice.models import FileState
 from sluice.schemas import get_schema
-from sluice.schemas.orders_v1 import CURRENCIES
 from sluice_cli.apisim import UNKNOWN_CUSTOMER_DOMAIN
 
 # The columns and currencies come from the deployed schema, so the generator cannot drift from it.
 SCHEMA_COLUMNS: tuple[str, ...] = get_schema("orders-v1").columns
+CURRENCIES: tuple[str, ...] = tuple(get_schema("orders-v1").json_schema()["properties"]["currency"]["enum"])
 MAX_QUANTITY = 10_000
 
 

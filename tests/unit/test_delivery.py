@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import pytest
@@ -44,6 +45,7 @@ from sluice.observability import metrics
 from sluice.ratelimit import Clock, ManualClock, SystemClock, shared_limiter
 from sluice.results import Layout, PartWriter, merge_results
 from sluice.schemas import RowModel, RowSchema, get_schema
+from sluice.schemas.declared import model_from_file
 from sluice.settings import ProcessSettings
 
 
@@ -271,6 +273,28 @@ def test_a_batch_answer_without_one_result_per_row_rejects_its_rows_saying_why(w
     _, rejects = world.merged(final)
     assert rejects[1].startswith('1,"api answer to a batch of 5 rows is not a JSON array of 5 results')
     assert rejects[-1].startswith('7,"api answer to a batch of 2 rows')
+
+
+def test_key_columns_give_the_same_order_the_same_key_in_another_file(world: World, tmp_path: Path) -> None:
+    # GIVEN a schema file whose key is the order id, and the same order in two files: at another
+    # row, under another object key, its text spaced differently
+    (tmp_path / "keyed-v1.json").write_text(
+        json.dumps({"name": "keyed-v1", "columns": {"id": {}, "note": {}}, "key": ["id"]})
+    )
+    schema = RowSchema("keyed-v1", model_from_file(tmp_path / "keyed-v1.json"))
+    world.upload(b"id,note\nA-1,first\nB-2,second\n", key="in/monday.csv")
+    world.run_all(rows_per_segment=100, schema=schema)
+    world.upload(b"id,note\nC-3,third\n A-1 ,first again\n", key="in/tuesday.csv")
+    world.run_all(rows_per_segment=100, schema=schema)
+
+    # THEN the API sees A-1 twice under one Idempotency-Key (it can answer the second as a
+    # duplicate), and each other order under its own
+    keys: dict[str, set[str]] = {}
+    for request in world.server.received:
+        keys.setdefault(request.payload["id"], set()).add(request.key)
+    assert {order: len(seen) for order, seen in keys.items()} == {"A-1": 1, "B-2": 1, "C-3": 1}
+    assert len({next(iter(seen)) for seen in keys.values()}) == 3
+    assert keys["A-1"] == {idempotency_key(world.obj, 99, {}, identity=["A-1"])}  # nothing but the key
 
 
 def test_a_schema_file_validates_and_sends_each_row_as_it_declares(world: World) -> None:

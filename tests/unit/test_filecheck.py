@@ -3,6 +3,7 @@
 import io
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -263,6 +264,14 @@ def test_a_file_the_settings_cannot_deliver_before_glacier_is_invalid_with_the_e
     )
     assert check.reason.endswith("(RawGlacierDays 7)")
     assert near.valid  # the same file is fine when nothing bounds the time
+    # AND in batches of 10 rows a request, the same rows take ~0.9 days: deliverable
+    batched = replace(deliverable, api_batch_size=10)
+    assert check_object(Sized(), obj, SCHEMA, max_file_bytes=5 * 2**30, deliverable=batched).valid
+    # while batches of 2 still take ~4.7 days of 3 readable ones, and the reason says batches
+    three_days = replace(deliverable, api_batch_size=2, raw_readable_days=3)
+    slow = check_object(Sized(), obj, SCHEMA, max_file_bytes=5 * 2**30, deliverable=three_days)
+    assert slow.reason is not None
+    assert "at the API rate in batches of 2 they take about 4." in slow.reason
 
 
 @pytest.mark.parametrize(

@@ -319,7 +319,9 @@ class Segment:
             url = self._client.target.url(record)
         except RowUrlError as error:
             return _Entry(row, reason=str(error))
-        key = idempotency_key(self._obj, row.number, record, resend_token=self._resend_token)
+        key = idempotency_key(
+            self._obj, row.number, record, resend_token=self._resend_token, identity=parsed.identity
+        )
         return _Entry(row, key=key, payload=parsed.payload, body=parsed.body, url=url)
 
     def _wait_for_a_worker(self) -> None:

@@ -51,7 +51,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -86,17 +86,30 @@ def add_metric(name: str, unit: MetricUnit, value: float) -> None:
 RESEND_METADATA = "sluice-resend-token"
 
 
-def idempotency_key(obj: ObjectRef, row: int, record: Mapping[str, str], *, resend_token: str = "") -> str:
-    """A row's content identity (docs/interfaces.md, Idempotency-Key), 32 hex characters.
+def idempotency_key(
+    obj: ObjectRef,
+    row: int,
+    record: Mapping[str, str],
+    *,
+    resend_token: str = "",
+    identity: Sequence[Any] | None = None,
+) -> str:
+    """A row's Idempotency-Key (docs/interfaces.md, Idempotency-Key), 32 hex characters.
 
-    sha256 of the JSON list [bucket, key, row, sha256(JSON of the record), resend_token]: the
-    same bytes at the same row of the same key carry the same key under any version id (a
-    re-upload, an SDK retry, an in-place copy), a changed row a new one. Needs no read of the
-    whole object. JSON lists, so no value can borrow another's delimiter.
+    By default the row's content identity: sha256 of the JSON list [bucket, key, row, sha256(JSON
+    of the record), resend_token], so the same bytes at the same row of the same key carry the same
+    key under any version id (a re-upload, an SDK retry, an in-place copy), a changed row a new one.
+    When the schema declares key columns, their values as sent (`identity`) are the row's identity
+    wherever it comes from: ["key", identity, resend_token], so the same order in another file, at
+    another row or with another amount carries the same key. Needs no read of the whole object.
+    JSON lists, so no value can borrow another's delimiter.
     """
+    if identity is not None:
+        declared = json.dumps(["key", list(identity), resend_token])
+        return hashlib.sha256(declared.encode()).hexdigest()[:32]
     content = hashlib.sha256(json.dumps(record).encode()).hexdigest()
-    identity = json.dumps([obj.bucket, obj.key, row, content, resend_token])
-    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+    located = json.dumps([obj.bucket, obj.key, row, content, resend_token])
+    return hashlib.sha256(located.encode()).hexdigest()[:32]
 
 
 def batch_key(keys: list[str]) -> str:

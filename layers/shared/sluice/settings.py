@@ -169,6 +169,7 @@ class ValidateSettings(MetadataSettings):
     api_rate_limit: float = Field(default=50.0, gt=0)
     api_rate_lateness_seconds: float = Field(default=DEFAULT_LATENESS_SECONDS, ge=0, le=1)
     raw_glacier_days: int = Field(default=30, ge=1)
+    api_batch_size: int = Field(default=1, ge=1, le=MAX_BATCH_SIZE)  # the rate counts requests
     api_url: str = ""  # its {column} placeholders must name columns of every file (issue 12)
 
     @property

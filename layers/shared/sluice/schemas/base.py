@@ -16,10 +16,16 @@ class RowModel(BaseModel):
     schema_name: ClassVar[str]
     # True: the file's header names the columns (passthrough), any unique, non-empty names
     any_columns: ClassVar[bool] = False
+    # The columns that identify a row (a schema file's `key`); () = the row's content identifies it
+    key_columns: ClassVar[tuple[str, ...]] = ()
 
     def transform(self) -> dict[str, Any]:
         """The JSON-ready payload posted downstream for this row."""
         raise NotImplementedError
+
+    def identity(self) -> list[Any]:
+        """The key columns' values as sent: the row's identity when the schema declares key columns."""
+        return []
 
 
 def wire_body(payload: Mapping[str, Any]) -> bytes:
@@ -34,6 +40,7 @@ class RowResult:
     payload: dict[str, Any] | None = None
     reason: str | None = None
     body: bytes = b""  # wire_body(payload), encoded once: the body every attempt POSTs
+    identity: list[Any] | None = None  # the key columns' values; None: the schema declares none
 
     @property
     def accepted(self) -> bool:
@@ -72,7 +79,8 @@ class RowSchema:
             body = wire_body(payload)
         except (ValueError, ArithmeticError) as error:
             return RowResult(reason=f"cannot be sent as JSON: {error}")
-        return RowResult(payload=payload, body=body)
+        identity = parsed.identity() if self.model.key_columns else None
+        return RowResult(payload=payload, body=body, identity=identity)
 
     def json_schema(self) -> dict[str, Any]:
         """The columns as JSON Schema, for the docs."""
@@ -90,6 +98,7 @@ _MESSAGES = {
     "less_than": "must be < {lt}",
     "decimal_max_places": "must have at most {decimal_places} decimal places",
     "decimal_max_digits": "must have at most {max_digits} significant digits",
+    "decimal_whole_digits": "must have at most {whole_digits} digits before the decimal point",
     "int_parsing_size": "is too large",
     "string_too_long": "must be at most {max_length} characters",
     "too_long": "must be at most {max_length} characters",

@@ -47,7 +47,7 @@ class NoPacing:
     def throttled(self, slot: float, retry_after: float | None = None) -> float:
         return 0.0
 
-    def finished(self, sent_at: float, first_byte_at: float | None) -> None:
+    def finished(self, sent_at: float, written_at: float | None) -> None:
         pass
 
 

@@ -5,6 +5,7 @@ import hashlib
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,9 +62,9 @@ class CountingPacer:
             self.pause(until)
         return until
 
-    def finished(self, sent_at: float, first_byte_at: float | None) -> None:
+    def finished(self, sent_at: float, written_at: float | None) -> None:
         with self._lock:
-            self.trips.append(None if first_byte_at is None else first_byte_at - sent_at)
+            self.trips.append(None if written_at is None else written_at - sent_at)
 
 
 @pytest.fixture(autouse=True)
@@ -466,3 +467,27 @@ def test_a_connection_is_open_before_the_slot_is_taken() -> None:
         connection = pool._get_conn()
         assert connection.is_connected, "ready() left the pool's connection unopened"
         pool._put_conn(connection)
+
+
+def test_the_apis_own_answer_time_is_not_measured_as_lateness() -> None:
+    # GIVEN an API that takes 400 ms to answer every other request (its own work, after arrival)
+    def slow_every_other(request: Received, seen: int) -> Reply:
+        if int(request.key, 16) % 2:
+            time.sleep(0.4)
+        return Reply(200, {"status": "accepted"})
+
+    pacer = CountingPacer(ratelimit.SystemClock())
+    with ApiServer(slow_every_other) as server:
+        client = DownstreamClient(
+            HttpTransport(server.url, pool_size=1, timeout_seconds=5), pacer, clock=ratelimit.SystemClock()
+        )
+        started = time.monotonic()
+        for number in range(6):
+            assert client.deliver(ROW, f"{number:032x}").accepted
+        took = time.monotonic() - started
+
+    # THEN the limiter was told of each request's trip until it was written out: the answers' 1.2 s
+    # are the API's time (the old measure, send → first byte, made them the pacing's lateness)
+    assert took >= 1.2
+    assert len(pacer.trips) == 6
+    assert all(trip is not None and trip < 0.2 for trip in pacer.trips), pacer.trips

@@ -35,7 +35,7 @@ Another 2xx body rejects every row of the batch saying so: nothing is counted de
 API did not confirm.
 
 Every attempt first takes a slot from the rate limiter, and tells it when the answer came
-(`finished`: the pacing measures send → first byte). That is why the transports never retry
+(`finished`: the pacing measures send → written out). That is why the transports never retry
 on their own (urllib3 `retries=False`): a retry inside urllib3 would be a request the limiter
 never saw. Before taking a slot, the HTTP transport makes sure a connection is open (`ready`),
 so a connection's setup never makes an arrival late.
@@ -141,6 +141,8 @@ class ApiResponse:
     status: int
     headers: Mapping[str, str]
     body: bytes
+    # request written out → answer: the API's own time, after the request arrived (not lateness)
+    answer_seconds: float = 0.0
 
 
 class Pacer(Protocol):
@@ -152,7 +154,7 @@ class Pacer(Protocol):
 
     def throttled(self, slot: float, retry_after: float | None = None) -> float: ...
 
-    def finished(self, sent_at: float, first_byte_at: float | None) -> None: ...
+    def finished(self, sent_at: float, written_at: float | None) -> None: ...
 
 
 class Transport(Protocol):
@@ -188,6 +190,31 @@ class RequestTarget:
         return URL_PLACEHOLDER.sub(lambda found: values[found.group(1)], self.template)
 
 
+# When this thread's last request was written out (perf_counter): urllib3 has no hook between
+# sending a request and waiting for its answer, so its connection classes note it (below).
+_written = threading.local()
+
+
+class _NotingConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        _written.at = time.perf_counter()
+
+
+class _NotingHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        _written.at = time.perf_counter()
+
+
+class _NotingPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _NotingConnection
+
+
+class _NotingHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _NotingHTTPSConnection
+
+
 class HttpTransport:
     def __init__(self, url: str, *, pool_size: int, timeout_seconds: float, method: str = "POST"):
         self._url = url
@@ -199,6 +226,7 @@ class HttpTransport:
             retries=False,
             timeout=urllib3.Timeout(total=timeout_seconds),
         )
+        self._pool.pool_classes_by_scheme = {"http": _NotingPool, "https": _NotingHTTPSPool}
 
     def ready(self) -> None:
         """Open a connection to the API now if the one a request will take is not open, so the
@@ -222,6 +250,7 @@ class HttpTransport:
             pool._put_conn(conn)
 
     def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse:
+        _written.at = None
         try:
             response = self._pool.request(
                 self._method,
@@ -233,7 +262,9 @@ class HttpTransport:
             )
         except urllib3.exceptions.HTTPError as error:
             raise TransportError(f"{type(error).__name__}: {error}") from error
-        return ApiResponse(response.status, response.headers, response.data)
+        answered = time.perf_counter()
+        written = _written.at if _written.at is not None else answered
+        return ApiResponse(response.status, response.headers, response.data, answered - written)
 
 
 class SimulatedApi:
@@ -254,12 +285,15 @@ class SimulatedApi:
         self._rng = rng or random.Random()
 
     def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse:
-        self._clock.sleep_until(self._clock.now() + self._rng.uniform(self._low, self._high))
+        latency = self._rng.uniform(self._low, self._high)  # all of it the API's own time
+        self._clock.sleep_until(self._clock.now() + latency)
         if self._rng.random() < self._failure_rate:
-            return ApiResponse(503, {}, b'{"error": "simulated failure"}')
+            return ApiResponse(503, {}, b'{"error": "simulated failure"}', answer_seconds=latency)
         key = headers.get("Idempotency-Key", "")
         answer = {"status": "accepted", "id": f"sim-{key[:16]}"}
-        return ApiResponse(200, {"Content-Type": "application/json"}, json.dumps(answer).encode())
+        return ApiResponse(
+            200, {"Content-Type": "application/json"}, json.dumps(answer).encode(), answer_seconds=latency
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +340,7 @@ class DownstreamClient:
         self._policy = policy or RetryPolicy()
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
+        self._answer_time = threading.local()  # the last attempt's answer time, per worker thread
 
     def deliver(  # noqa: PLR0912 - one loop reads best as one function: each branch is an answer's kind
         self,
@@ -397,14 +432,18 @@ class DownstreamClient:
     def _timed_attempt(
         self, body: bytes, headers: Mapping[str, str], url: str | None, *, reauthed: bool
     ) -> "Delivery | _Failure":
-        """One attempt, its send → answer time told to the limiter (which paces for its spread)."""
+        """One attempt; when it was written out is told to the limiter, which paces for the spread
+        of slot → written (the API's answer time comes after the arrival: not lateness)."""
         sent_at = self._clock.now()
+        self._answer_time.seconds = 0.0
         outcome: Delivery | _Failure = _Failure("no answer", answered=False)
         try:
             outcome = self._attempt(body, headers, url, reauthed=reauthed)
         finally:
             answered = isinstance(outcome, Delivery) or outcome.answered
-            self._limiter.finished(sent_at, self._clock.now() if answered else None)
+            # max: the answer time is real seconds, the clock may be a test's manual one
+            written_at = max(sent_at, self._clock.now() - self._answer_time.seconds) if answered else None
+            self._limiter.finished(sent_at, written_at)
         return outcome
 
     def _hold_back(self, slot: float, outcome: "_Failure") -> float:
@@ -469,6 +508,7 @@ class DownstreamClient:
             response = self._transport.send(body, headers, url)
         except (TransportError, AuthError) as error:
             return _Failure.of(error)
+        self._answer_time.seconds = response.answer_seconds
         add_metric(LATENCY_METRIC, MetricUnit.Milliseconds, round((time.perf_counter() - started) * 1000, 1))
         status = response.status
         if 200 <= status < 300:

@@ -180,6 +180,7 @@ class ApiSimulator:
         self._config = config or ApiSimulatorConfig()
         self._clock = clock or time.monotonic
         self._lock = threading.Lock()
+        self._counted = threading.local()  # when this handler thread counted its request's arrival
         self._random = random.Random(self._config.seed)
         self._limiter = SlidingWindowLimiter(self._config.rate_limit)
         self._records = _Records()
@@ -324,10 +325,20 @@ class ApiSimulator:
     # -- the API -----------------------------------------------------------------------------
 
     def handle_api_call(self, key: str | None, body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
-        """Answer one API request: (status, extra headers, JSON body). Called in the handler thread."""
+        """Answer one API request: (status, extra headers, JSON body). Called in the handler thread.
+
+        Every answer says in `Server-Timing` how long after counting the arrival it was given, as a
+        real API may: Sluice's limiter paces for the lateness of arrivals, and the simulated
+        latency comes after the arrival (sluice/ratelimit.py, "Pacing from measured lateness")."""
+        status, headers, answer = self._answer_call(key, body)
+        worked = time.perf_counter() - self._counted.at
+        return status, {**headers, "Server-Timing": f"app;dur={worked * 1000:.1f}"}, answer
+
+    def _answer_call(self, key: str | None, body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
         began = time.perf_counter()  # service time is real time, whatever clock the limiter uses
         with self._lock:
             arrived = self._clock()
+            self._counted.at = time.perf_counter()
             self._records.arrivals.append(arrived)
             if key:
                 self._records.keys_seen.add(key)

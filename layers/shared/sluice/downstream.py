@@ -35,7 +35,7 @@ Another 2xx body rejects every row of the batch saying so: nothing is counted de
 API did not confirm.
 
 Every attempt first takes a slot from the rate limiter, and tells it when the answer came
-(`finished`: the pacing measures send → written out). That is why the transports never retry
+(`finished`: the pacing measures send → first byte). That is why the transports never retry
 on their own (urllib3 `retries=False`): a retry inside urllib3 would be a request the limiter
 never saw. Before taking a slot, the HTTP transport makes sure a connection is open (`ready`),
 so a connection's setup never makes an arrival late.
@@ -49,6 +49,7 @@ import email.utils
 import hashlib
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -141,7 +142,7 @@ class ApiResponse:
     status: int
     headers: Mapping[str, str]
     body: bytes
-    # request written out → answer: the API's own time, after the request arrived (not lateness)
+    # the API's own time after the request arrived, as it declares it (Server-Timing): no lateness
     answer_seconds: float = 0.0
 
 
@@ -154,7 +155,7 @@ class Pacer(Protocol):
 
     def throttled(self, slot: float, retry_after: float | None = None) -> float: ...
 
-    def finished(self, sent_at: float, written_at: float | None) -> None: ...
+    def finished(self, sent_at: float, arrived_by: float | None) -> None: ...
 
 
 class Transport(Protocol):
@@ -190,29 +191,15 @@ class RequestTarget:
         return URL_PLACEHOLDER.sub(lambda found: values[found.group(1)], self.template)
 
 
-# When this thread's last request was written out (perf_counter): urllib3 has no hook between
-# sending a request and waiting for its answer, so its connection classes note it (below).
-_written = threading.local()
+_SERVER_TIMING_DURATION = re.compile(r";\s*dur=([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
 
 
-class _NotingConnection(urllib3.connection.HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        super().request(*args, **kwargs)
-        _written.at = time.perf_counter()
-
-
-class _NotingHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        super().request(*args, **kwargs)
-        _written.at = time.perf_counter()
-
-
-class _NotingPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _NotingConnection
-
-
-class _NotingHTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _NotingHTTPSConnection
+def declared_answer_seconds(server_timing: str | None) -> float:
+    """The time the API says it worked on the request after it arrived: the largest `dur` of its
+    Server-Timing header (W3C; milliseconds), 0 without one. The largest, not the sum: metrics may
+    be parts of one another, and subtracting too little only makes the pacing more careful."""
+    durations = [float(value) for value in _SERVER_TIMING_DURATION.findall(server_timing or "")]
+    return max(durations, default=0.0) / 1000
 
 
 class HttpTransport:
@@ -226,7 +213,6 @@ class HttpTransport:
             retries=False,
             timeout=urllib3.Timeout(total=timeout_seconds),
         )
-        self._pool.pool_classes_by_scheme = {"http": _NotingPool, "https": _NotingHTTPSPool}
 
     def ready(self) -> None:
         """Open a connection to the API now if the one a request will take is not open, so the
@@ -250,7 +236,6 @@ class HttpTransport:
             pool._put_conn(conn)
 
     def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse:
-        _written.at = None
         try:
             response = self._pool.request(
                 self._method,
@@ -262,9 +247,12 @@ class HttpTransport:
             )
         except urllib3.exceptions.HTTPError as error:
             raise TransportError(f"{type(error).__name__}: {error}") from error
-        answered = time.perf_counter()
-        written = _written.at if _written.at is not None else answered
-        return ApiResponse(response.status, response.headers, response.data, answered - written)
+        return ApiResponse(
+            response.status,
+            response.headers,
+            response.data,
+            answer_seconds=declared_answer_seconds(response.headers.get("Server-Timing")),
+        )
 
 
 class SimulatedApi:
@@ -432,8 +420,8 @@ class DownstreamClient:
     def _timed_attempt(
         self, body: bytes, headers: Mapping[str, str], url: str | None, *, reauthed: bool
     ) -> "Delivery | _Failure":
-        """One attempt; when it was written out is told to the limiter, which paces for the spread
-        of slot → written (the API's answer time comes after the arrival: not lateness)."""
+        """One attempt; its trip is told to the limiter, which paces for its spread: send → first
+        byte, less the time the API declares it worked after the arrival (Server-Timing)."""
         sent_at = self._clock.now()
         self._answer_time.seconds = 0.0
         outcome: Delivery | _Failure = _Failure("no answer", answered=False)
@@ -442,8 +430,8 @@ class DownstreamClient:
         finally:
             answered = isinstance(outcome, Delivery) or outcome.answered
             # max: the answer time is real seconds, the clock may be a test's manual one
-            written_at = max(sent_at, self._clock.now() - self._answer_time.seconds) if answered else None
-            self._limiter.finished(sent_at, written_at)
+            arrived_by = max(sent_at, self._clock.now() - self._answer_time.seconds) if answered else None
+            self._limiter.finished(sent_at, arrived_by)
         return outcome
 
     def _hold_back(self, slot: float, outcome: "_Failure") -> float:

@@ -44,14 +44,15 @@ simulator's sliding window) keeps the first term only.
 
 Pacing from measured lateness, not an assumed one. L is what this stack measures (`LatenessMeter`,
 the last LATENESS_SAMPLES requests of the invocation): the wake-up tolerance (below) plus the p99
-of send → request written out above its minimum (the part every request pays shifts all arrivals
-alike; only the spread above it can bunch them) plus 1 ms for an API that counts whole
-milliseconds. Written out, not first byte: the API counts a request when it arrives, and its own
-answer time comes after that, so it is no lateness. Counting it was measured to cost most of the
-rate: the simulator's 50-200 ms answers made L ~160 ms and paced 50/s at ~12/s (`make run`
-delivered 8.9 rows/s). Network transit after the write is not measured; on loopback it is
-microseconds, and for a remote API its jitter is what ApiBurst (B/R) and the 1 ms cover. Until
-MIN_SAMPLES are in, the assumed lateness (ApiRateLatenessSeconds) is used. Each invocation
+of the trip above its minimum (the part every request pays shifts all arrivals alike; only the
+spread above it can bunch them) plus 1 ms for an API that counts whole milliseconds. The trip is
+send → first byte, less the time the API declares it spent after the arrival (its Server-Timing
+header, `downstream.declared_answer_seconds`): the API counts a request when it arrives, and its
+own work comes after. Without that header the whole answer time counts, which is safe but slow for
+an API whose answers vary: the simulator's 50-200 ms answers made L ~160 ms and paced 50/s at
+~12/s (`make run` delivered 8.9 rows/s) until it declared them; without the header, a burst that
+covers the spread (B/R >= L) leaves only the window's (1 + L) / R. Until MIN_SAMPLES are in, the
+assumed lateness (ApiRateLatenessSeconds) is used. Each invocation
 publishes its L into the shared item with a claim every PUBLISH_SECONDS (no extra write), and
 paces for the larger of its own and any published within SHARED_FRESH_SECONDS: every invocation
 claims slots for the worst lateness measured in the stack.
@@ -148,7 +149,7 @@ PACED_RATE_METRIC = "ApiPacedRate"  # requests/s the stack paces at now (declare
 RATE_DECREASE_METRIC = "ApiRateDecreases"  # 429s that stepped the stack's rate down
 PACING_LATENESS_METRIC = "ApiPacingLatenessMs"  # the arrival lateness the pacing tolerates
 WAKE_LATENESS_METRIC = "ApiWakeLatenessP99Ms"  # measured: slot -> thread awake, p99
-TRIP_SPREAD_METRIC = "ApiTripSpreadP99Ms"  # measured: send -> written out, p99 minus the minimum
+TRIP_SPREAD_METRIC = "ApiTripSpreadP99Ms"  # measured: the trip (less Server-Timing), p99 - minimum
 FORFEIT_METRIC = "ApiSlotsForfeited"  # slots given up because the caller woke too late for them
 
 MetricSink = Callable[[str, MetricUnit, float], None]
@@ -639,11 +640,12 @@ class RateLimiter:
             self._release_permit()
             raise
 
-    def finished(self, sent_at: float, written_at: float | None) -> None:
-        """The request sent at `sent_at` was written out at `written_at` and answered (None: no
-        answer, a timeout or a connection error): its trip is measured, its permit returned."""
-        if written_at is not None:
-            self.meter.answered(written_at - sent_at)
+    def finished(self, sent_at: float, arrived_by: float | None) -> None:
+        """The request sent at `sent_at` had arrived by `arrived_by` (its first byte back, less the
+        API's declared time; None: no answer, a timeout or a connection error): its trip is
+        measured, its permit returned."""
+        if arrived_by is not None:
+            self.meter.answered(arrived_by - sent_at)
         self._release_permit()
 
     def throttled(self, slot: float, retry_after: float | None = None) -> float:

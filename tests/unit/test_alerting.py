@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 from handler_support import load_event
+from sam_transform import REPO, load_sam_template
 
-from sluice.alerting import Notification, render_alert, to_email
+from sluice.alerting import FUNCTION_LOGICAL_IDS, Notification, _anchor, render_alert, to_email
 
 SNS = load_event("alert-sns.json")["Records"][0]["Sns"]
 OBJECT = {
@@ -385,3 +386,32 @@ def test_a_raw_message_is_shown_indented_line_by_line_and_escaped() -> None:
 
     assert "\n  hello\n  What to do: rm -rf /\\x1b[31m\n" in alert.body
     assert [line for line in alert.body.splitlines() if line.startswith("What to do")] == ["What to do:"]
+
+
+def test_every_alarm_of_the_template_links_to_a_runbook_heading_that_exists() -> None:
+    # GIVEN each CloudWatch alarm's title (its description's first line, as the email uses it)
+    # and the headings of docs/operations.md as GitHub anchors them
+    resources = load_sam_template()["Resources"]
+    headings = {
+        re.sub(r"[^a-z0-9]+", "-", line.lstrip("#").strip().lower()).strip("-")
+        for line in (REPO / "docs" / "operations.md").read_text().splitlines()
+        if line.startswith("### ")
+    }
+    functions = {
+        name for name, resource in resources.items() if resource["Type"] == "AWS::Serverless::Function"
+    }
+    titles = {
+        name: _text(resource["Properties"]["AlarmDescription"]).splitlines()[0]
+        for name, resource in resources.items()
+        if resource["Type"] == "AWS::CloudWatch::Alarm"
+    }
+
+    # THEN every function's alarms share the runbook's "Function …" sections, and no alarm's
+    # link is dead (ScaleConcurrencyFunction's three were: it was missing from the list)
+    assert functions <= set(FUNCTION_LOGICAL_IDS)
+    assert {name: _anchor(title) for name, title in titles.items() if _anchor(title) not in headings} == {}
+
+
+def _text(value: Any) -> str:
+    """An AlarmDescription as written: a string, or !Sub's string."""
+    return value if isinstance(value, str) else value["Fn::Sub"]

@@ -16,7 +16,7 @@ from botocore.config import Config
 from pydantic import BaseModel
 
 from sluice.models import ObjectRef, ProcessResult
-from sluice.observability import MetricUnit, logger, metrics, tracer
+from sluice.observability import MetricUnit, bounded_errors, logger, metrics, tracer
 from sluice.results import MERGE_CONNECTIONS, merge_results
 from sluice.settings import OutputSettings
 
@@ -29,6 +29,7 @@ class OutputRequest(BaseModel):
     result: ProcessResult
 
 
+@bounded_errors  # outermost: the error Lambda answers stays short (sluice/observability.py)
 @logger.inject_lambda_context(correlation_id_path="object.id")
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)

@@ -11,6 +11,7 @@ the way the real ones do, so tests assert outcomes in the table, the queues and 
 """
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from awslambdaric.bootstrap import build_fault_result
 from botocore.exceptions import ClientError
 
 from sluice.ingest import CLAIM_ATTRIBUTE
@@ -48,9 +50,10 @@ class LambdaServiceError(Exception):
 class FunctionError(Exception):
     """Raise in a fake to answer as an unhandled exception in the handler does."""
 
-    def __init__(self, error_type: str, message: str) -> None:
+    def __init__(self, error_type: str, message: str, body: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.error_type = error_type
+        self.body = body  # Lambda's whole answer, when a test has the real one (lambda_error_body)
 
 
 @dataclass
@@ -94,12 +97,22 @@ class Functions:
                 "Invoke",
             ) from None
         except FunctionError as error:
-            body = {"errorType": error.error_type, "errorMessage": str(error), "stackTrace": []}
+            body = error.body or {"errorType": error.error_type, "errorMessage": str(error), "stackTrace": []}
             return {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": body}
         finally:
             call.ended = time.monotonic()
             with self._lock:
                 self.in_flight[function] -= 1
+
+
+def lambda_error_body(handler: Callable[[Any, Any], Any], event: Any) -> FunctionError:
+    """What Lambda answers when `handler` raises: its runtime's own error document (awslambdaric)."""
+    try:
+        handler(event, None)
+    except Exception:
+        body = build_fault_result(sys.exc_info(), None)
+        return FunctionError(body["errorType"], body["errorMessage"], body)
+    raise AssertionError("the handler did not raise")
 
 
 def s3_event_body(key: str, version_id: str = "v1", bucket: str = "sluice-raw-example") -> str:

@@ -10,17 +10,29 @@ import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-from asl_harness import DEFINITION, FunctionError, Functions, LambdaServiceError, Stack, s3_event_body
+from asl_harness import (
+    DEFINITION,
+    SUCCEEDED,
+    FunctionError,
+    Functions,
+    LambdaServiceError,
+    Stack,
+    lambda_error_body,
+    s3_event_body,
+)
 from moto import mock_aws
 from moto.core.config import default_user_config
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from sam_transform import load_sam_template
 
+from sluice.bounds import MAX_REASON_CHARS
 from sluice.filecheck import SAMPLE_BYTES, check_sample
 from sluice.ingest import CLAIM_ATTRIBUTE
 from sluice.lease import END_EVENTS, ROUND_EVENTS, START_EVENTS, worst_item
+from sluice.observability import bounded_errors
 from sluice.schemas import get_schema
 from sluice_cli.offline.polling import wait_for
 
@@ -624,3 +636,64 @@ def test_history_events_stay_under_the_worst_cases_the_lease_counts(make_stack: 
     for (files, segments), events in measured.items():
         charged = START_EVENTS + ROUND_EVENTS + files * worst_item(segments) + END_EVENTS
         assert events <= charged, (files, segments, events, charged)
+
+
+class IdempotencyAlreadyInProgressError(Exception):
+    """Named as Powertools' error: the state machine retries it by this name."""
+
+
+class TransientDownstreamError(Exception):
+    """Named as sluice.delivery's error: the state machine catches it (States.ALL), no retry."""
+
+
+def _raising(error: Exception) -> Callable[[Any, Any], Any]:
+    @bounded_errors
+    def lambda_handler(event: Any, context: Any) -> Any:
+        raise error
+
+    return lambda_handler
+
+
+def test_a_100_kb_error_message_reaches_the_state_bounded_and_routed_by_its_name(stack: Stack) -> None:
+    # GIVEN ProcessObject's handler (bounded_errors, as every handler) raising an error whose message
+    # is 100 KB, answered as Lambda's runtime answers it (message, type, stack)
+    failure = lambda_error_body(_raising(TransientDownstreamError("row 7: " + "x" * 100_000)), {})
+    stack.functions.handlers["ProcessObject"] = lambda _: (_ for _ in ()).throw(failure)
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN the Cause the state carried is at most ~1.5 KiB, says how much was cut, and the name
+    # routed the item as before: caught, the file FAILED, its message released
+    assert execution["status"] == "SUCCEEDED"
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] == "FAILED"
+    assert item["error"].startswith("TransientDownstreamError: ")
+    cause = json.loads(item["error"].removeprefix("TransientDownstreamError: "))
+    assert cause["errorMessage"].endswith(f"…(+{100_007 - (MAX_REASON_CHARS - 32)} more characters)")
+    assert len(item["error"]) <= MAX_REASON_CHARS + 512
+    (notification,) = stack.published(stack.notifications_url)
+    assert notification["cause"] == item["error"].removeprefix("TransientDownstreamError: ")
+    assert len(stack.receive(stack.ingest_url)) == 1
+
+
+def test_a_bounded_error_is_still_retried_by_its_name(stack: Stack) -> None:
+    # GIVEN ProcessObject refused once with IdempotencyAlreadyInProgressError and a 100 KB message
+    default = stack.functions.handlers["ProcessObject"]
+    failure = lambda_error_body(_raising(IdempotencyAlreadyInProgressError("y" * 100_000)), {})
+    assert len(json.dumps(failure.body)) <= MAX_REASON_CHARS + 512
+    calls = itertools.count()
+    stack.functions.handlers["ProcessObject"] = lambda payload: (
+        (_ for _ in ()).throw(failure) if next(calls) == 0 else default(payload)
+    )
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN the Retry on that name ran the segment again and the file succeeded
+    assert execution["status"] == "SUCCEEDED"
+    assert len(stack.functions.payloads("ProcessObject")) == 2
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] in SUCCEEDED

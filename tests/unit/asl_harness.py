@@ -24,6 +24,7 @@ from awslambdaric.bootstrap import build_fault_result
 from botocore.exceptions import ClientError
 
 from sluice.ingest import CLAIM_ATTRIBUTE
+from sluice.models import MAX_OUTPUT_CALLS
 
 REPO = Path(__file__).resolve().parents[2]
 DEFINITION = REPO / "statemachine" / "dispatcher.asl.json"
@@ -187,6 +188,7 @@ class Stack:
             type="STANDARD",
         )["stateMachineArn"]
         self.segments: dict[str, int] = {}  # key -> segments its processing takes (default 1)
+        self.output_calls: dict[str, int] = {}  # key -> WriteOutput calls its merge takes (default 1)
         self.rounds_per_execution = 1
         self.waits: list[int] = []  # PlanBatch's wait_seconds by position in the batch
         functions.handlers.update(
@@ -377,8 +379,15 @@ class Stack:
         }
 
     def write_output(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Merges over as many calls as `output_calls` says, answering a position as results.py does."""
         prefix = f"results/{payload['object']['key']}/{payload['object']['version_id']}"
+        calls = (payload.get("position") or {"calls": 0})["calls"] + 1
+        needed = self.output_calls.get(payload["object"]["key"], 1)
+        position = {"calls": calls, "output": 0, "upload_id": "u1", "next_piece": calls, "pieces": needed}
         return {
+            "done": calls >= needed,
+            "calls_left": MAX_OUTPUT_CALLS - calls,
+            "position": None if calls >= needed else position,
             "accepted_key": f"{prefix}/accepted.jsonl",
             "rejects_key": f"{prefix}/rejects.csv",
             "summary_key": f"{prefix}/summary.json",

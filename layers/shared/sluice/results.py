@@ -327,6 +327,8 @@ class _Merge:
         # one piece of many tiny sources (a rejects file) is read in parallel too.
         with ThreadPoolExecutor(self._workers, thread_name_prefix="merge-get") as fetch:
             if len(pieces) == 1 and not pieces[0].copy:
+                if out_of_time():  # one piece is read in one go: it starts the next call
+                    return position
                 body = self._read(fetch, pieces[0])
                 self._s3.put_object(Bucket=self._bucket, Key=target, Body=body, ContentType=content_type)
                 return None

@@ -277,12 +277,17 @@ SPREAD_PARTS = 24
 
 
 class Budget:
-    """A call's `time_left`: plenty for `pieces` checks (one before each piece or delete batch), then none."""
+    """A call's `time_left`: 120 s at its start, then plenty for `pieces` checks (one before each
+    piece or delete batch), then none."""
 
     def __init__(self, pieces: int) -> None:
         self.checks = pieces
+        self.started = False
 
     def __call__(self) -> float:
+        if not self.started:
+            self.started = True
+            return 120.0
         self.checks -= 1
         return 100.0 if self.checks >= 0 else 0.0
 
@@ -423,3 +428,14 @@ def test_a_merge_that_would_need_more_calls_than_allowed_says_none_are_left(s3: 
 
     assert not answer.done
     assert answer.as_payload()["calls_left"] == 0  # the state machine's loop ends on this
+
+
+def test_a_call_shorter_than_the_reserve_still_merges(s3: Any) -> None:
+    # GIVEN a WriteOutput whose Timeout is set below CALL_RESERVE_SECONDS (6 s left throughout)
+    result = write_big_parts(s3, SPREAD)
+
+    answer = merge_results(s3, PROCESSED_BUCKET, SPREAD, result, time_left=lambda: 6.0, target_part=MIN_PART)
+
+    # THEN it keeps a third of its time in reserve, not 40 s, and gets the work done
+    assert answer.done
+    assert keys(s3, Layout(SPREAD).parts_prefix) == []

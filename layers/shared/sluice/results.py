@@ -68,9 +68,9 @@ TARGET_PART = 8 * 1024**2  # small sources are joined up to this; 5 GiB output �
 # for each: MERGE_CONNECTIONS. Memory: 16 pieces × 8 MiB, held twice while sent ≈ 256 MiB at most.
 MERGE_WORKERS = 16
 MERGE_CONNECTIONS = 2 * MERGE_WORKERS
-# One call stops starting pieces when less than this is left of its timeout (120 s): what is in
-# flight then (MERGE_WORKERS pieces of TARGET_PART = 128 MiB, read and sent) and the completion
-# need it, at ≥ 8 MiB/s. A call moves bytes for ~120 - 40 = 80 s.
+# One call stops starting pieces when less than this is left of its timeout (120 s; a third of a
+# shorter one): what is in flight then (MERGE_WORKERS pieces of TARGET_PART = 128 MiB, read and
+# sent) and the completion need it, at ≥ 8 MiB/s. A call moves bytes for ~120 - 40 = 80 s.
 CALL_RESERVE_SECONDS = 40.0
 _PART_NAME = re.compile(r"(\d+)-a(\d+)\.")
 
@@ -223,7 +223,8 @@ def merge_results(
     `time_left()` (seconds) allows, then where to go on from. Idempotent for a given position."""
     layout = Layout(obj)
     keys = layout.results
-    here = (position or MergePosition()).model_copy(update={"calls": (position or MergePosition()).calls + 1})
+    given = position or MergePosition()
+    here = given.model_copy(update={"calls": given.calls + 1})  # this call counted
     out_of_time = _out_of_time(time_left)
     present = dict(_list(s3_client, bucket, layout.parts_prefix))  # key → size, one listing
     if here.output < FINISH and _exists(s3_client, bucket, keys.summary_key):
@@ -261,8 +262,10 @@ def _at(position: MergePosition, output: int) -> MergePosition:
 
 def _out_of_time(time_left: Callable[[], float] | None) -> Callable[[], bool]:
     if time_left is None:
-        return lambda: False  # one pass (tests, the bench's single-call figure)
-    return lambda: time_left() < CALL_RESERVE_SECONDS
+        return lambda: False  # one pass (tests)
+    # A third of a short call (a Timeout set below 120 s) rather than none of it left to work.
+    reserve = min(CALL_RESERVE_SECONDS, time_left() / 3)
+    return lambda: time_left() < reserve
 
 
 def _write_summary(

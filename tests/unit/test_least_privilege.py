@@ -332,16 +332,6 @@ NOT_CALLED = {
             "S3Object",
         ): "CsvStream.from_s3 is ProcessObject's; filecheck parses a ranged GET's sample",
     },
-    "RegisterObjectFunction": {
-        ("filecheck", "head_object"): "it imports filecheck.bounded only",
-        ("filecheck", "get_object"): "it imports filecheck.bounded only",
-        ("csvstream", "S3Object"): "CsvStream.from_s3 is ProcessObject's",
-    },
-    "AlertNotifierFunction": {
-        ("filecheck", "head_object"): "alerting imports filecheck.bounded only",
-        ("filecheck", "get_object"): "alerting imports filecheck.bounded only",
-        ("csvstream", "S3Object"): "CsvStream.from_s3 is ProcessObject's",
-    },
 }
 # Powertools utilities that call AWS for the code (the scan sees the name, not the call).
 LIBRARY_CALLS = {

@@ -134,6 +134,7 @@ S3_PUT_CLASS = frozenset(
         "ListObjects",
         "ListObjectsV2",
         "ListObjectVersions",
+        "ListParts",
         "DeleteObjects",  # a POST: priced as one, to err on the dear side
     }
 )

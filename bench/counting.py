@@ -53,6 +53,7 @@ def s3_operation(method: str, path: str, query: str, copy_source: bool = False) 
 
 
 _S3_RULES: tuple[tuple[str, bool | None, str | None, str], ...] = (
+    ("GET", True, "uploadId", "ListParts"),
     ("GET", True, None, "GetObject"),
     ("GET", False, "versions", "ListObjectVersions"),
     ("HEAD", True, None, "HeadObject"),

@@ -1,11 +1,17 @@
-"""WriteOutput's merge on the parts of a big file: its time, requests and output size.
+"""WriteOutput's merge on the parts of a big file: its time, calls, requests and output size.
 
 ProcessObject flushes a part every CHECKPOINT_EVERY_ROWS rows (500 by default), so a 2 M-row file
 leaves 4,000 parts (8,000 objects: accepted lines and rejects). This part writes exactly those
 into a moto ProcessedBucket (in-process `mock_aws`) — accepted lines shaped like real ones (an
-orders-v1 row, its key and the API simulator's answer), 1 % of rows rejected — and times
-`merge_results` with the settings WriteOutput uses (MERGE_WORKERS threads, an S3 client with as
-many pooled connections). It checks that the output holds every row once, in order.
+orders-v1 row, its key and the API simulator's answer), 1 % of rows rejected — and runs
+`merge_results` as the state machine runs WriteOutput: calls of WriteOutput's Timeout (read from
+template.yaml), each given the position the one before answered, until done, with the settings
+WriteOutput uses (MERGE_WORKERS threads, an S3 client with as many pooled connections). It checks
+that the output holds every row once, in order, and no part is left.
+
+The largest file Sluice accepts (WORST_ROWS) is modelled from that measurement, not run: its
+bytes at the measured bytes per row, its calls at the measured rate (moto on this machine) and at
+an assumed rate for Lambda on AWS (AWS_ASSUMED_MB_PER_SECOND), against MAX_OUTPUT_CALLS.
 
 What the figure is: moto on this machine, where a request costs CPU of the same two cores the
 merge runs on (moto's own handling is most of it), not a forecast of AWS. `latency_ms` adds a
@@ -15,20 +21,32 @@ also shows what the merge's threads do about latency.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from moto import mock_aws
+from samtranslator.yaml_helper import yaml_parse
 
 from sluice.csvstream import CsvStream
 from sluice.downstream import idempotency_key
-from sluice.models import FileState, ObjectRef, ProcessResult
-from sluice.results import MERGE_CONNECTIONS, MERGE_WORKERS, Layout, PartWriter, merge_results
+from sluice.models import MAX_OUTPUT_CALLS, FileState, MergePosition, ObjectRef, ProcessResult
+from sluice.results import (
+    CALL_RESERVE_SECONDS,
+    MERGE_CONNECTIONS,
+    MERGE_WORKERS,
+    Layout,
+    MergeAnswer,
+    PartWriter,
+    merge_results,
+)
 from sluice.schemas import get_schema
 from sluice.settings import ProcessSettings
 from sluice_cli.workload import orders_csv_bytes
@@ -37,6 +55,18 @@ BUCKET = "bench-processed"
 DEFAULT_ROWS = 2_000_000
 CHECKPOINT_EVERY = ProcessSettings.model_fields["checkpoint_every_rows"].default  # rows per part
 REJECT_EVERY = 100  # 1 % of rows rejected
+TEMPLATE = Path(__file__).resolve().parents[1] / "template.yaml"
+# The largest file Sluice accepts, in rows (issue 9: MaxFileBytes 5 GiB, ~17 M rows).
+WORST_ROWS = 17_000_000
+# What one WriteOutput call on Lambda (1,024 MB) is assumed to move, reading small parts on 16
+# threads and uploading 8 MiB parts on 16: a low figure for S3 within a region (not measured here:
+# no AWS account); the model states the rate each call count needs, too.
+AWS_ASSUMED_MB_PER_SECOND = 25.0
+
+
+def write_output_timeout() -> float:
+    template = yaml_parse(TEMPLATE.read_text())
+    return float(template["Resources"]["WriteOutputFunction"]["Properties"]["Timeout"])
 
 
 def _line_tails(obj: ObjectRef, rows: int) -> list[str]:
@@ -73,8 +103,12 @@ def _write_parts(s3: Any, obj: ObjectRef, rows: int, per_part: int) -> int:
 
 
 def measure(
-    rows: int = DEFAULT_ROWS, per_part: int = CHECKPOINT_EVERY, latency_ms: float = 0
+    rows: int = DEFAULT_ROWS,
+    per_part: int = CHECKPOINT_EVERY,
+    latency_ms: float = 0,
+    call_seconds: float | None = None,
 ) -> dict[str, Any]:
+    """`call_seconds`: each call's time instead of WriteOutput's Timeout (shorter: more calls)."""
     with mock_aws():
         s3 = boto3.client(
             "s3", region_name="us-east-1", config=Config(max_pool_connections=MERGE_CONNECTIONS)
@@ -97,9 +131,11 @@ def measure(
             parts=parts,
             runs=[[0, 1]],
         )
+        timeout = call_seconds or write_output_timeout()
         began = time.monotonic()
-        keys = merge_results(s3, BUCKET, obj, result)
+        answers, lengths = _calls(s3, obj, result, timeout)
         seconds = time.monotonic() - began
+        keys = answers[-1].keys
         accepted = s3.get_object(Bucket=BUCKET, Key=keys.accepted_key)["Body"].read()
         rejects = s3.get_object(Bucket=BUCKET, Key=keys.rejects_key)["Body"].read()
         head = s3.head_object(Bucket=BUCKET, Key=keys.accepted_key, PartNumber=1)
@@ -122,12 +158,67 @@ def measure(
         "latency_ms": latency_ms,
         "setup_seconds": round(setup, 1),
         "merge_seconds": round(seconds, 1),
+        "calls": len(answers),
+        "call_seconds": [round(length, 1) for length in lengths],
+        "call_timeout_seconds": timeout,
         "mib_per_second": round(len(accepted) / 1024**2 / seconds, 1),
+        "worst_case": model_worst(rows, len(accepted) + len(rejects), seconds, write_output_timeout()),
     }
 
 
-if __name__ == "__main__":  # python -m bench.output [rows]
+def _calls(
+    s3: Any, obj: ObjectRef, result: ProcessResult, timeout: float
+) -> tuple[list[MergeAnswer], list[float]]:
+    """WriteOutput's calls, as the state machine makes them: each with `timeout` to spend, the
+    position through JSON from one to the next, at most MAX_OUTPUT_CALLS. Their answers and lengths."""
+    answers: list[MergeAnswer] = []
+    seconds: list[float] = []
+    position: MergePosition | None = None
+    while not answers or not answers[-1].done:
+        if len(answers) == MAX_OUTPUT_CALLS:
+            raise AssertionError(f"not done in {MAX_OUTPUT_CALLS} calls of {timeout:.0f} s")
+        began = time.monotonic()
+        deadline = began + timeout
+        answer = merge_results(
+            s3, BUCKET, obj, result, position, time_left=functools.partial(_left, deadline)
+        )
+        seconds.append(time.monotonic() - began)
+        answers.append(answer)
+        position = MergePosition.model_validate(answer.as_payload()["position"]) if not answer.done else None
+    return answers, seconds
+
+
+def _left(deadline: float) -> float:
+    return deadline - time.monotonic()
+
+
+def model_worst(rows: int, output_bytes: int, seconds: float, timeout: float) -> dict[str, Any]:
+    """The largest file's merge, from this measurement: modelled, not run."""
+    per_row = output_bytes / rows
+    worst_bytes = WORST_ROWS * per_row
+    working = timeout - CALL_RESERVE_SECONDS  # what a call spends moving bytes
+    measured_rate = output_bytes / seconds / 1e6  # MB/s of results, moto on this machine
+    aws_rate = AWS_ASSUMED_MB_PER_SECOND
+    return {
+        "rows": WORST_ROWS,
+        "bytes_per_row": round(per_row, 1),
+        "output_gb": round(worst_bytes / 1e9, 2),
+        "call_working_seconds": working,
+        "max_calls": MAX_OUTPUT_CALLS,
+        "moto_mb_per_second": round(measured_rate, 1),
+        "moto_seconds": round(worst_bytes / 1e6 / measured_rate),
+        "moto_calls": math.ceil(worst_bytes / 1e6 / measured_rate / working),
+        "aws_assumed_mb_per_second": aws_rate,
+        "aws_seconds": round(worst_bytes / 1e6 / aws_rate),
+        "aws_calls": math.ceil(worst_bytes / 1e6 / aws_rate / working),
+        "rate_needed_mb_per_second": round(worst_bytes / 1e6 / (MAX_OUTPUT_CALLS * working), 1),
+    }
+
+
+if __name__ == "__main__":  # python -m bench.output [rows [latency_ms [call_seconds]]]
     import sys
 
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_ROWS
-    print(json.dumps(measure(rows, latency_ms=float(sys.argv[2]) if len(sys.argv) > 2 else 0), indent=2))
+    latency = float(sys.argv[2]) if len(sys.argv) > 2 else 0
+    call = float(sys.argv[3]) if len(sys.argv) > 3 else None
+    print(json.dumps(measure(rows, latency_ms=latency, call_seconds=call), indent=2))

@@ -189,10 +189,23 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"WriteOutput: merge of {merge['rows']:,} rows",
                 f"{merge['merge_seconds']:.0f} s",
                 f"{merge['parts']:,} parts ({merge['accepted_bytes'] / 1024**2:,.0f} MiB) into "
-                f"{merge['upload_parts']} upload parts, {merge['workers']} threads; moto in-process"
+                f"{merge['upload_parts']} upload parts, {merge['workers']} threads, "
+                f"{merge.get('calls', 1)} call(s) of {merge.get('call_timeout_seconds', 120):.0f} s; "
+                "moto in-process"
                 + (f", +{merge['latency_ms']:.0f} ms per S3 call" if merge.get("latency_ms") else ""),
             )
         )
+        worst = merge.get("worst_case")
+        if worst:
+            rows.append(
+                (
+                    f"WriteOutput: {worst['rows']:,} rows (modelled)",
+                    f"{worst['aws_calls']} of {worst['max_calls']} calls",
+                    f"{worst['output_gb']} GB at {worst['aws_assumed_mb_per_second']:.0f} MB/s (assumed for "
+                    f"Lambda); {worst['moto_calls']} calls at moto's measured "
+                    f"{worst['moto_mb_per_second']} MB/s; needs {worst['rate_needed_mb_per_second']} MB/s",
+                )
+            )
     memory = results.get("memory")
     if memory:
         size = memory["file_bytes"] / 1024**3

@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sluice.alerting import Notification, render_alert, to_email
 from sluice.mailer import RetryPolicy, SmtpConfig, SmtpMailer, SmtpSecurity, password_from_secret
-from sluice.observability import MetricUnit, logger, metrics, tracer
+from sluice.observability import MetricUnit, bounded_errors, logger, metrics, tracer
 from sluice.settings import IDEMPOTENCY_KEY_PREFIXES, AlertSettings
 
 settings = AlertSettings.from_env()
@@ -84,6 +84,7 @@ def notification_of(record: SNSEventRecord) -> dict[str, Any]:
     )
 
 
+@bounded_errors  # outermost: the error Lambda answers stays short (sluice/observability.py)
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics

@@ -11,13 +11,14 @@ import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sluice.lease import DispatcherLease, LeaseRequest
-from sluice.observability import MetricUnit, logger, metrics, tracer
+from sluice.observability import MetricUnit, bounded_errors, logger, metrics, tracer
 from sluice.settings import LeaseSettings
 
 settings = LeaseSettings.from_env()
 lease = DispatcherLease(boto3.resource("dynamodb").Table(settings.control_table), settings)
 
 
+@bounded_errors  # outermost: the error Lambda answers stays short (sluice/observability.py)
 @logger.inject_lambda_context(correlation_id_path="execution")
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)

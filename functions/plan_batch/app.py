@@ -8,7 +8,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sluice.observability import MetricUnit, logger, metrics, tracer
+from sluice.observability import MetricUnit, bounded_errors, logger, metrics, tracer
 from sluice.planning import PlanRequest, Policy, plan_batch
 from sluice.settings import PlanSettings
 
@@ -16,6 +16,7 @@ from sluice.settings import PlanSettings
 policy = Policy.from_settings(PlanSettings.from_env())
 
 
+@bounded_errors  # outermost: the error Lambda answers stays short (sluice/observability.py)
 @logger.inject_lambda_context(correlation_id_path="execution")
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)

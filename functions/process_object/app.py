@@ -25,7 +25,7 @@ from sluice.downstream import add_metric, client_from_settings
 from sluice.health import health_from_settings
 from sluice.metadata import MetadataStore
 from sluice.models import ObjectRef
-from sluice.observability import logger, metrics, tracer
+from sluice.observability import bounded_errors, logger, metrics, tracer
 from sluice.results import PartWriter
 from sluice.schemas import get_schema
 from sluice.settings import IDEMPOTENCY_KEY_PREFIXES, ProcessSettings
@@ -54,6 +54,7 @@ class ProcessRequest(BaseModel):
     segment: int = Field(ge=0)
 
 
+@bounded_errors  # outermost: the error Lambda answers stays short (sluice/observability.py)
 @logger.inject_lambda_context(correlation_id_path="object.id")
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)

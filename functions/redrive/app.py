@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sluice.observability import MetricUnit, logger, metrics, tracer
+from sluice.observability import MetricUnit, bounded_errors, logger, metrics, tracer
 from sluice.redrive import Redriver, RedriveRequest, RedriveTargets
 from sluice.settings import RedriveSettings
 
@@ -33,6 +33,7 @@ redriver = Redriver(
 )
 
 
+@bounded_errors  # outermost: the error Lambda answers stays short (sluice/observability.py)
 @logger.inject_lambda_context(log_event=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics

@@ -18,11 +18,11 @@ import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field
 
-from sluice.filecheck import bounded
+from sluice.bounds import bounded
 from sluice.ingest import MalformedEvent, parse_object_created
 from sluice.metadata import MetadataStore
 from sluice.models import Checkpoint, ObjectRef, ProcessResult, SqsMessage
-from sluice.observability import MetricUnit, logger, metrics, tracer
+from sluice.observability import MetricUnit, bounded_errors, logger, metrics, tracer
 from sluice.settings import RegisterSettings
 
 settings = RegisterSettings.from_env()
@@ -35,6 +35,7 @@ class RegisterRequest(SqsMessage):
     priority: int | None = Field(default=None, ge=0, le=9)  # optional: the plan's priority, kept on the item
 
 
+@bounded_errors  # outermost: the error Lambda answers stays short (sluice/observability.py)
 @logger.inject_lambda_context(correlation_id_path="message_id")
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)

@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sluice.observability import logger, metrics, tracer
+from sluice.observability import bounded_errors, logger, metrics, tracer
 from sluice.scaling import ConcurrencyScaler
 from sluice.settings import ScaleSettings
 
@@ -22,6 +22,7 @@ scaler = ConcurrencyScaler(
 )
 
 
+@bounded_errors  # outermost: the error Lambda answers stays short (sluice/observability.py)
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics

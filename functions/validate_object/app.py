@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from sluice.filecheck import Deliverable, check_object
 from sluice.models import ObjectRef
-from sluice.observability import MetricUnit, logger, metrics, tracer
+from sluice.observability import MetricUnit, bounded_errors, logger, metrics, tracer
 from sluice.schemas import get_schema
 from sluice.settings import ValidateSettings
 
@@ -34,6 +34,7 @@ class ValidateRequest(BaseModel):
     object: ObjectRef
 
 
+@bounded_errors  # outermost: the error Lambda answers stays short (sluice/observability.py)
 @logger.inject_lambda_context(correlation_id_path="object.id")
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)

@@ -11,6 +11,7 @@ the way the real ones do, so tests assert outcomes in the table, the queues and 
 """
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from awslambdaric.bootstrap import build_fault_result
 from botocore.exceptions import ClientError
 
 from sluice.ingest import CLAIM_ATTRIBUTE
+from sluice.models import MAX_OUTPUT_CALLS
 
 REPO = Path(__file__).resolve().parents[2]
 DEFINITION = REPO / "statemachine" / "dispatcher.asl.json"
@@ -48,9 +51,10 @@ class LambdaServiceError(Exception):
 class FunctionError(Exception):
     """Raise in a fake to answer as an unhandled exception in the handler does."""
 
-    def __init__(self, error_type: str, message: str) -> None:
+    def __init__(self, error_type: str, message: str, body: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.error_type = error_type
+        self.body = body  # Lambda's whole answer, when a test has the real one (lambda_error_body)
 
 
 @dataclass
@@ -94,12 +98,22 @@ class Functions:
                 "Invoke",
             ) from None
         except FunctionError as error:
-            body = {"errorType": error.error_type, "errorMessage": str(error), "stackTrace": []}
+            body = error.body or {"errorType": error.error_type, "errorMessage": str(error), "stackTrace": []}
             return {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": body}
         finally:
             call.ended = time.monotonic()
             with self._lock:
                 self.in_flight[function] -= 1
+
+
+def lambda_error_body(handler: Callable[[Any, Any], Any], event: Any) -> FunctionError:
+    """What Lambda answers when `handler` raises: its runtime's own error document (awslambdaric)."""
+    try:
+        handler(event, None)
+    except Exception:
+        body = build_fault_result(sys.exc_info(), None)
+        return FunctionError(body["errorType"], body["errorMessage"], body)
+    raise AssertionError("the handler did not raise")
 
 
 def s3_event_body(key: str, version_id: str = "v1", bucket: str = "sluice-raw-example") -> str:
@@ -174,6 +188,7 @@ class Stack:
             type="STANDARD",
         )["stateMachineArn"]
         self.segments: dict[str, int] = {}  # key -> segments its processing takes (default 1)
+        self.output_calls: dict[str, int] = {}  # key -> WriteOutput calls its merge takes (default 1)
         self.rounds_per_execution = 1
         self.waits: list[int] = []  # PlanBatch's wait_seconds by position in the batch
         functions.handlers.update(
@@ -364,8 +379,15 @@ class Stack:
         }
 
     def write_output(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Merges over as many calls as `output_calls` says, answering a position as results.py does."""
         prefix = f"results/{payload['object']['key']}/{payload['object']['version_id']}"
+        calls = (payload.get("position") or {"calls": 0})["calls"] + 1
+        needed = self.output_calls.get(payload["object"]["key"], 1)
+        position = {"calls": calls, "output": 0, "upload_id": "u1", "next_piece": calls, "pieces": needed}
         return {
+            "done": calls >= needed,
+            "calls_left": MAX_OUTPUT_CALLS - calls,
+            "position": None if calls >= needed else position,
             "accepted_key": f"{prefix}/accepted.jsonl",
             "rejects_key": f"{prefix}/rejects.csv",
             "summary_key": f"{prefix}/summary.json",

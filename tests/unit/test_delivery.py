@@ -158,7 +158,7 @@ class World:
         raise AssertionError("not done after 100 segments")
 
     def merged(self, result: ProcessResult) -> tuple[list[dict[str, Any]], list[str]]:
-        keys = merge_results(self.s3, PROCESSED_BUCKET, self.obj, result)
+        keys = merge_results(self.s3, PROCESSED_BUCKET, self.obj, result).keys
         body = self.s3.get_object(Bucket=PROCESSED_BUCKET, Key=keys.accepted_key)["Body"].read().decode()
         rejects = self.s3.get_object(Bucket=PROCESSED_BUCKET, Key=keys.rejects_key)["Body"].read().decode()
         return [json.loads(line) for line in body.splitlines()], rejects.splitlines()

@@ -10,17 +10,30 @@ import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
-from asl_harness import DEFINITION, FunctionError, Functions, LambdaServiceError, Stack, s3_event_body
+from asl_harness import (
+    DEFINITION,
+    SUCCEEDED,
+    FunctionError,
+    Functions,
+    LambdaServiceError,
+    Stack,
+    lambda_error_body,
+    s3_event_body,
+)
 from moto import mock_aws
 from moto.core.config import default_user_config
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from sam_transform import load_sam_template
 
+from sluice.bounds import MAX_REASON_CHARS
 from sluice.filecheck import SAMPLE_BYTES, check_sample
 from sluice.ingest import CLAIM_ATTRIBUTE
-from sluice.lease import END_EVENTS, ROUND_EVENTS, START_EVENTS, worst_item
+from sluice.lease import END_EVENTS, OUTPUT_CALL_EVENTS, ROUND_EVENTS, START_EVENTS, worst_item
+from sluice.models import MAX_OUTPUT_CALLS
+from sluice.observability import bounded_errors
 from sluice.schemas import get_schema
 from sluice_cli.offline.polling import wait_for
 
@@ -79,9 +92,9 @@ def test_happy_path_delivers_records_announces_and_deletes(stack: Stack) -> None
     (output,) = stack.functions.payloads("WriteOutput")
     assert output["result"]["done"] is True
     assert output["object"]["key"] == "incoming/orders-valid.csv"
-    # the lease was taken, renewed before each segment and after the round, and given back
+    # the lease was taken, renewed before each segment, the output call and after the round, and given back
     operations = [p["operation"] for p in stack.functions.payloads("DispatcherLease")]
-    assert operations == ["acquire", "renew", "renew", "renew", "release"]
+    assert operations == ["acquire", "renew", "renew", "renew", "renew", "release"]
 
 
 def test_empty_queue_ends_at_once_touching_nothing_but_the_lease(stack: Stack) -> None:
@@ -605,22 +618,133 @@ def history(stack: Stack, execution_arn: str) -> list[dict]:
 
 
 def test_history_events_stay_under_the_worst_cases_the_lease_counts(make_stack: StackFactory) -> None:
-    # GIVEN rounds of one, three and ten items, with 1 to 3 segments
+    # GIVEN rounds of one, three and ten items, with 1 to 3 segments, and a merge over every
+    # WriteOutput call allowed
     measured = {}
     stack = make_stack(SegmentsPerTurn="3")
     stack.ssm.put_parameter(Name=stack.parameter, Value="10", Type="String", Overwrite=True)
-    # (10, 3): a full round, ten files each running its whole turn (3 of its 4 segments) and yielding
-    for files, segments in ((1, 1), (1, 3), (3, 1), (10, 3)):
+    # (10, 3, 1): a full round, ten files each running its whole turn (3 of its 4 segments) and
+    # yielding: last, as their continuations stay queued
+    cases = ((1, 1, 1), (1, 1, MAX_OUTPUT_CALLS), (3, 2, 3), (1, 3, 1), (3, 1, 1), (10, 3, 1))
+    for files, segments, calls in cases:
         for index in range(files):
-            key = f"incoming/history-{files}-{segments}-{index}.csv"
+            key = f"incoming/history-{files}-{segments}-{calls}-{index}.csv"
             stack.segments[key] = segments if files < 10 else 4
+            stack.output_calls[key] = calls
             stack.send(key)
         execution = stack.run()
         assert execution["status"] == "SUCCEEDED"
-        measured[(files, segments)] = len(history(stack, execution["executionArn"]))
+        measured[(files, segments, calls)] = len(history(stack, execution["executionArn"]))
 
     # THEN each execution's history is within what sluice/lease.py charges for it
     print(measured)
-    for (files, segments), events in measured.items():
-        charged = START_EVENTS + ROUND_EVENTS + files * worst_item(segments) + END_EVENTS
-        assert events <= charged, (files, segments, events, charged)
+    for (files, segments, calls), events in measured.items():
+        charged = START_EVENTS + ROUND_EVENTS + files * worst_item(segments, calls - 1) + END_EVENTS
+        assert events <= charged, (files, segments, calls, events, charged)
+    # and an output call costs what the lease charges for it, and no more
+    extra = (measured[(1, 1, MAX_OUTPUT_CALLS)] - measured[(1, 1, 1)]) / (MAX_OUTPUT_CALLS - 1)
+    assert extra <= OUTPUT_CALL_EVENTS
+
+
+class IdempotencyAlreadyInProgressError(Exception):
+    """Named as Powertools' error: the state machine retries it by this name."""
+
+
+class TransientDownstreamError(Exception):
+    """Named as sluice.delivery's error: the state machine catches it (States.ALL), no retry."""
+
+
+def _raising(error: Exception) -> Callable[[Any, Any], Any]:
+    @bounded_errors
+    def lambda_handler(event: Any, context: Any) -> Any:
+        raise error
+
+    return lambda_handler
+
+
+def test_a_100_kb_error_message_reaches_the_state_bounded_and_routed_by_its_name(stack: Stack) -> None:
+    # GIVEN ProcessObject's handler (bounded_errors, as every handler) raising an error whose message
+    # is 100 KB, answered as Lambda's runtime answers it (message, type, stack)
+    failure = lambda_error_body(_raising(TransientDownstreamError("row 7: " + "x" * 100_000)), {})
+    stack.functions.handlers["ProcessObject"] = lambda _: (_ for _ in ()).throw(failure)
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN the Cause the state carried is at most ~1.5 KiB, says how much was cut, and the name
+    # routed the item as before: caught, the file FAILED, its message released
+    assert execution["status"] == "SUCCEEDED"
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] == "FAILED"
+    assert item["error"].startswith("TransientDownstreamError: ")
+    cause = json.loads(item["error"].removeprefix("TransientDownstreamError: "))
+    assert cause["errorMessage"].endswith(f"…(+{100_007 - (MAX_REASON_CHARS - 32)} more characters)")
+    assert len(item["error"]) <= MAX_REASON_CHARS + 512
+    (notification,) = stack.published(stack.notifications_url)
+    assert notification["cause"] == item["error"].removeprefix("TransientDownstreamError: ")
+    assert len(stack.receive(stack.ingest_url)) == 1
+
+
+def test_a_bounded_error_is_still_retried_by_its_name(stack: Stack) -> None:
+    # GIVEN ProcessObject refused once with IdempotencyAlreadyInProgressError and a 100 KB message
+    default = stack.functions.handlers["ProcessObject"]
+    failure = lambda_error_body(_raising(IdempotencyAlreadyInProgressError("y" * 100_000)), {})
+    assert len(json.dumps(failure.body)) <= MAX_REASON_CHARS + 512
+    calls = itertools.count()
+    stack.functions.handlers["ProcessObject"] = lambda payload: (
+        (_ for _ in ()).throw(failure) if next(calls) == 0 else default(payload)
+    )
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN the Retry on that name ran the segment again and the file succeeded
+    assert execution["status"] == "SUCCEEDED"
+    assert len(stack.functions.payloads("ProcessObject")) == 2
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] in SUCCEEDED
+
+
+def test_a_merge_over_several_write_output_calls_loops_until_done(stack: Stack) -> None:
+    # GIVEN a file whose merge takes three WriteOutput calls
+    stack.output_calls["incoming/orders-valid.csv"] = 3
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN WriteOutput was called three times, each with the position the call before answered,
+    # each call after a lease renewal; the outcome was recorded once, after the last call
+    assert execution["status"] == "SUCCEEDED"
+    calls = stack.functions.payloads("WriteOutput")
+    assert [c["position"] and c["position"]["calls"] for c in calls] == [None, 1, 2]
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] in SUCCEEDED
+    assert item["summary_key"].endswith("/summary.json")
+    operations = [p["operation"] for p in stack.functions.payloads("DispatcherLease")]
+    assert operations == ["acquire", "renew", "renew", "renew", "renew", "renew", "release"]
+    # and the item's progress told the round's renewal of the two extra calls it made
+    (renewal,) = [p for p in stack.functions.payloads("DispatcherLease") if p.get("items") is not None]
+    assert renewal["items"] == [{"segment": 0, "output_calls": 2}]
+    assert stack.queue_depth(stack.ingest_url) == 0
+
+
+def test_a_merge_that_spends_its_calls_fails_the_file_and_releases_its_message(stack: Stack) -> None:
+    # GIVEN a merge that would need more calls than MAX_OUTPUT_CALLS
+    stack.output_calls["incoming/orders-valid.csv"] = MAX_OUTPUT_CALLS + 1
+    stack.send("incoming/orders-valid.csv")
+
+    execution = stack.run()
+
+    # THEN the loop stopped at its bound: the file is FAILED with OutputCallsSpent, no outcome, and
+    # its message is visible again for a later delivery
+    assert execution["status"] == "SUCCEEDED"
+    assert len(stack.functions.payloads("WriteOutput")) == MAX_OUTPUT_CALLS
+    item = stack.item("incoming/orders-valid.csv")
+    assert item is not None
+    assert item["state"] == "FAILED"
+    assert item["error"].startswith("OutputCallsSpent: ")
+    assert "summary_key" not in item
+    assert len(stack.receive(stack.ingest_url)) == 1

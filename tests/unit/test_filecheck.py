@@ -11,10 +11,10 @@ from conftest import SAMPLES
 from datapath_support import RAW_BUCKET, create_buckets
 from moto import mock_aws
 
+from sluice.bounds import MAX_REASON_CHARS
 from sluice.csvstream import MAX_RECORD_FIELDS, MAX_RECORD_LINES
 from sluice.filecheck import (
     MAX_HEADER_COLUMNS,
-    MAX_REASON_CHARS,
     SAMPLE_BYTES,
     Deliverable,
     check_object,

@@ -17,7 +17,7 @@ from handler_support import (
 from moto import mock_aws
 
 from sluice.metadata import MetadataStore
-from sluice.models import ObjectRef
+from sluice.models import MAX_OUTPUT_CALLS, ObjectRef
 from sluice.results import PartWriter, accepted_line
 
 EVENT = load_event("write-output.json")
@@ -46,6 +46,9 @@ def test_the_parts_become_the_results(s3: Any, capsys: pytest.CaptureFixture[str
 
     base = "results/incoming/orders-valid.csv/3HL4kqtJlcpXroDTDmJ"
     assert answer == {
+        "done": True,
+        "calls_left": MAX_OUTPUT_CALLS - 1,
+        "position": None,
         "accepted_key": f"{base}/accepted.jsonl",
         "rejects_key": f"{base}/rejects.csv",
         "summary_key": f"{base}/summary.json",

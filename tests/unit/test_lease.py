@@ -15,14 +15,13 @@ from sluice.lease import (
     EVENT_BUDGET,
     HISTORY_EVENT_QUOTA,
     LEASE_KEY,
-    ROUND_EVENTS,
     START_EVENTS,
     DispatcherLease,
     LeaseAnswer,
     LeaseRequest,
-    worst_item,
     worst_round,
 )
+from sluice.models import MAX_OUTPUT_CALLS
 from sluice.settings import LeaseSettings
 
 T0 = 1_795_316_400  # 2026-11-22T03:00:00Z
@@ -212,7 +211,8 @@ def test_rounds_stop_before_the_history_quota_at_the_default_limits(table: Any, 
         table, SETTINGS.model_copy(update={"max_rounds_per_execution": 1000}), clock=clock
     )
     lease.acquire("exec-a")
-    full_round = [{"segment": 2}] * 10  # every item ran its whole turn
+    # every item ran its whole turn (2 segments: progress 1) and then all of WriteOutput's calls
+    full_round = [{"segment": 1, "output_calls": MAX_OUTPUT_CALLS - 1}] * 10
 
     # WHEN rounds of ten long files follow each other
     rounds = 0
@@ -232,13 +232,14 @@ def test_rounds_stop_before_the_history_quota_at_the_default_limits(table: Any, 
     # THEN the execution stops where the worst next round would pass its budget: the events it
     # has counted, plus that round, plus the end, stay within 20,000, under the 25,000 quota
     worst = worst_round(10, 2)
-    assert worst == 80 + 10 * (160 + 2 * 70) == 3_080
+    assert worst == 80 + 10 * (190 + 2 * 70 + 5 * 55) == 6_130
     events = int(lease_item(table)["events"])  # type: ignore[index]
-    assert events == START_EVENTS + rounds * (ROUND_EVENTS + 10 * worst_item(3))
+    assert events == START_EVENTS + rounds * worst
     assert events + worst + END_EVENTS > EVENT_BUDGET
-    assert events - (ROUND_EVENTS + 10 * worst_item(3)) + worst + END_EVENTS <= EVENT_BUDGET
+    assert events + END_EVENTS <= EVENT_BUDGET  # the last round was allowed: it fitted
+    assert events + END_EVENTS == 40 + 3 * 6_130 + 30 == 18_460  # the worst execution
     assert EVENT_BUDGET < HISTORY_EVENT_QUOTA
-    assert rounds == 5
+    assert rounds == 3
 
 
 def test_a_renewal_inside_an_item_counts_no_events(lease: DispatcherLease, table: Any) -> None:

@@ -153,10 +153,10 @@ GRANTS: dict[str, list[Row]] = {
                 "upload_part",
                 "upload_part_copy",
                 "complete_multipart_upload",
-                "abort_multipart_upload",
+                "list_parts",
                 "head_object",
             ),
-            ("s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"),
+            ("s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts"),
             ("ProcessedBucket/results/*", "ProcessedBucket/results-by-id/*"),
         ),
         Row(("list_objects_v2", "head_object"), ("s3:ListBucket",), ("ProcessedBucket",)),
@@ -323,7 +323,7 @@ NOT_CALLED = {
         ("results", "upload_part"): "merge_results is WriteOutput's",
         ("results", "upload_part_copy"): "merge_results is WriteOutput's",
         ("results", "complete_multipart_upload"): "merge_results is WriteOutput's",
-        ("results", "abort_multipart_upload"): "merge_results is WriteOutput's",
+        ("results", "list_parts"): "merge_results is WriteOutput's",
         ("results", "head_object"): "merge_results is WriteOutput's",
     },
     "ValidateObjectFunction": {
@@ -331,16 +331,6 @@ NOT_CALLED = {
             "csvstream",
             "S3Object",
         ): "CsvStream.from_s3 is ProcessObject's; filecheck parses a ranged GET's sample",
-    },
-    "RegisterObjectFunction": {
-        ("filecheck", "head_object"): "it imports filecheck.bounded only",
-        ("filecheck", "get_object"): "it imports filecheck.bounded only",
-        ("csvstream", "S3Object"): "CsvStream.from_s3 is ProcessObject's",
-    },
-    "AlertNotifierFunction": {
-        ("filecheck", "head_object"): "alerting imports filecheck.bounded only",
-        ("filecheck", "get_object"): "alerting imports filecheck.bounded only",
-        ("csvstream", "S3Object"): "CsvStream.from_s3 is ProcessObject's",
     },
 }
 # Powertools utilities that call AWS for the code (the scan sees the name, not the call).
@@ -363,7 +353,7 @@ OPERATION_ACTIONS: dict[str, set[str]] = {
     "upload_part": {"s3:PutObject"},
     "upload_part_copy": {"s3:PutObject", "s3:GetObject"},  # GetObject on the source
     "complete_multipart_upload": {"s3:PutObject"},
-    "abort_multipart_upload": {"s3:AbortMultipartUpload"},
+    "list_parts": {"s3:ListMultipartUploadParts"},
     "delete_objects": {"s3:DeleteObject"},
     "list_objects_v2": {"s3:ListBucket"},
     "get_item": {"dynamodb:GetItem"},

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sluice.filecheck import bounded
+from sluice.bounds import bounded
 from sluice.models import ObjectRef
 from sluice.schemas import GUIDE as SCHEMA_GUIDE
 

@@ -22,7 +22,7 @@ the sample's end cuts (the file goes on inside it) is not judged: what follows d
 ProcessObject judges it whole; every record the sample holds whole is judged. A header-only file
 is valid: it is processed into empty results.
 
-A reason is at most MAX_REASON_CHARS long (`bounded`): it travels in the dispatcher's state, an
+A reason is at most MAX_REASON_CHARS long (`sluice.bounds.bounded`): it travels in the dispatcher's state, an
 SQS message attribute and an alert, and a hostile header could otherwise make it as long as the
 sample (a 64 KiB header of one-letter names lists ~32,000 unexpected columns, ~160 KB of reason,
 three copies of which ended the execution at Step Functions' 256 KiB state quota). A header of
@@ -39,6 +39,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from sluice.bounds import bounded
 from sluice.csvstream import CsvStream, HeaderError
 from sluice.models import ObjectRef
 from sluice.ratelimit import pacing_interval
@@ -46,20 +47,8 @@ from sluice.schemas import RowSchema
 
 SAMPLE_BYTES = 64 * 1024
 SAMPLE_ROWS = 5
-# 1 KiB: room for a handful of column names, small beside the 256 KiB state (docs/architecture.md,
-# State size per item).
-MAX_REASON_CHARS = 1024
 # No schema has more columns than this; a header with more is not worth naming one by one.
 MAX_HEADER_COLUMNS = 256
-
-
-def bounded(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    """`text` cut to at most `limit` characters, saying how much was cut."""
-    if len(text) <= limit:
-        return text
-    # The suffix is at most 32 characters: keep that much room for it.
-    kept = limit - 32
-    return f"{text[:kept]}…(+{len(text) - kept} more characters)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,8 @@ at their worst case (below).
 The history quota: a Standard execution fails, uncaught, at 25,000 history events (its lease held
 until it expires, its items without failure handling). The renewal after each round adds the
 round's worst case, counted from what its items did (each item's output is its progress,
-`{"segment": n}`), and allows another round only if the worst possible next round still fits:
+`{"segment": n, "output_calls": k}`), and allows another round only if the worst possible next
+round still fits (every item running its whole turn and then WriteOutput's every call):
 
     events + worst_round(concurrency_max, segments_per_turn) + END_EVENTS <= EVENT_BUDGET
 
@@ -39,6 +40,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from sluice.ddb import condition_failed_item
+from sluice.models import MAX_OUTPUT_CALLS
 from sluice.observability import logger
 from sluice.settings import LeaseSettings
 
@@ -56,27 +58,35 @@ EVENT_BUDGET = 20_000
 START_EVENTS = 40  # start, acquire (+ 9), first choices
 ROUND_EVENTS = 80  # setting, depth, receive, plan, renewal: ~25 + 5 tasks × 9 retry events
 # register, validate, write, record, publish, delete: ~40 + 6 × 9 retries + 3 (WriteOutput's extra
-# try), and the failure path after the last of them: ~25 + 3 tasks × 9 = 52; 40 + 57 + 52 = 149
-ITEM_EVENTS = 160
+# try); the first output call's way there: start 2, visibility 5 + 9, lease 5 + 9, choices 2 + 2 = 34;
+# the failure path after the last of them: ~25 + 3 tasks × 9 + 2 (calls spent) = 54;
+# 40 + 57 + 34 + 54 = 185
+ITEM_EVENTS = 190
 # visibility, lease, ProcessObject, choices: 21 + 9 + 9 + ProcessObject's 3 + 6 retries × 3 = 66
 SEGMENT_EVENTS = 70
+# Each WriteOutput call after the first (the merge of a big file goes on, sluice/results.py):
+# count 2, visibility 5 + 9, lease 5 + 9, choice 2, WriteOutput 5 + 9 + 3, choice 2 = 51
+OUTPUT_CALL_EVENTS = 55
 END_EVENTS = 30  # the release (+ 9) and the execution's end
 
 
-def worst_item(segments: int) -> int:
-    """History events of one Map item that ran `segments` segments, at worst."""
-    return ITEM_EVENTS + segments * SEGMENT_EVENTS
+def worst_item(segments: int, output_calls: int = 0) -> int:
+    """History events of one Map item that ran `segments` segments and `output_calls` WriteOutput
+    calls after the first, at worst."""
+    return ITEM_EVENTS + segments * SEGMENT_EVENTS + output_calls * OUTPUT_CALL_EVENTS
 
 
 def worst_round(items: int, segments_per_turn: int) -> int:
-    """History events of one round of `items` items that each run their whole turn, at worst."""
-    return ROUND_EVENTS + items * worst_item(segments_per_turn)
+    """History events of one round of `items` items that each run their whole turn and then every
+    WriteOutput call the merge may take, at worst."""
+    return ROUND_EVENTS + items * worst_item(segments_per_turn, MAX_OUTPUT_CALLS - 1)
 
 
 class ItemProgress(BaseModel):
-    """One Map item's output: the segment it had reached (0 = none run)."""
+    """One Map item's output: the segment it had reached (0 = none run), WriteOutput calls after the first."""
 
     segment: int = Field(default=0, ge=0)
+    output_calls: int = Field(default=0, ge=0)
 
 
 class LeaseRequest(BaseModel):
@@ -154,7 +164,11 @@ class DispatcherLease:
         now = int(self._clock())
         items = request.items if request is not None else None
         # A retried renewal counts its round twice: an over-count only ends the execution sooner.
-        spent = 0 if items is None else ROUND_EVENTS + sum(worst_item(i.segment + 1) for i in items)
+        spent = (
+            0
+            if items is None
+            else ROUND_EVENTS + sum(worst_item(i.segment + 1, i.output_calls) for i in items)
+        )
         try:
             response = self._table.update_item(
                 Key={"pk": LEASE_KEY},

@@ -121,3 +121,21 @@ class ProcessResult(BaseModel):
     # The parts that make up the file (the checkpoint's `parts` and `runs`): WriteOutput merges these.
     parts: int = 0
     runs: list[list[int]] = Field(default_factory=list)
+
+
+# The calls one merge may take: WriteOutput's loop bound in the state machine (`calls_left`) and in the
+# history-event arithmetic (sluice/lease.py). A call moves bytes ~80 s (sluice/results.py
+# CALL_RESERVE_SECONDS): 6 × 80 s at 25 MB/s = 12 GB, against ~6.6 GB of results for the largest
+# file Sluice accepts (~17 M rows at ~380 bytes a line; docs/performance.md, WriteOutput).
+MAX_OUTPUT_CALLS = 6
+ACCEPTED, REJECTS, FINISH = 0, 1, 2  # MergePosition.output: what a call does first
+
+
+class MergePosition(BaseModel):
+    """Where a merge spread over calls stands (WriteOutput's answer, its next request)."""
+
+    calls: int = Field(default=0, ge=0)  # WriteOutput calls made so far
+    output: int = Field(default=ACCEPTED, ge=ACCEPTED, le=FINISH)
+    upload_id: str | None = None  # the multipart upload of `output`, once created
+    next_piece: int = Field(default=0, ge=0)  # the first piece of `output` not yet uploaded
+    pieces: int = Field(default=0, ge=0)  # the plan's count, checked when the call resumes

@@ -26,9 +26,20 @@ or, when that would be longer than S3's 1,024 bytes, `results-by-id/{sha256(obje
 The merge is one S3 multipart upload per output, its parts built on MERGE_WORKERS threads: a
 source part of 5 MiB or more is copied server side (UploadPartCopy); consecutive smaller ones
 (500 rows are ~150 KB) are read and joined into parts of TARGET_PART bytes, S3's minimum being
-5 MiB for every part but the last. Memory: MERGE_WORKERS × (TARGET_PART + one source). Then the
-parts directory is deleted. summary.json is written last: once it exists the results are
-complete, so a re-run only finishes the clean-up.
+5 MiB for every part but the last. Memory: MERGE_WORKERS × (TARGET_PART + one source). Then
+summary.json is written and the parts directory deleted. summary.json is written after both
+outputs: once it exists the results are complete, so a re-run only finishes the clean-up.
+
+A merge may span several WriteOutput calls (the largest file's ~6 GiB does not pass through one
+function within its timeout): a call works while `time_left()` is above CALL_RESERVE_SECONDS and
+answers where it stopped, a MergePosition (which output, its multipart upload id, the next piece
+to upload). The pieces are planned the same way from the same parts on every call, so piece n is
+always the same bytes: a call that dies after uploading pieces but before answering is retried from
+the position it was given and uploads those pieces again, replacing them with identical bytes; none
+is lost (the upload is completed from ListParts, checked against the plan's count) and none is
+doubled (a part number holds one piece). A completed upload whose answer was lost is recognised by
+its size and part count. At most MAX_OUTPUT_CALLS calls (docs/architecture.md, WriteOutput over
+several calls); the state machine loops on `calls_left`.
 """
 
 import csv
@@ -37,15 +48,16 @@ import io
 import json
 import re
 import uuid
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from sluice.models import ObjectRef, ProcessResult
+from sluice.models import ACCEPTED, FINISH, MAX_OUTPUT_CALLS, REJECTS, MergePosition, ObjectRef, ProcessResult
 
 REJECTS_HEADER = b"row,reason\n"
 JSONL, CSV = "application/x-ndjson", "text/csv"
@@ -56,6 +68,10 @@ TARGET_PART = 8 * 1024**2  # small sources are joined up to this; 5 GiB output �
 # for each: MERGE_CONNECTIONS. Memory: 16 pieces × 8 MiB, held twice while sent ≈ 256 MiB at most.
 MERGE_WORKERS = 16
 MERGE_CONNECTIONS = 2 * MERGE_WORKERS
+# One call stops starting pieces when less than this is left of its timeout (120 s; a third of a
+# shorter one): what is in flight then (MERGE_WORKERS pieces of TARGET_PART = 128 MiB, read and
+# sent) and the completion need it, at ≥ 8 MiB/s. A call moves bytes for ~120 - 40 = 80 s.
+CALL_RESERVE_SECONDS = 40.0
 _PART_NAME = re.compile(r"(\d+)-a(\d+)\.")
 
 
@@ -172,39 +188,89 @@ class PartWriter:
         _delete(self._s3, self._bucket, keys)
 
 
+@dataclass(frozen=True)
+class MergeAnswer:
+    done: bool
+    keys: ResultKeys
+    position: MergePosition
+
+    @property
+    def calls_left(self) -> int:
+        return MAX_OUTPUT_CALLS - self.position.calls
+
+    def as_payload(self) -> dict[str, Any]:
+        """WriteOutput's output (docs/interfaces.md)."""
+        return {
+            "done": self.done,
+            "calls_left": self.calls_left,
+            "position": None if self.done else self.position.model_dump(),
+            **vars(self.keys),
+        }
+
+
 def merge_results(
     s3_client: Any,
     bucket: str,
     obj: ObjectRef,
     result: ProcessResult,
+    position: MergePosition | None = None,
     *,
+    time_left: Callable[[], float] | None = None,
     workers: int = MERGE_WORKERS,
     target_part: int = TARGET_PART,
-) -> ResultKeys:
-    """The final results from the parts `result` names (WriteOutput); idempotent."""
+) -> MergeAnswer:
+    """The final results from the parts `result` names (WriteOutput): all of them, or as far as
+    `time_left()` (seconds) allows, then where to go on from. Idempotent for a given position."""
     layout = Layout(obj)
     keys = layout.results
+    given = position or MergePosition()
+    here = given.model_copy(update={"calls": given.calls + 1})  # this call counted
+    out_of_time = _out_of_time(time_left)
     present = dict(_list(s3_client, bucket, layout.parts_prefix))  # key → size, one listing
-    if _exists(s3_client, bucket, keys.summary_key):
-        _delete(s3_client, bucket, list(present))  # merged earlier; finish an interrupted clean-up
-        return keys
-    manifest = layout.manifest(result.parts, result.runs)
-    missing = [key for pair in manifest for key in pair if key not in present]
-    if missing:
-        raise FileNotFoundError(f"{obj.id}: {len(missing)} parts missing, first {missing[0]}")
-    merge = _Merge(s3_client, bucket, workers=workers, target_part=target_part)
-    merge.write(
-        keys.accepted_key,
-        b"",
-        [(accepted, present[accepted]) for accepted, _ in manifest],
-        content_type=JSONL,
-    )
-    merge.write(
-        keys.rejects_key,
-        REJECTS_HEADER,
-        [(rejects, present[rejects]) for _, rejects in manifest],
-        content_type=CSV,
-    )
+    if here.output < FINISH and _exists(s3_client, bucket, keys.summary_key):
+        here = _at(here, FINISH)  # merged earlier; finish an interrupted clean-up
+    if here.output < FINISH:
+        manifest = layout.manifest(result.parts, result.runs)
+        missing = [key for pair in manifest for key in pair if key not in present]
+        if missing:
+            raise FileNotFoundError(f"{obj.id}: {len(missing)} parts missing, first {missing[0]}")
+        merge = _Merge(s3_client, bucket, workers=workers, target_part=target_part)
+        outputs = {
+            ACCEPTED: (keys.accepted_key, b"", [(a, present[a]) for a, _ in manifest], JSONL),
+            REJECTS: (keys.rejects_key, REJECTS_HEADER, [(r, present[r]) for _, r in manifest], CSV),
+        }
+        for output in (ACCEPTED, REJECTS):
+            if here.output != output:
+                continue
+            target, head, sources, content_type = outputs[output]
+            stopped = merge.write(
+                target, head, sources, content_type=content_type, position=here, out_of_time=out_of_time
+            )
+            if stopped is not None:
+                return MergeAnswer(False, keys, stopped)
+            here = _at(here, output + 1)
+        _write_summary(s3_client, bucket, obj, result, keys)
+    if not _delete(s3_client, bucket, list(present), out_of_time, workers):
+        return MergeAnswer(False, keys, here)
+    return MergeAnswer(True, keys, here)
+
+
+def _at(position: MergePosition, output: int) -> MergePosition:
+    """The position at the start of `output`: no upload yet."""
+    return MergePosition(calls=position.calls, output=output)
+
+
+def _out_of_time(time_left: Callable[[], float] | None) -> Callable[[], bool]:
+    if time_left is None:
+        return lambda: False  # one pass (tests)
+    # A third of a short call (a Timeout set below 120 s) rather than none of it left to work.
+    reserve = min(CALL_RESERVE_SECONDS, time_left() / 3)
+    return lambda: time_left() < reserve
+
+
+def _write_summary(
+    s3_client: Any, bucket: str, obj: ObjectRef, result: ProcessResult, keys: ResultKeys
+) -> None:
     summary = {
         "object": obj.as_payload(),
         "outcome": result.outcome,
@@ -223,8 +289,6 @@ def merge_results(
         Body=json.dumps(summary, indent=2).encode(),
         ContentType="application/json",
     )
-    _delete(s3_client, bucket, list(present))
-    return keys
 
 
 @dataclass
@@ -250,41 +314,111 @@ class _Merge:
         self._workers = workers
         self._target = max(target_part, MIN_PART)
 
-    def write(self, target: str, head: bytes, sources: list[tuple[str, int]], *, content_type: str) -> None:
+    def write(
+        self,
+        target: str,
+        head: bytes,
+        sources: list[tuple[str, int]],
+        *,
+        content_type: str,
+        position: MergePosition,
+        out_of_time: Callable[[], bool],
+    ) -> MergePosition | None:
+        """Write `target` from where `position` stands: None once it is complete, else where it stopped."""
         pieces = self._plan(head, sources)
         # Two pools: pieces are built and uploaded on one, their sources read on the other, so that
         # one piece of many tiny sources (a rejects file) is read in parallel too.
         with ThreadPoolExecutor(self._workers, thread_name_prefix="merge-get") as fetch:
             if len(pieces) == 1 and not pieces[0].copy:
+                if out_of_time():  # one piece is read in one go: it starts the next call
+                    return position
                 body = self._read(fetch, pieces[0])
                 self._s3.put_object(Bucket=self._bucket, Key=target, Body=body, ContentType=content_type)
-                return
-            self._multipart(fetch, target, pieces, content_type)
+                return None
+            return self._multipart(
+                fetch, target, pieces, content_type=content_type, position=position, out_of_time=out_of_time
+            )
 
     def _multipart(
-        self, fetch: ThreadPoolExecutor, target: str, pieces: list[_Piece], content_type: str
-    ) -> None:
-        upload = self._s3.create_multipart_upload(Bucket=self._bucket, Key=target, ContentType=content_type)
-        upload_id = upload["UploadId"]
-        try:
-            with ThreadPoolExecutor(self._workers, thread_name_prefix="merge-part") as pool:
-                etags = list(
-                    pool.map(
-                        lambda n: self._upload(fetch, target, upload_id, n, pieces[n - 1]),
-                        range(1, len(pieces) + 1),
-                    )
-                )
-            self._s3.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=target,
-                UploadId=upload_id,
-                MultipartUpload={
-                    "Parts": [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, 1)]
-                },
+        self,
+        fetch: ThreadPoolExecutor,
+        target: str,
+        pieces: list[_Piece],
+        *,
+        content_type: str,
+        position: MergePosition,
+        out_of_time: Callable[[], bool],
+    ) -> MergePosition | None:
+        upload_id, first = position.upload_id, position.next_piece
+        if upload_id is not None and position.pieces != len(pieces):
+            raise ValueError(
+                f"{target}: {len(pieces)} pieces planned, {position.pieces} when the merge began"
             )
-        except BaseException:
-            self._s3.abort_multipart_upload(Bucket=self._bucket, Key=target, UploadId=upload_id)
+        if upload_id is not None and not self._open(target, upload_id):
+            if self._complete_already(target, pieces):
+                return None  # completed by the call whose answer was lost
+            upload_id = None  # aborted (lifecycle, by hand): start this output again
+        if upload_id is None:
+            created = self._s3.create_multipart_upload(
+                Bucket=self._bucket, Key=target, ContentType=content_type
+            )
+            upload_id, first = created["UploadId"], 0
+        following = first
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="merge-part") as pool:
+            flight: deque[Future[str]] = deque()
+            while following < len(pieces) and not out_of_time():
+                piece = pieces[following]
+                following += 1
+                flight.append(pool.submit(self._upload, fetch, target, upload_id, following, piece))
+                if len(flight) >= self._workers:  # at most one piece per worker held in memory
+                    flight.popleft().result()
+            for future in flight:
+                future.result()  # an error fails the call; a retry resumes from `position`
+        if following < len(pieces):
+            return position.model_copy(
+                update={"upload_id": upload_id, "next_piece": following, "pieces": len(pieces)}
+            )
+        self._complete(target, upload_id, len(pieces))
+        return None
+
+    def _open(self, target: str, upload_id: str) -> bool:
+        try:
+            self._s3.list_parts(Bucket=self._bucket, Key=target, UploadId=upload_id, MaxParts=1)
+        except ClientError as error:
+            if error.response["Error"]["Code"] == "NoSuchUpload":
+                return False
             raise
+        return True
+
+    def _complete_already(self, target: str, pieces: list[_Piece]) -> bool:
+        try:
+            whole = self._s3.head_object(Bucket=self._bucket, Key=target)
+            first = self._s3.head_object(Bucket=self._bucket, Key=target, PartNumber=1)
+        except ClientError as error:
+            if error.response["Error"]["Code"] in {"404", "NoSuchKey"}:
+                return False
+            raise
+        size = sum(piece.size for piece in pieces)
+        return int(whole["ContentLength"]) == size and int(first.get("PartsCount", 1)) == len(pieces)
+
+    def _complete(self, target: str, upload_id: str, count: int) -> None:
+        """Complete from what S3 holds (parts of earlier calls too): exactly pieces 1..count."""
+        pages = self._s3.get_paginator("list_parts").paginate(
+            Bucket=self._bucket, Key=target, UploadId=upload_id
+        )
+        parts = [
+            {"PartNumber": part["PartNumber"], "ETag": part["ETag"]}
+            for page in pages
+            for part in page.get("Parts", [])
+        ]
+        numbers = [part["PartNumber"] for part in parts]
+        if numbers != list(range(1, count + 1)):
+            raise RuntimeError(
+                f"{target}: parts {numbers[:3]}… ({len(numbers)}) of an upload planned as {count}"
+            )
+        self._s3.complete_multipart_upload(
+            Bucket=self._bucket, Key=target, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
 
     def _plan(self, head: bytes, sources: list[tuple[str, int]]) -> list[_Piece]:
         """Pieces in order: every one but the last at least MIN_PART (S3's rule)."""
@@ -342,7 +476,30 @@ def _exists(s3_client: Any, bucket: str, key: str) -> bool:
     return True
 
 
-def _delete(s3_client: Any, bucket: str, keys: list[str]) -> None:
-    for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
-        batch = [{"Key": key} for key in keys[start : start + 1000]]
-        s3_client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+def _delete(
+    s3_client: Any,
+    bucket: str,
+    keys: list[str],
+    out_of_time: Callable[[], bool] = lambda: False,
+    workers: int = 1,
+) -> bool:
+    """Delete `keys` (DeleteObjects takes 1,000 at a time) on `workers` threads; False if time ran out."""
+    batches = [keys[start : start + 1000] for start in range(0, len(keys), 1000)]
+
+    def delete(batch: list[str]) -> None:
+        objects = [{"Key": key} for key in batch]
+        s3_client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+
+    submitted = 0
+    with ThreadPoolExecutor(workers, thread_name_prefix="merge-delete") as pool:
+        flight: deque[Future[None]] = deque()
+        for batch in batches:
+            if out_of_time():
+                break
+            flight.append(pool.submit(delete, batch))
+            submitted += 1
+            if len(flight) >= workers:
+                flight.popleft().result()
+        for future in flight:
+            future.result()
+    return submitted == len(batches)

@@ -18,12 +18,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self
 
 from sluice_cli.apisim import ApiSimulator, ApiSimulatorConfig
 from sluice_cli.offline.clients import emulator_client
+from sluice_cli.offline.iam import IamGate, RequestMapper, moto_lookups
 from sluice_cli.offline.intrinsics import (
     ACCOUNT_ID,
     IntrinsicError,
@@ -100,6 +101,8 @@ class OfflineStack:
         function_overrides: Mapping[str, Mapping[str, Any]] | None = None,
         history_event_limit: int = HISTORY_MAX_EVENTS,
         secrets: Mapping[str, str] | None = None,
+        enforce_iam: bool = True,
+        template_patch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.env = env
@@ -125,6 +128,10 @@ class OfflineStack:
         # Local-only changes to a function's properties (e.g. a short Timeout for a test that must
         # see the runtime kill a segment): the template's value is replaced, visibly, by logical id.
         self.function_overrides = {key: dict(value) for key, value in (function_overrides or {}).items()}
+        # IAM enforced (offline/iam.py): each function and the state machine call as their role.
+        self.iam: IamGate | None = IamGate(RequestMapper(moto_lookups(ACCOUNT_ID))) if enforce_iam else None
+        # A change to the transformed template before provisioning (a test removing a permission).
+        self.template_patch = template_patch
 
         self.api: ApiSimulator | None = None
         # The SMTP sink alert emails go to; its messages stay readable after stop().
@@ -201,7 +208,9 @@ class OfflineStack:
             # the offline ones (`sluice status`, `sluice logs -f …`), not `--stack-name sluice-local`.
             extra_environment={"STACK_NAME": ""},
         )
-        self.server = EmulatorServer(self.runtime, port=self._port, quota_gate=QuotaGate(moto_queue_size))
+        self.server = EmulatorServer(
+            self.runtime, port=self._port, quota_gate=QuotaGate(moto_queue_size), iam_gate=self.iam
+        )
         port = self.server.bind()
         endpoint = self.runtime.endpoint_url = self.server.url
         # moto's Step Functions interpreter calls http://localhost:{MOTO_PORT} for every task.
@@ -220,6 +229,8 @@ class OfflineStack:
         self.cfn_template = apply_function_overrides(
             transform(packaged, self.parameters, self.region), self.function_overrides
         )
+        if self.template_patch is not None:
+            self.template_patch(self.cfn_template)
         context = ProvisionContext(
             endpoint_url=endpoint,
             region=self.region,
@@ -227,6 +238,7 @@ class OfflineStack:
             artifacts=artifacts,
             runtime=self.runtime,
             state_dir=self.state_dir,
+            iam=self.iam,
         )
         self._provision(context)
         self.outputs = self._outputs()
@@ -315,6 +327,8 @@ class OfflineStack:
             if self.server is not None:
                 self.server.stop()
                 self.server = None
+            if self.iam is not None and self._started:
+                self.iam.write_report(self.state_dir)
             if self.sns_bridge is not None:  # once nothing can publish through the server
                 self.sns_bridge.uninstall()
                 self.sns_bridge = None

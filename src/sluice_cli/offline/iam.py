@@ -25,6 +25,7 @@ import hashlib
 import json
 import re
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -572,32 +573,29 @@ class RequestMapper:
 # -- AccessDenied, as each protocol answers it -----------------------------------------------------
 
 
-def access_denied(service: str, environ: Mapping[str, Any], message: str) -> Response:
-    target = str(environ.get("HTTP_X_AMZ_TARGET", ""))
+def access_denied(service: str, message: str) -> Response:
+    """The service's AccessDenied, with a request id (moto's Task error handling reads it)."""
+    request_id = str(uuid.uuid4())
     if service == "s3":
         body = (
             '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
-            f"<Message>{_xml(message)}</Message><RequestId>0</RequestId></Error>"
+            f"<Message>{_xml(message)}</Message><RequestId>{request_id}</RequestId></Error>"
         )
-        return Response(body, status=403, content_type="application/xml")
+        return Response(
+            body, status=403, headers={"x-amz-request-id": request_id}, content_type="application/xml"
+        )
     if service == "sns":
         body = (
             '<ErrorResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/"><Error><Type>Sender</Type>'
             f"<Code>AuthorizationError</Code><Message>{_xml(message)}</Message></Error>"
-            "<RequestId>0</RequestId></ErrorResponse>"
+            f"<RequestId>{request_id}</RequestId></ErrorResponse>"
         )
-        return Response(body, status=403, content_type="text/xml")
-    if service == "monitoring" and not target:
-        # rpc-v2-cbor: botocore reads the error code from the __type of a CBOR map
-        payload = b"\xa2" + b"".join(
-            _cbor_text(part) for part in ("__type", "AccessDenied", "message", message)
-        )
-        return Response(
-            payload, status=403, headers={"smithy-protocol": "rpc-v2-cbor"}, content_type="application/cbor"
-        )
-    code = "AccessDenied" if service == "sqs" else "AccessDeniedException"
-    headers = {"x-amzn-ErrorType": code}
-    if service == "sqs":
+        return Response(body, status=403, headers={"x-amzn-RequestId": request_id}, content_type="text/xml")
+    # SQS and CloudWatch keep their query protocol's code (awsQueryCompatible)
+    query_compatible = service in ("sqs", "monitoring")
+    code = "AccessDenied" if query_compatible else "AccessDeniedException"
+    headers = {"x-amzn-ErrorType": code, "x-amzn-RequestId": request_id}
+    if query_compatible:
         headers["x-amzn-query-error"] = "AccessDenied;Sender"
     body = json.dumps({"__type": code, "message": message, "Message": message})
     return Response(
@@ -606,21 +604,6 @@ def access_denied(service: str, environ: Mapping[str, Any], message: str) -> Res
         headers=headers,
         content_type="application/x-amz-json-1.0",
     )
-
-
-def _cbor_text(text: str) -> bytes:
-    """A CBOR text string (major type 3)."""
-    data = text.encode("utf-8")
-    size = len(data)
-    if size < 24:
-        head = bytes([0x60 + size])
-    elif size < 0x100:
-        head = bytes([0x78, size])
-    elif size < 0x10000:
-        head = bytes([0x79]) + size.to_bytes(2, "big")
-    else:
-        head = bytes([0x7A]) + size.to_bytes(4, "big")
-    return head + data
 
 
 def _xml(text: str) -> str:
@@ -716,7 +699,7 @@ class IamGate:
             self._record(
                 self._roles.get(role_arn), role_arn, "unmapped", Check(f"{service}:?", str(error)), decision
             )
-            return access_denied(service, environ, f"User: {principal} is not authorized: {decision.reason}")
+            return access_denied(service, f"User: {principal} is not authorized: {decision.reason}")
         decision, denied = self.authorize(role_arn, checks, operation)
         if decision.allowed:
             return None
@@ -724,7 +707,7 @@ class IamGate:
             f"User: {principal} is not authorized to perform: {denied.action} on resource: "
             f"{denied.resource} because {decision.reason}"
         )
-        return access_denied(service, environ, message)
+        return access_denied(service, message)
 
     def _role_of(self, key: str) -> str | None:
         with self._lock:

@@ -531,3 +531,14 @@ def test_a_table_whose_partition_key_is_unknown_is_not_guessed() -> None:
 
     with pytest.raises(Unmapped, match="partition key"):
         mapper.checks(environ, "dynamodb", REGION)
+
+
+def test_a_call_a_service_makes_as_the_caller_is_checked_against_the_caller_s_role(gate: IamGate) -> None:
+    """Lambda sends a failed invocation's record to its destination as the function's role."""
+    key = access_key_for(ROLE)
+    own_queue = Check("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:ingest")
+    other_queue = Check("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:failures")
+
+    assert gate.allows(key, own_queue, "destination")
+    assert not gate.allows(key, other_queue, "destination")
+    assert gate.allows("testing", other_queue, "destination")  # not a role's key: not checked

@@ -683,6 +683,11 @@ class IamGate:
                 return decision, check
         return Decision(True, "allowed"), checks[-1]
 
+    def allows(self, access_key: str, check: Check, operation: str) -> bool:
+        """A call the service makes as the caller's role (Lambda sending to a destination)."""
+        role_arn = self._role_of(access_key)
+        return role_arn is None or self.authorize(role_arn, [check], operation)[0].allowed
+
     def refuse(self, environ: dict[str, Any]) -> Response | None:
         credential = _CREDENTIAL.search(str(environ.get("HTTP_AUTHORIZATION", "")))
         if credential is None:

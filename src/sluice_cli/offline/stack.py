@@ -24,7 +24,7 @@ from typing import Any, Protocol, Self
 
 from sluice_cli.apisim import ApiSimulator, ApiSimulatorConfig
 from sluice_cli.offline.clients import emulator_client
-from sluice_cli.offline.iam import IamGate, RequestMapper, moto_lookups
+from sluice_cli.offline.iam import Check, IamGate, RequestMapper, moto_lookups
 from sluice_cli.offline.intrinsics import (
     ACCOUNT_ID,
     IntrinsicError,
@@ -57,6 +57,8 @@ FUNCTIONS_FILE = "functions.json"  # beside the outputs file
 EMULATOR_LOG = "emulator.log"  # in the state directory, beside logs/
 MAIL_DIR = "mail"  # in the state directory: what the SMTP sink received, one .eml per message
 _EMULATOR_LOGGERS = ("moto", "werkzeug", "flask_cors")
+# What Lambda needs of the function's role to send an invocation record to each destination type.
+_DESTINATION_ACTIONS = {"sqs": "sqs:SendMessage", "sns": "sns:Publish", "lambda": "lambda:InvokeFunction"}
 _TERMINAL_EXECUTION = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
 
@@ -464,9 +466,23 @@ class OfflineStack:
         return outputs
 
     def _send_to_destination(self, arn: str, record: dict[str, Any]) -> None:
-        """An asynchronous invocation's record → its SQS/SNS destination (Lambda's destinations)."""
+        """An asynchronous invocation's record → its SQS/SNS destination (Lambda's destinations).
+
+        Lambda sends it as the function's role: a role that may not is refused, and the record lost.
+        """
         service = arn.split(":")[2]
         body = json.dumps(record)
+        function = self.runtime.find(record["requestContext"]["functionArn"]) if self.runtime else None
+        action = _DESTINATION_ACTIONS.get(service, f"{service}:?")
+        if (
+            self.iam is not None
+            and function is not None
+            and not self.iam.allows(function.access_key_id, Check(action, arn), "destination")
+        ):
+            logger.warning(
+                "%s may not %s on %s: destination record dropped", function.logical_id, action, arn
+            )
+            return
         if service == "sqs":
             name = arn.rsplit(":", 1)[-1]
             sqs = self.client("sqs")

@@ -479,6 +479,7 @@ def test_a_role_not_in_the_template_may_do_nothing(gate: IamGate) -> None:
         )
         == "AuthorizationError"
     )
+    assert gate.report()["roles_not_in_template"] == [outside]
 
 
 def test_the_report_counts_each_role_s_allowed_and_denied_calls_and_says_why(gate: IamGate) -> None:

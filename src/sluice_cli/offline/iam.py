@@ -600,7 +600,7 @@ def access_denied(service: str, message: str) -> Response:
     body = json.dumps({"__type": code, "message": message, "Message": message})
     return Response(
         body,
-        status=403 if service == "lambda" else 400,
+        status=403 if service in ("lambda", "sqs") else 400,
         headers=headers,
         content_type="application/x-amz-json-1.0",
     )
@@ -770,7 +770,14 @@ class IamGate:
                 }
                 for record in sorted(self._roles.values(), key=lambda r: r.logical_id)
             }
-        return {"enforced": True, "checked": checked, "denied": denied, "roles": roles}
+            outside = sorted(self._unknown_role_arns)
+        return {
+            "enforced": True,
+            "checked": checked,
+            "denied": denied,
+            "roles": roles,
+            "roles_not_in_template": outside,  # functions given these may call nothing
+        }
 
     def write_report(self, directory: Path) -> Path:
         path = directory / IAM_REPORT_FILE

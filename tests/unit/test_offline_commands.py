@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -13,9 +14,11 @@ from typer.testing import CliRunner
 
 from sluice_cli.commands.local import api_settings, parse_latency
 from sluice_cli.commands.logs import _Tail, record_fields, select_files
+from sluice_cli.commands.run import add_iam_totals
 from sluice_cli.commands.runreport import SUCCESS, TrackedFile, percentile, summarize
 from sluice_cli.commands.status import file_record
 from sluice_cli.main import app
+from sluice_cli.offline.iam import Check, IamGate, Lookups, RequestMapper
 
 
 def tracked(state: str | None, **item: object) -> TrackedFile:
@@ -93,6 +96,24 @@ def test_the_summary_counts_states_rows_and_names_every_problem() -> None:
     report = json.loads(json.dumps(summary.as_dict()))
     assert report["files"][0]["ok"] is True
     assert report["wall_seconds"] == 42
+
+
+def test_a_denied_aws_call_fails_the_run_and_the_summary_says_where_to_read_it(tmp_path: Path) -> None:
+    good = tracked(
+        "SUCCEEDED", rows_total=10, rows_delivered=10, rows_rejected=0, finished_at="2027-01-15T08:00:10Z"
+    )
+    summary = summarize([good], None, rate_limit=10, wall_seconds=1, max_receive_count=2)
+    gate = IamGate(RequestMapper(Lookups("1", lambda *_: None, lambda *_: None)))
+    role = "arn:aws:iam::1:role/r"
+    gate.register_role("Role", role, {"Policies": []})
+    gate.authorize(role, [Check("sns:Publish", "arn:aws:sns:r:1:t")], "Publish")
+    assert summary.ok
+
+    add_iam_totals(summary, SimpleNamespace(iam=gate, state_dir=tmp_path))  # type: ignore[arg-type]
+
+    assert not summary.ok
+    assert summary.problems == [f"1 AWS call(s) denied by a role's policies: see {tmp_path / 'iam.json'}"]
+    assert summary.as_dict()["iam"]["line"] == "IAM: 1 calls checked, 1 denied (Role sns:Publish)"
 
 
 def test_files_given_on_the_command_line_may_succeed_with_or_without_rejects() -> None:

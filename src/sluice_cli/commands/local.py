@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sluice_cli.offline import OfflineStack, StackError
+from sluice_cli.offline.iam import IAM_REPORT_FILE, summary_line
 from sluice_cli.offline.provision import Resource
 from sluice_cli.offline.scheduler import DEFAULT_PERIOD_SECONDS
 from sluice_cli.offline.template import TemplateError, parse_parameter_overrides
@@ -118,6 +119,11 @@ def describe(stack: OfflineStack, console: Console) -> None:
         console.print(
             f"  SMTP sink      [bold]{stack.smtp.url}[/]   alert emails, saved in {stack.mail_dir}/*.eml"
         )
+    if stack.iam is not None:
+        console.print(
+            f"  IAM            enforced: functions and the state machine call as their roles "
+            f"(report: {stack.state_dir / IAM_REPORT_FILE})"
+        )
     console.print(f"  outputs        {stack.outputs_path}")
     console.print(f"  function logs  {stack.log_dir}   (`sluice logs -f`)")
     if stack.scheduler is not None and stack.scheduler.targets:
@@ -218,4 +224,6 @@ def up(
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if stack.iam is not None:
+        console.print(f"{summary_line(stack.iam.report())}  ({stack.state_dir / IAM_REPORT_FILE})")
     console.print("Stopped; no process left behind.")

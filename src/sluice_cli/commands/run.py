@@ -49,6 +49,7 @@ from sluice_cli.commands.runreport import (
 from sluice_cli.commands.status import STATE_STYLES, scan_items
 from sluice_cli.commands.target import DEFAULT_STATE_DIR
 from sluice_cli.offline import OfflineStack, StackError
+from sluice_cli.offline.iam import IAM_REPORT_FILE, summary_line
 from sluice_cli.offline.template import TemplateError, parse_parameter_overrides
 from sluice_cli.workload import default_mix
 
@@ -312,6 +313,8 @@ def print_summary(summary: Summary, console: Console, *, mail_dir: Path | None =
     rejected = sum(len(record.get("rejects", [])) for record in summary.files)
     if rejected:
         console.print(f"Rejected rows and their reasons: {rejected} in the report (files[].rejects)")
+    if summary.iam is not None:
+        console.print(f"{summary.iam['line']}  ({summary.iam['report']})")
     console.print(f"[dim]Your own CSV or API: {GUIDE}[/]")
     for problem in summary.problems:
         console.print(f"[red]✗[/] {problem}")
@@ -319,6 +322,23 @@ def print_summary(summary: Summary, console: Console, *, mail_dir: Path | None =
         console.print("[bold green]All files reached the state their content calls for.[/]")
     else:
         console.print("[bold red]Some files did not reach the state their content calls for.[/]")
+
+
+def write_report(summary: Summary, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def add_iam_totals(summary: Summary, stack: OfflineStack) -> None:
+    """The IAM check's totals into the summary; a denied call fails the run, as it would on AWS."""
+    if stack.iam is None:
+        return
+    report, path = stack.iam.report(), stack.state_dir / IAM_REPORT_FILE
+    summary.iam = {"checked": report["checked"], "denied": report["denied"], "line": summary_line(report)}
+    summary.iam["report"] = str(path)
+    if report["denied"]:
+        summary.problems.append(f"{report['denied']} AWS call(s) denied by a role's policies: see {path}")
+        summary.ok = False
 
 
 def run(
@@ -414,9 +434,9 @@ def run(
         raise typer.Exit(code=2) from error
     finally:
         stack.stop()
+    add_iam_totals(summary, stack)
     print_summary(summary, console, mail_dir=stack.mail_dir if stack.smtp is not None else None)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(summary.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    write_report(summary, report)
     console.print(f"Report: {report}")
     if not summary.ok:
         raise typer.Exit(code=1)

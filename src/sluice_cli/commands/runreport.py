@@ -150,6 +150,7 @@ class Summary:
     problems: list[str] = field(default_factory=list)
     alerts: list[AlertMail] | None = None  # None: the run had no SMTP sink to ask
     downstream: dict[str, Any] = field(default_factory=dict)  # its health item at the end (health.py)
+    iam: dict[str, Any] | None = None  # the offline IAM check's totals (offline/iam.py), if enforced
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -163,6 +164,7 @@ class Summary:
             "files": self.files,
             "alerts": None if self.alerts is None else [alert.as_dict() for alert in self.alerts],
             "downstream": self.downstream,
+            "iam": self.iam,
         }
 
 

@@ -77,6 +77,8 @@ class FunctionSpec:
     # Lambda's default is Text; locally JSON, so that every log line is one object (awslambdaric
     # then writes its own error records as JSON too). A function's LoggingConfig wins.
     log_format: str = "JSON"
+    # The key of the function's own role when IAM is enforced (offline/iam.py); else any key.
+    access_key_id: str = "testing"
 
 
 def spec_to_json(spec: FunctionSpec) -> dict[str, Any]:
@@ -635,7 +637,7 @@ class LambdaRuntime:
         environ.update(
             {
                 # Fake credentials and the emulator's endpoint: no call can reach AWS.
-                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_ACCESS_KEY_ID": spec.access_key_id,
                 "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_SESSION_TOKEN": "testing",
                 "AWS_ENDPOINT_URL": self.endpoint_url,

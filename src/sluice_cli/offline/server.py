@@ -25,6 +25,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
+from sluice_cli.offline.iam import IamGate
 from sluice_cli.offline.lambda_runtime import FunctionNotFound, LambdaRuntime, Throttled
 from sluice_cli.offline.quotas import QuotaGate
 
@@ -60,15 +61,24 @@ class LambdaGateway:
     """WSGI: Lambda Invoke → the local runtime; anything else → moto."""
 
     def __init__(
-        self, runtime: LambdaRuntime, fallback: WSGIApp, quota_gate: QuotaGate | None = None
+        self,
+        runtime: LambdaRuntime,
+        fallback: WSGIApp,
+        quota_gate: QuotaGate | None = None,
+        iam_gate: IamGate | None = None,
     ) -> None:
         self.runtime = runtime
         self.fallback = fallback
         self.quota_gate = quota_gate
+        self.iam_gate = iam_gate
         self._dynamodb_write_lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        # A function's or the state machine's call that its role does not allow: AccessDenied, as
+        # AWS answers before doing anything (offline/iam.py). Invokes too: the caller needs the right.
+        if self.iam_gate is not None and (denied := self.iam_gate.refuse(environ)) is not None:
+            return denied(environ, start_response)
         if environ.get("REQUEST_METHOD") == "POST":
             if match := _INVOKE.match(path):
                 return self._invoke(Request(environ), unquote(match.group("name")))(environ, start_response)
@@ -125,10 +135,17 @@ def enable_state_machine_execution(enabled: bool = True) -> bool:
 class EmulatorServer:
     """moto + the Lambda gateway, served threaded on 127.0.0.1 from a background thread."""
 
-    def __init__(self, runtime: LambdaRuntime, port: int = 0, quota_gate: QuotaGate | None = None) -> None:
+    def __init__(
+        self,
+        runtime: LambdaRuntime,
+        port: int = 0,
+        quota_gate: QuotaGate | None = None,
+        iam_gate: IamGate | None = None,
+    ) -> None:
         self.runtime = runtime
         self.requested_port = port
         self.quota_gate = quota_gate
+        self.iam_gate = iam_gate
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -140,7 +157,7 @@ class EmulatorServer:
     def bind(self) -> int:
         """Bind first (the port may be 0): Lambda workers and moto's ASL need the URL before start."""
         moto_app = DomainDispatcherApplication(create_backend_app)
-        app = LambdaGateway(self.runtime, moto_app, self.quota_gate)
+        app = LambdaGateway(self.runtime, moto_app, self.quota_gate, self.iam_gate)
         self._server = make_server(
             "127.0.0.1", self.requested_port, app, threaded=True, request_handler=_QuietMotoHandler
         )

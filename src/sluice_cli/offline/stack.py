@@ -18,12 +18,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self
 
 from sluice_cli.apisim import ApiSimulator, ApiSimulatorConfig
 from sluice_cli.offline.clients import emulator_client
+from sluice_cli.offline.iam import Check, IamGate, RequestMapper, moto_lookups
 from sluice_cli.offline.intrinsics import (
     ACCOUNT_ID,
     IntrinsicError,
@@ -56,6 +57,8 @@ FUNCTIONS_FILE = "functions.json"  # beside the outputs file
 EMULATOR_LOG = "emulator.log"  # in the state directory, beside logs/
 MAIL_DIR = "mail"  # in the state directory: what the SMTP sink received, one .eml per message
 _EMULATOR_LOGGERS = ("moto", "werkzeug", "flask_cors")
+# What Lambda needs of the function's role to send an invocation record to each destination type.
+_DESTINATION_ACTIONS = {"sqs": "sqs:SendMessage", "sns": "sns:Publish", "lambda": "lambda:InvokeFunction"}
 _TERMINAL_EXECUTION = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
 
@@ -100,6 +103,8 @@ class OfflineStack:
         function_overrides: Mapping[str, Mapping[str, Any]] | None = None,
         history_event_limit: int = HISTORY_MAX_EVENTS,
         secrets: Mapping[str, str] | None = None,
+        enforce_iam: bool = True,
+        template_patch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.env = env
@@ -125,6 +130,10 @@ class OfflineStack:
         # Local-only changes to a function's properties (e.g. a short Timeout for a test that must
         # see the runtime kill a segment): the template's value is replaced, visibly, by logical id.
         self.function_overrides = {key: dict(value) for key, value in (function_overrides or {}).items()}
+        # IAM enforced (offline/iam.py): each function and the state machine call as their role.
+        self.iam: IamGate | None = IamGate(RequestMapper(moto_lookups(ACCOUNT_ID))) if enforce_iam else None
+        # A change to the transformed template before provisioning (a test removing a permission).
+        self.template_patch = template_patch
 
         self.api: ApiSimulator | None = None
         # The SMTP sink alert emails go to; its messages stay readable after stop().
@@ -201,7 +210,9 @@ class OfflineStack:
             # the offline ones (`sluice status`, `sluice logs -f …`), not `--stack-name sluice-local`.
             extra_environment={"STACK_NAME": ""},
         )
-        self.server = EmulatorServer(self.runtime, port=self._port, quota_gate=QuotaGate(moto_queue_size))
+        self.server = EmulatorServer(
+            self.runtime, port=self._port, quota_gate=QuotaGate(moto_queue_size), iam_gate=self.iam
+        )
         port = self.server.bind()
         endpoint = self.runtime.endpoint_url = self.server.url
         # moto's Step Functions interpreter calls http://localhost:{MOTO_PORT} for every task.
@@ -220,6 +231,8 @@ class OfflineStack:
         self.cfn_template = apply_function_overrides(
             transform(packaged, self.parameters, self.region), self.function_overrides
         )
+        if self.template_patch is not None:
+            self.template_patch(self.cfn_template)
         context = ProvisionContext(
             endpoint_url=endpoint,
             region=self.region,
@@ -227,6 +240,7 @@ class OfflineStack:
             artifacts=artifacts,
             runtime=self.runtime,
             state_dir=self.state_dir,
+            iam=self.iam,
         )
         self._provision(context)
         self.outputs = self._outputs()
@@ -315,6 +329,8 @@ class OfflineStack:
             if self.server is not None:
                 self.server.stop()
                 self.server = None
+            if self.iam is not None and self._started:
+                self.iam.write_report(self.state_dir)
             if self.sns_bridge is not None:  # once nothing can publish through the server
                 self.sns_bridge.uninstall()
                 self.sns_bridge = None
@@ -450,9 +466,23 @@ class OfflineStack:
         return outputs
 
     def _send_to_destination(self, arn: str, record: dict[str, Any]) -> None:
-        """An asynchronous invocation's record → its SQS/SNS destination (Lambda's destinations)."""
+        """An asynchronous invocation's record → its SQS/SNS destination (Lambda's destinations).
+
+        Lambda sends it as the function's role: a role that may not is refused, and the record lost.
+        """
         service = arn.split(":")[2]
         body = json.dumps(record)
+        function = self.runtime.find(record["requestContext"]["functionArn"]) if self.runtime else None
+        action = _DESTINATION_ACTIONS.get(service, f"{service}:?")
+        if (
+            self.iam is not None
+            and function is not None
+            and not self.iam.allows(function.access_key_id, Check(action, arn), "destination")
+        ):
+            logger.warning(
+                "%s may not %s on %s: destination record dropped", function.logical_id, action, arn
+            )
+            return
         if service == "sqs":
             name = arn.rsplit(":", 1)[-1]
             sqs = self.client("sqs")

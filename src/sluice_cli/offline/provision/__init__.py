@@ -20,6 +20,7 @@ from sluice_cli.offline.clients import emulator_client
 from sluice_cli.offline.intrinsics import ACCOUNT_ID
 
 if TYPE_CHECKING:
+    from sluice_cli.offline.iam import IamGate
     from sluice_cli.offline.lambda_runtime import LambdaRuntime
     from sluice_cli.offline.template import LocalArtifacts
 
@@ -60,6 +61,7 @@ class ProvisionContext:
     state_dir: Path
     resources: dict[str, Resource] = field(default_factory=dict)
     schedules: list[ScheduleTarget] = field(default_factory=list)
+    iam: IamGate | None = None  # IAM enforced: roles registered, callers given their role's key
     _clients: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -176,8 +178,8 @@ def provisioner(*types: str) -> Callable[[Provisioner], Provisioner]:
 
 # Why each unemulated type has no local meaning: shown by `sluice local up`.
 NOT_EMULATED: dict[str, str] = {
-    "AWS::IAM::Policy": "permissions are not enforced locally",
-    "AWS::IAM::ManagedPolicy": "permissions are not enforced locally",
+    "AWS::IAM::Policy": "not enforced locally (only a role's own Policies and ManagedPolicyArns are)",
+    "AWS::IAM::ManagedPolicy": "not enforced locally (only a role's own Policies and ManagedPolicyArns are)",
     "AWS::IAM::InstanceProfile": "no EC2 locally",
     "AWS::Lambda::Permission": "resource policies are not enforced locally",
     "AWS::Lambda::Version": "invocations always run the working tree ($LATEST)",

@@ -23,7 +23,8 @@ from sluice_cli.offline.provision import (
 
 @provisioner("AWS::IAM::Role")
 def iam_role(ctx: ProvisionContext, logical_id: str, props: dict[str, Any]) -> Resource:
-    """Recorded so that ARNs are real and moto accepts them; permissions are not enforced."""
+    """Created in moto so that ARNs are real; with IAM enforced, its policies are what its callers
+    may do (offline/iam.py)."""
     name = ctx.name_of(logical_id, "AWS::IAM::Role", props)
     trust = props.get("AssumeRolePolicyDocument", {})
     iam = ctx.client("iam")
@@ -42,7 +43,12 @@ def iam_role(ctx: ProvisionContext, logical_id: str, props: dict[str, Any]) -> R
             document = json.dumps({"Version": "2012-10-17", **document})
         iam.put_role_policy(RoleName=name, PolicyName=policy["PolicyName"], PolicyDocument=document)
     attributes = {"Arn": role["Arn"], "RoleId": role["RoleId"]}
-    return Resource(logical_id, "AWS::IAM::Role", name, attributes, note="recorded, permissions not enforced")
+    if ctx.iam is None:
+        return Resource(
+            logical_id, "AWS::IAM::Role", name, attributes, note="recorded, permissions not enforced"
+        )
+    ctx.iam.register_role(logical_id, role["Arn"], props)
+    return Resource(logical_id, "AWS::IAM::Role", name, attributes, note="enforced")
 
 
 # -- Lambda -------------------------------------------------------------------------------------------
@@ -100,6 +106,9 @@ def function_spec(ctx: ProvisionContext, logical_id: str, props: dict[str, Any])
             raise ProvisionError(f"{logical_id}: layer {layer_arn} is not a layer of this template")
         layer_dirs.append(Path(layer.attributes["Directory"]))
     reserved = props.get("ReservedConcurrentExecutions")
+    credentials = {}
+    if ctx.iam is not None:
+        credentials["access_key_id"] = ctx.iam.credentials_for(str(props.get("Role", "")), name)
     return FunctionSpec(
         logical_id=logical_id,
         name=name,
@@ -113,6 +122,7 @@ def function_spec(ctx: ProvisionContext, logical_id: str, props: dict[str, Any])
         environment=environment_variables(props),
         reserved_concurrency=int(reserved) if reserved is not None else None,
         log_format=props.get("LoggingConfig", {}).get("LogFormat", "JSON"),
+        **credentials,
     )
 
 
@@ -213,6 +223,8 @@ def state_machine(ctx: ProvisionContext, logical_id: str, props: dict[str, Any])
     if props.get("Tags"):
         request["tags"] = [{"key": tag["Key"], "value": tag["Value"]} for tag in tags_list(props["Tags"])]
     arn = ctx.client("stepfunctions").create_state_machine(**request)["stateMachineArn"]
+    if ctx.iam is not None:
+        ctx.iam.bind_state_machine(request["roleArn"], name)
     attributes = {"Arn": arn, "Name": name, "StateMachineRevisionId": "INITIAL"}
     return Resource(logical_id, "AWS::StepFunctions::StateMachine", arn, attributes)
 

@@ -65,6 +65,9 @@ class CountingPacer:
         with self._lock:
             self.trips.append(None if first_byte_at is None else first_byte_at - sent_at)
 
+    def give_back(self) -> None:
+        pass
+
 
 @pytest.fixture(autouse=True)
 def fresh_metrics() -> Iterator[None]:

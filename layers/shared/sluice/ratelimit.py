@@ -26,6 +26,31 @@ the invocation's recent use (`claim_ahead_seconds`), so a busy invocation writes
 once per several requests, not once per request. A claim never reaches more than
 `max_ahead_seconds` past now; beyond that the caller just waits.
 
+Leases: fewer writes, the same schedule (issue 14). An invocation whose threads keep up with
+slots `interval` apart (the p90 of a thread's cycle, its slot -> its next acquire, is within
+senders x interval; senders: threads that asked lately, within the in-flight cap) claims
+LEASE_SECONDS of consecutive slots in its one write: at 50/s, 14 slots a write instead of the
+2-4 its share of the recent use gave. The slots are the schedule's own, `interval` apart, so
+nothing of the pacing's proof changes; what a lease risks is capacity, not precision: slots it
+does not use are lost to the stack. Hence the cycle test (a lease the threads cannot fill is not
+claimed), and `give_back` at a segment's end: tat = the first unused slot if tat is still where
+this invocation's last claim left it (nobody claimed after), one conditional write. A lease
+holds slots longer than a claim-ahead did, so news must reach it before it sends: when its view
+of the item would be older than VIEW_FRESH_SECONDS at a slot, it reads the item (one consistent
+read, a fifth of a write's price) half that before the slot, never between the wake-up and the
+send (the read's round trip would make the arrival late), and drops what the item voids: slots
+before `paused_until`, and every slot claimed before a step down it had not seen.
+
+A slot's wake-up stays within what its claim paced for: the measured lateness moves between a
+claim and its slots (and the largest fresh one of the stack is paced for), so a caller may wake
+at most min(wake tolerance, lateness paced for at the claim - the trip's share) after its slot.
+
+Window forms (ApiRateForm sliding-window / fixed-window, ApiRateWindowSeconds W): the API allows
+N = floor(R x W) per window. N + 1 consecutive slots span N x interval; with interval (W + L)/N
+their arrivals are at least W apart however late each is within L: never N + 1 in a W-second
+window. A fixed window's grid is on the API's clock, which we cannot see: keeping every
+W-second window keeps every grid's. The burst does not apply.
+
 The policy is the API's, as it documents it (`ApiPolicy`: template ApiRateLimit R, ApiBurst B):
 never more than R requests in any one-second window, and never more than a token bucket of rate R
 and depth B lets through (nginx's `limit_req burst=B nodelay`; B = 0 is strict spacing, 1/R).
@@ -71,11 +96,12 @@ Every claim reads the item back (ReturnValues ALL_NEW): every invocation paces a
 from its next claim on. The 429 is no failed attempt for the row: it waits and goes again.
 
 A pause (a 429, or a 503 whose Retry-After says "not before T") is written into the same item:
-`tat` is pushed to T (`SET tat = :T` if tat < T, one write), so every invocation's next claim,
-busy or idle, starts at T or later. Slots an invocation already holds before T are dropped from
-its own reservoir; other invocations hold at most `claim_ahead_seconds` of slots, which they
-may still use. Every wait here takes a `stop` event: a caller whose segment runs out of time
-gives up its wait (Interrupted) instead of sleeping through a long pause.
+`paused_until = T`, and `tat` pushed to T if earlier (one write; a second when tat is past T), so
+every invocation's next claim, busy or idle, starts at T or later. Slots an invocation already
+holds before T are dropped from its own reservoir; the other invocations drop theirs at their
+next look at the item (a claim's answer, or the read before a slot: within VIEW_FRESH_SECONDS).
+Every wait here takes a `stop` event: a caller whose segment runs out of time gives up its wait
+(Interrupted) instead of sleeping through a long pause.
 
 R in the interval is the stack's rate now (declared, or lower after 429s); each claim computes
 its interval when it is made, and slots of claims at different intervals are still at least the

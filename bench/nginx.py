@@ -245,6 +245,7 @@ def figures(case: Case, arrivals: list[Arrival], reports: list[dict[str, Any]]) 
         "dynamodb_reads_per_1000_requests": round(1000 * reads / max(1, everything.requests), 1),
         "leases": sum(int(s.get("leases", 0)) for s in stats),
         "given_back": sum(int(s.get("given_back", 0)) for s in stats),
+        "slots_claimed": sum(int(s.get("claimed", 0)) for s in stats),
         "paced_rate_at_end": min(s["rate"] for s in stats),
         "rate_decreases": sum(int(s["decreases"]) for s in stats),
         "lateness_ms": max(s["lateness_ms"] for s in stats),

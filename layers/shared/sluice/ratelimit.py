@@ -118,6 +118,7 @@ Time is epoch seconds because it is shared between machines; a `Clock` is inject
 on a `ManualClock` without sleeping.
 """
 
+import bisect
 import contextlib
 import heapq
 import itertools
@@ -158,6 +159,9 @@ MIN_SAMPLES = 50  # fewer than this: the assumed lateness is used
 LATENESS_PERCENTILE = 0.99
 RECOMPUTE_EVERY = 16  # new samples between two computations of the percentiles
 MIN_WAKE_TOLERANCE_SECONDS = 0.002  # a wake-up this late is always on time (timer granularity)
+# The wake tolerance is chosen among the recent wake-ups from this quantile up: the one that sends
+# the most (RateLimiter.wake_tolerance)
+TOLERANCE_FROM_QUANTILE = 0.9
 # An API counting in whole milliseconds (nginx) may see two arrivals up to 1 ms closer than they were.
 CLOCK_GRANULARITY_SECONDS = 0.001
 PUBLISH_SECONDS = 5.0  # an invocation writes its measured lateness into the shared item this often
@@ -410,10 +414,14 @@ class SharedBucket:
     @property
     def interval(self) -> float:
         """Seconds between two slots now, at the stack's rate and the lateness tolerated."""
+        return self.interval_for(self.lateness)
+
+    def interval_for(self, lateness: float) -> float:
+        """Seconds between two slots at the stack's rate, tolerating `lateness`."""
         if self.policy.windowed:
-            return pacing_interval(self.rate(), self.lateness, window_seconds=self.policy.window_seconds)
+            return pacing_interval(self.rate(), lateness, window_seconds=self.policy.window_seconds)
         burst = None if self.window_only else self.policy.burst
-        return pacing_interval(self.rate(), self.lateness, burst)
+        return pacing_interval(self.rate(), lateness, burst)
 
     def refresh(self) -> None:
         """Read the item (one consistent read): what other invocations wrote since our last write."""
@@ -600,6 +608,8 @@ class LatenessMeter:
         # once per RECOMPUTE_EVERY new samples, not per question.
         self._added = 0
         self._cached: tuple[float, float] | None = None
+        self._wake_sorted: list[float] = []
+        self.generation = 0  # bumps at every computation
 
     def woke(self, seconds: float) -> None:
         with self._lock:
@@ -626,11 +636,18 @@ class LatenessMeter:
     def _percentiles(self) -> tuple[float, float]:
         with self._lock:
             if self._cached is None or self._added >= RECOMPUTE_EVERY:
-                wake = _percentile(list(self._wake), LATENESS_PERCENTILE) if self._wake else 0.0
+                self._wake_sorted = sorted(self._wake)
+                wake = _percentile(self._wake_sorted, LATENESS_PERCENTILE) if self._wake else 0.0
                 trips = list(self._trip)
                 spread = _percentile(trips, LATENESS_PERCENTILE) - min(trips) if trips else 0.0
                 self._cached, self._added = (wake, spread), 0
+                self.generation += 1
             return self._cached
+
+    def wake_sorted(self) -> list[float]:
+        """The recent wake-ups, sorted (as of the last computation)."""
+        self._percentiles()
+        return self._wake_sorted
 
 
 class RateLimiter:
@@ -664,6 +681,8 @@ class RateLimiter:
         self._bucket = bucket
         self._clock = bucket.clock
         self._fixed_wake_tolerance = wake_tolerance
+        self._tolerance_for: tuple[int, float] | None = None  # (meter generation, rate) it was chosen at
+        self._tolerance = MIN_WAKE_TOLERANCE_SECONDS
         self.meter = LatenessMeter()
         self._claim_ahead = claim_ahead_seconds
         self._max_batch = max_batch
@@ -696,6 +715,7 @@ class RateLimiter:
         self.claims = 0  # writes to the bucket
         self.leases = 0  # claims sized as a lease (a run of LEASE_SECONDS)
         self.given_back = 0  # slots returned to the stack unused (give_back)
+        self.claimed = 0  # slots claimed
         self.expired = 0  # claimed ahead, never handed out in time
         self.forfeited = 0  # handed out, given up because the caller woke too late for it
 
@@ -703,14 +723,33 @@ class RateLimiter:
 
     @property
     def wake_tolerance(self) -> float:
-        """How late a caller may wake after its slot and still send on it: the measured p99
-        wake-up lateness (never under MIN_WAKE_TOLERANCE_SECONDS), half the assumed lateness
-        until measured. Later than this, the slot is forfeited."""
+        """How late a caller may wake after its slot and still send on it (later: the slot is
+        forfeited); half the assumed lateness until measured. Measured: the recent wake-up
+        (from the TOLERANCE_FROM_QUANTILE up, never under MIN_WAKE_TOLERANCE_SECONDS) that sends
+        the most: a tolerance t keeps the share of wake-ups <= t and paces slots interval(t +
+        trip spread + 1 ms) apart, so the rate sent is share / interval. A burst that absorbs
+        lateness makes a larger t cheap (only the window's t/1 s); strict spacing pays t on
+        every request and forfeits a few more instead. Whatever t, the pacing tolerates it."""
         if self._fixed_wake_tolerance is not None:
             return self._fixed_wake_tolerance
         if not self.meter.measured:
             return self._assumed / 2
-        return max(MIN_WAKE_TOLERANCE_SECONDS, self.meter.wake_p99())
+        key = (self.meter.generation, self._bucket.rate())
+        if self._tolerance_for != key:
+            self._tolerance = self._best_tolerance(self.meter.wake_sorted())
+            self._tolerance_for = key
+        return self._tolerance
+
+    def _best_tolerance(self, ordered: list[float]) -> float:
+        trip = self.meter.trip_spread_p99() + CLOCK_GRANULARITY_SECONDS
+        best, chosen = -1.0, MIN_WAKE_TOLERANCE_SECONDS
+        for index in range(max(0, math.ceil(TOLERANCE_FROM_QUANTILE * len(ordered)) - 1), len(ordered)):
+            tolerance = max(MIN_WAKE_TOLERANCE_SECONDS, ordered[index])
+            kept = bisect.bisect_right(ordered, tolerance) / len(ordered)
+            sent = kept / self._bucket.interval_for(tolerance + trip)
+            if sent > best:
+                best, chosen = sent, tolerance
+        return chosen
 
     @property
     def _assumed(self) -> float:
@@ -965,6 +1004,7 @@ class RateLimiter:
         interval = self._bucket.last_interval
         self._apply_view()  # before the new slots: a step down voids those claimed at the old rate
         new = [start + index * interval for index in range(count)]
+        self.claimed += count
         self._slots.extend(new)
         self._tail = max(self._tail, new[-1])
         # what these slots' spacing tolerates: their wake-up may not use more of it than is left
@@ -1003,6 +1043,7 @@ class RateLimiter:
             "claims": self.claims,
             "leases": self.leases,
             "given_back": self.given_back,
+            "claimed": self.claimed,
             "reads": self._bucket.reads,
             "decreases": self._bucket.decreases,
         }

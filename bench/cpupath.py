@@ -50,6 +50,9 @@ class NoPacing:
     def finished(self, sent_at: float, written_at: float | None) -> None:
         pass
 
+    def give_back(self) -> None:
+        pass
+
 
 def sluice_rows(data: bytes, schema: RowSchema, client: DownstreamClient, obj: ObjectRef) -> int:
     """Delivery.Segment's per-row work (_prepare, deliver, _record), in one thread."""

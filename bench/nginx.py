@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import multiprocessing
+import os
 import statistics
 import tempfile
 import threading
@@ -75,17 +76,23 @@ def cases(rates: list[int], seconds: float) -> list[Case]:
 
 
 class CountingTable:
-    """The ControlTable, counting the writes the limiter makes (its cost on DynamoDB)."""
+    """The ControlTable, counting the writes and reads the limiter makes (its cost on DynamoDB)."""
 
     def __init__(self, table: Any) -> None:
         self._table = table
         self.writes = 0
+        self.reads = 0
         self._lock = threading.Lock()
 
     def update_item(self, **kwargs: Any) -> Any:
         with self._lock:
             self.writes += 1
         return self._table.update_item(**kwargs)
+
+    def get_item(self, **kwargs: Any) -> Any:
+        with self._lock:
+            self.reads += 1
+        return self._table.get_item(**kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._table, name)
@@ -147,7 +154,16 @@ def invocation(job: Invocation, go: Any, out: Any) -> None:
     stop.set()
     for thread in workers:
         thread.join(timeout=30)
-    out.put({"stats": limiter.stats(), "writes": table.writes, "delivered": len(delivered), "failed": failed})
+    client.idle()  # as a segment's end does (delivery.py): a lease's unused slots go back
+    out.put(
+        {
+            "stats": limiter.stats(),
+            "writes": table.writes,
+            "reads": table.reads,
+            "delivered": len(delivered),
+            "failed": failed,
+        }
+    )
 
 
 def run_case(case: Case, *, invocations: int, threads: int, workdir: Path) -> dict[str, Any]:
@@ -205,6 +221,7 @@ def figures(case: Case, arrivals: list[Arrival], reports: list[dict[str, Any]]) 
     settled = judge([a for a in arrivals if a.at >= first + case.converge_seconds])
     stats = [report["stats"] for report in reports]
     writes = sum(report["writes"] for report in reports)
+    reads = sum(report.get("reads", 0) for report in reports)
     failed = [failure for report in reports for failure in report["failed"]]
     return {
         "requests": everything.requests,
@@ -224,6 +241,11 @@ def figures(case: Case, arrivals: list[Arrival], reports: list[dict[str, Any]]) 
         "settled_refused_share": round(settled.refused_429 / max(1, settled.requests), 4),
         "dynamodb_writes": writes,
         "dynamodb_writes_per_1000_requests": round(1000 * writes / max(1, everything.requests), 1),
+        "dynamodb_reads": reads,
+        "dynamodb_reads_per_1000_requests": round(1000 * reads / max(1, everything.requests), 1),
+        "leases": sum(int(s.get("leases", 0)) for s in stats),
+        "given_back": sum(int(s.get("given_back", 0)) for s in stats),
+        "slots_claimed": sum(int(s.get("claimed", 0)) for s in stats),
         "paced_rate_at_end": min(s["rate"] for s in stats),
         "rate_decreases": sum(int(s["decreases"]) for s in stats),
         "lateness_ms": max(s["lateness_ms"] for s in stats),
@@ -245,11 +267,13 @@ MEDIAN_OF = (
     "busiest_accepted_second",
     "rows_answered_twice",
     "dynamodb_writes_per_1000_requests",
+    "dynamodb_reads_per_1000_requests",
     "lateness_ms",
     "wake_p99_ms",
     "trip_spread_p99_ms",
     "interval_ms",
     "paced_rate_at_end",
+    "load_average_1m",
 )
 
 
@@ -266,10 +290,13 @@ def measure(
             with tempfile.TemporaryDirectory(prefix="sluice-nginx-") as workdir:
                 each.append(run_case(case, invocations=invocations, threads=threads, workdir=Path(workdir)))
             last = each[-1]
+            last["load_average_1m"] = round(os.getloadavg()[0], 2)  # the machine is shared: say how busy
             say(
                 f"{case.name} run {number + 1}: {last['settled_of_limit']:.3f} of the limit, "
                 f"{last['refused_429']} × 429, busiest {last['busiest_second']}, "
-                f"lateness {last['lateness_ms']} ms"
+                f"lateness {last['lateness_ms']} ms, {last['dynamodb_writes_per_1000_requests']} writes and "
+                f"{last['dynamodb_reads_per_1000_requests']} reads / 1,000 requests, "
+                f"load {last['load_average_1m']}"
             )
         median = {name: statistics.median(run[name] for run in each) for name in MEDIAN_OF}
         results["cases"][case.name] = {
@@ -286,7 +313,7 @@ def markdown(results: dict[str, Any]) -> str:
     """The table docs/performance.md shows, from `measure`'s results (medians)."""
     lines = [
         "| case | accepted ÷ limit | 429s (share; after convergence) | busiest sliding second "
-        "| rows 2xx twice | DynamoDB writes / 1,000 requests | lateness paced for "
+        "| rows 2xx twice | DynamoDB writes (reads) / 1,000 requests | lateness paced for "
         "(wake p99 + trip spread p99) | interval |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -298,6 +325,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"of {limit}) | {m['refused_429']:g} ({100 * m['refused_share']:.2f}%; "
             f"{100 * m['settled_refused_share']:.2f}%) | {m['busiest_second']:g} (limit {limit}) "
             f"| {m['rows_answered_twice']:g} | {m['dynamodb_writes_per_1000_requests']:.0f} "
+            f"({m['dynamodb_reads_per_1000_requests']:.0f}) "
             f"| {m['lateness_ms']:.1f} ms ({m['wake_p99_ms']:.1f} + {m['trip_spread_p99_ms']:.1f}) "
             f"| {m['interval_ms']:.1f} ms |"
         )

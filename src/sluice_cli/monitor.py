@@ -63,6 +63,7 @@ class Snapshot:
     paced_rate: float | None = None  # after 429s; None: the declared rate (never stepped down)
     pacing_lateness_ms: float | None = None  # the measured lateness the pacing tolerates
     rate_decreases: int | None = None  # 429s that stepped the stack's rate down
+    paused_for_seconds: float | None = None  # a Retry-After or 429 pause still running; None: none
     errors: list[str] = field(default_factory=list)
 
     def as_record(self, run: str = "") -> dict[str, Any]:
@@ -162,6 +163,8 @@ def _pacing(snapshot: Snapshot, dynamodb: Any, outputs: Mapping[str, Any]) -> No
         None if state.lateness_seconds is None else round(state.lateness_seconds * 1000, 2)
     )
     snapshot.rate_decreases = state.decreases
+    if state.paused_until is not None and state.paused_until > snapshot.t:
+        snapshot.paused_for_seconds = round(state.paused_until - snapshot.t, 1)
 
 
 _DESERIALIZE = TypeDeserializer()
@@ -238,6 +241,10 @@ def render(snapshot: Snapshot, title: str = "Sluice") -> Group:
         readings.add_row("paced at (after 429s)", paced)
         readings.add_row("pacing lateness (measured)", _value(snapshot.pacing_lateness_ms, "{:.1f} ms"))
         readings.add_row("rate steps down (429s)", str(snapshot.rate_decreases))
+        if snapshot.paused_for_seconds is not None:
+            readings.add_row(
+                "paused (Retry-After / 429)", f"[yellow]{snapshot.paused_for_seconds:g} s more[/]"
+            )
 
     files = Table(title="files by state" + ("" if snapshot.files_counted_all else " (first pages only)"))
     files.add_column("state")
@@ -265,7 +272,9 @@ def plain_line(snapshot: Snapshot) -> str:
         f"429s={_value(snapshot.api_throttled)} paced={_value(snapshot.paced_rate, '{:.1f}/s')} "
         f"lateness={_value(snapshot.pacing_lateness_ms, '{:.1f}ms')} "
         f"steps_down={_value(snapshot.rate_decreases)} "
-        f"files: {files}" + "".join(f" ! {error}" for error in snapshot.errors)
+        + ("" if snapshot.paused_for_seconds is None else f"paused={snapshot.paused_for_seconds:g}s ")
+        + f"files: {files}"
+        + "".join(f" ! {error}" for error in snapshot.errors)
     )
 
 

@@ -67,6 +67,9 @@ class CountingPacer:
         with self._lock:
             self.trips.append(None if written_at is None else written_at - sent_at)
 
+    def give_back(self) -> None:
+        pass
+
 
 @pytest.fixture(autouse=True)
 def fresh_metrics() -> Iterator[None]:
@@ -417,6 +420,20 @@ def test_the_pacing_tolerates_the_configured_lateness(monkeypatch: pytest.Monkey
     assert limiter.wake_tolerance == pytest.approx(0.125)
     # and without the setting, the default the pacing proof in ratelimit.py is written for
     assert settings().api_rate_lateness_seconds == ratelimit.DEFAULT_LATENESS_SECONDS
+
+
+def test_a_window_form_reaches_the_limiter_and_an_impossible_one_is_refused_at_cold_start() -> None:
+    # GIVEN "1,000 per minute, fixed window" as the template declares it
+    window = settings(api_rate_limit=16.67, api_rate_form="fixed-window", api_rate_window_seconds=60)
+
+    # THEN the limiter's policy counts 1,000 per 60 s window; and a window allowing less than one
+    # request is refused with the settings' message, not at the first row
+    assert window.api_policy == ratelimit.ApiPolicy(
+        rate=16.67, burst=5, form="fixed-window", window_seconds=60
+    )
+    assert window.api_policy.per_window == 1000
+    with pytest.raises(RuntimeError, match="API policy"):
+        settings(api_rate_limit=0.5, api_rate_form="sliding-window", api_rate_window_seconds=1)
 
 
 def test_once_stopped_a_failed_row_is_abandoned_instead_of_retried() -> None:

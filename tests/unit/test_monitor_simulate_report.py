@@ -78,7 +78,13 @@ def fill(client: Any, outputs: dict[str, str]) -> None:
         item = {"pk": {"S": f"raw/f{number}.csv#v"}, "state": {"S": state}}
         dynamodb.put_item(TableName=outputs["MetadataTableName"], Item=item)
     # the stack's pacing after three 429s stepped it down (sluice/ratelimit.py's shared item)
-    pacing = {"rate": "31.5", "lateness": "0.0121", "decreases": "3", "tat": "1800000000.5"}
+    pacing = {
+        "rate": "31.5",
+        "lateness": "0.0121",
+        "decreases": "3",
+        "tat": "1800000000.5",
+        "paused_until": "1800000030",
+    }
     item = {"pk": {"S": ratelimit.BUCKET_KEY}, **{name: {"N": value} for name, value in pacing.items()}}
     dynamodb.put_item(TableName=outputs["ControlTableName"], Item=item)
 
@@ -119,6 +125,7 @@ def test_a_snapshot_reads_queue_dead_letters_executions_files_concurrency_and_ap
     # the rate of the last whole second, not of the one in progress
     assert (snapshot.api_rate, snapshot.api_limit, snapshot.api_requests) == (47.0, 50.0, 1_234)
     assert (snapshot.paced_rate, snapshot.pacing_lateness_ms, snapshot.rate_decreases) == (31.5, 12.1, 3)
+    assert snapshot.paused_for_seconds == 30  # a Retry-After written into the shared item
     assert snapshot.as_record("bench")["kind"] == "snapshot"
 
 
@@ -154,6 +161,7 @@ def test_the_view_shows_every_reading() -> None:
         paced_rate=31.5,
         pacing_lateness_ms=12.1,
         rate_decreases=3,
+        paused_for_seconds=12.5,
         errors=["files: throttled"],
     )
     console = Console(record=True, width=100)
@@ -172,6 +180,7 @@ def test_the_view_shows_every_reading() -> None:
         "31.5/s",
         "12.1 ms",
         "rate steps down (429s)",
+        "12.5 s more",
         "SUCCEEDED",
         "! files: throttled",
     ):

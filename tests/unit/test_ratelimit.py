@@ -1,6 +1,7 @@
 """The shared rate bucket (GCRA in the ControlTable) and the per-invocation pacer, on a ManualClock."""
 
 import itertools
+import math
 import random
 import threading
 import time
@@ -167,6 +168,15 @@ class _GatedBucket:
 
     def shared_lateness(self, now: float) -> float:
         return 0.0
+
+    # nothing else writes to this bucket: no pause, no step down, never a stale view
+    viewed_at, reads, last_tat = float("inf"), 0, None
+
+    def paused_until(self) -> float:
+        return float("-inf")
+
+    def stack_decreases(self) -> int:
+        return 0
 
     def claim(self, count: int, stop: threading.Event | None = None, **_: Any) -> float:
         if not self.claims:
@@ -694,3 +704,242 @@ def test_requests_in_flight_are_capped_per_invocation(table: Any) -> None:
         limiter.acquire(stop)
     limiter.finished(time.time(), time.time())
     limiter.acquire()  # a permit came back
+
+
+# -- leases: fewer writes per request, the same schedule (issue 14, "Cheaper limiter") ----------
+
+
+def stack_of_leases(
+    table: Any, policy: ApiPolicy, *, lease_seconds: float, invocations: int = 4, threads: int = 3
+) -> tuple[list[float], list[RateLimiter], int]:
+    """`invocations` limiters on one table, `threads` callers each, 60 requests per caller; every
+    wake-up up to 10 ms late, every trip up to 10 ms (told to the limiter). The arrivals (slot +
+    wake-up lateness + trip), the limiters, and the writes they made."""
+    rng, rng_lock = random.Random(14), threading.Lock()
+
+    def lag() -> float:
+        with rng_lock:
+            return rng.uniform(0, 0.010)
+
+    clock, lock = ThreadClock(lag), threading.Lock()
+    writes = itertools.count()
+    arrivals: list[float] = []
+
+    class Counted(_Atomic):
+        def update_item(self, **kwargs: Any) -> Any:
+            next(writes)
+            return super().update_item(**kwargs)
+
+    limiters = [
+        RateLimiter(
+            SharedBucket(Counted(table, lock), policy=policy, clock=clock), lease_seconds=lease_seconds
+        )
+        for _ in range(invocations)
+    ]
+
+    def worker(limiter: RateLimiter) -> None:
+        for _ in range(60):
+            limiter.acquire()
+            trip = lag()
+            sent = clock.now()
+            limiter.finished(sent, sent + trip)
+            with lock:
+                arrivals.append(sent + trip)
+        limiter.give_back()
+
+    run = [
+        threading.Thread(target=worker, args=(lim,), daemon=True) for lim in limiters for _ in range(threads)
+    ]
+    for thread in run:
+        thread.start()
+    for thread in run:
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "a caller did not finish within 60 s"
+    return sorted(arrivals), limiters, next(writes)
+
+
+@pytest.mark.parametrize("burst", [0, 5])
+def test_leases_cut_the_writes_and_the_stack_still_never_breaks_the_declared_policy(
+    table: Any, burst: int
+) -> None:
+    # GIVEN 4 invocations of 3 threads on one bucket, an API at 100/s with this burst
+    policy = ApiPolicy(rate=100, burst=burst)
+
+    # WHEN they send 720 requests, each invocation claiming leases
+    arrivals, limiters, writes = stack_of_leases(table, policy, lease_seconds=ratelimit.LEASE_SECONDS)
+
+    # THEN leases were claimed, and the stack-wide arrivals never broke the policy: nothing an
+    # nginx-like leaky bucket of that rate and burst would refuse, never 101 in a sliding second
+    assert sum(limiter.leases for limiter in limiters) > 0
+    api = LeakyBucket(100, burst)
+    assert all(api.accepts(at) for at in arrivals)
+    assert max_in_window(arrivals) <= 100
+    # ...with at most one write per 4 requests (a lease is 10 slots at burst 0, 29 at burst 5;
+    # the first claims, before a thread's cycle is measured, follow the recent use)
+    assert writes * 4 <= len(arrivals), f"{writes} writes for {len(arrivals)} requests"
+
+
+def test_without_leases_the_same_stack_writes_more() -> None:
+    # The comparison the figure rests on: the same run, claims sized by recent use only
+    with mock_aws():
+        table = create_tables()["ControlTable"]
+        _, _, without = stack_of_leases(table, ApiPolicy(rate=100, burst=5), lease_seconds=0)
+    with mock_aws():
+        table = create_tables()["ControlTable"]
+        _, _, leased = stack_of_leases(
+            table, ApiPolicy(rate=100, burst=5), lease_seconds=ratelimit.LEASE_SECONDS
+        )
+    assert leased * 2 <= without, f"{leased} writes with leases, {without} without"
+
+
+def holding_a_lease(table: Any, clock: ManualClock) -> RateLimiter:
+    """A limiter that keeps up with the schedule, so it claims leases, and holds slots now."""
+    limiter = shared_limiter(table, policy=ApiPolicy(rate=50, burst=5), clock=clock)
+    for _ in range(ratelimit.MIN_CYCLE_SAMPLES + 2):
+        limiter.acquire()
+    assert limiter.leases > 0, "no lease claimed"
+    assert len(limiter._slots) > 3, "no lease held"
+    return limiter
+
+
+def test_a_retry_after_reaches_an_invocation_holding_a_lease_before_it_sends_again(table: Any) -> None:
+    # GIVEN one invocation holding a lease of slots in its reservoir
+    clock = ManualClock(T0)
+    holder = holding_a_lease(table, clock)
+    other = shared_limiter(table, policy=ApiPolicy(rate=50, burst=5), clock=clock)
+
+    # WHEN another is told "Retry-After: 30" (a pause later than every slot the holder holds)
+    until = clock.now() + 30
+    other.pause(until)
+    clock.advance(ratelimit.VIEW_FRESH_SECONDS)
+
+    # THEN the holder looks at the item before its next send and sends nothing before the pause ends
+    reads = holder._bucket.reads
+    assert holder.acquire() >= until
+    assert holder._bucket.reads > reads
+    assert holder.expired > 0
+
+
+def test_a_429_elsewhere_voids_the_lease_claimed_at_the_old_rate(table: Any) -> None:
+    # GIVEN one invocation holding a lease, claimed at the declared rate
+    clock = ManualClock(T0)
+    holder = holding_a_lease(table, clock)
+    held_until = holder._slots[-1]
+    other = shared_limiter(table, policy=ApiPolicy(rate=50, burst=5), clock=clock)
+
+    # WHEN another is answered 429 (the stack steps down)
+    other.throttled(other.acquire())
+    clock.advance(ratelimit.VIEW_FRESH_SECONDS)
+
+    # THEN the holder's next slot is a new one, at the stepped-down rate, after all it held
+    slot = holder.acquire()
+    assert slot > held_until
+    assert holder._bucket.rate() == pytest.approx(50 * DECREASE_FACTOR, rel=1e-3)
+
+
+def test_a_lease_not_used_goes_back_to_the_stack_when_nobody_claimed_after_it(table: Any) -> None:
+    # GIVEN an invocation holding a lease, the last to have claimed
+    clock = ManualClock(T0)
+    holder = holding_a_lease(table, clock)
+    first_unused = holder._slots[0]
+
+    # WHEN its segment ends
+    holder.give_back()
+
+    # THEN the schedule's next free slot is its first unused one: the next claim gets it
+    assert stored_tat(table) == pytest.approx(first_unused, abs=1e-6)
+    assert holder.given_back > 0
+    assert not holder._slots
+    other = shared_limiter(table, policy=ApiPolicy(rate=50, burst=5), clock=clock)
+    assert other.acquire() == pytest.approx(first_unused, abs=1e-6)
+
+
+def test_a_lease_others_claimed_after_is_kept_not_given_back(table: Any) -> None:
+    clock = ManualClock(T0)
+    holder = holding_a_lease(table, clock)
+    held = list(holder._slots)
+    other = shared_limiter(table, policy=ApiPolicy(rate=50, burst=5), clock=clock)
+    other._bucket.claim(3)  # after the holder's slots
+    tat = stored_tat(table)
+
+    holder.give_back()
+
+    # THEN nothing moved: giving back would hand the others' slots out twice
+    assert stored_tat(table) == tat
+    assert list(holder._slots) == held
+    assert holder.given_back == 0
+
+
+# -- the window forms (ApiRateForm, ApiRateWindowSeconds) --------------------------------------
+
+
+def most_in_a_fixed_window(arrivals: list[float], window: float, offset: float) -> int:
+    """The most arrivals in one window of a grid [offset + k·window, offset + (k+1)·window):
+    an API counting per fixed window, its grid where its clock puts it."""
+    counts: dict[int, int] = {}
+    for at in arrivals:
+        index = math.floor((at - offset) / window)
+        counts[index] = counts.get(index, 0) + 1
+    return max(counts.values())
+
+
+def test_a_window_form_paces_n_per_window_with_room_for_the_lateness() -> None:
+    # 300 per minute: 5/s; 60 s + 50 ms of lateness over 300 slots
+    assert pacing_interval(5, 0.05, window_seconds=60) == pytest.approx(60.05 / 300)
+    # the count per window is whole: 16.67/s over 60 s allows 1,000, not 1,000.2
+    assert pacing_interval(16.67, 0.0, window_seconds=60) == pytest.approx(60 / 1000)
+    with pytest.raises(ValueError, match="form"):
+        ApiPolicy(rate=5, form="leaky")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="window"):
+        ApiPolicy(rate=0.01, form="fixed-window", window_seconds=10)  # not one request per window
+
+
+@pytest.mark.parametrize("form", ["sliding-window", "fixed-window"])
+@pytest.mark.parametrize("pattern", LATENESS_PATTERNS)
+def test_arrivals_up_to_the_tolerated_lateness_never_break_the_declared_window(
+    table: Any, form: str, pattern: str
+) -> None:
+    # GIVEN an API allowing 30 per 3-second window (10/s), and 50 ms of tolerated lateness
+    policy = ApiPolicy(rate=10, form=form, window_seconds=3)  # type: ignore[arg-type]
+    limiter = shared_limiter(table, policy=policy, lateness_seconds=LATENESS, clock=ManualClock(T0))
+    slots = [limiter.acquire() for _ in range(300)]
+
+    # WHEN each request reaches the API up to 50 ms after its slot, in this pattern
+    rng = random.Random(7)
+    arrivals = sorted(slot + LATENESS_PATTERNS[pattern](i, rng) for i, slot in enumerate(slots))
+
+    # THEN no 3-second window holds more than 30, sliding or on any grid the API's clock may use
+    assert max_in_window(arrivals, window=3) <= 30
+    for offset in (0.0, 0.001, 0.5, 1.234, 2.999):
+        assert most_in_a_fixed_window(arrivals, 3, T0 + offset) <= 30
+    # ...and the rate is 30 per 3.05 s: 98% of the declared 10/s
+    assert (len(slots) - 1) / (slots[-1] - slots[0]) == pytest.approx(30 / 3.05, rel=1e-3)
+
+
+def test_a_window_form_at_measured_lateness_uses_the_window_and_never_breaks_it(table: Any) -> None:
+    # GIVEN 100 per 10-second window, trips up to 8 ms, measured by the limiter
+    clock, rng = ManualClock(T0), random.Random(3)
+    policy = ApiPolicy(rate=10, form="sliding-window", window_seconds=10)
+    limiter = shared_limiter(table, policy=policy, clock=clock)
+
+    arrivals = sorted(
+        at for at, _ in deliver_to(limiter, LeakyBucket(1e9, 0), clock, 60, lambda: rng.uniform(0, 0.008))
+    )
+
+    assert max_in_window(arrivals, window=10) <= 100
+    late = [at for at in arrivals if at > T0 + 10]
+    assert (len(late) - 1) / (late[-1] - late[0]) >= 0.99 * 10
+
+
+@pytest.mark.parametrize(("burst", "tolerance"), [(5, 0.015), (0, MIN_WAKE_TOLERANCE_SECONDS)])
+def test_the_wake_tolerance_is_the_one_that_sends_the_most(table: Any, burst: int, tolerance: float) -> None:
+    # GIVEN wake-ups 1 ms late 95 times in 100 and 15 ms late 5 times; trips that do not vary
+    limiter = shared_limiter(table, policy=ApiPolicy(rate=50, burst=burst), clock=ManualClock(T0))
+    for index in range(200):
+        limiter.meter.woke(0.015 if index % 20 == 0 else 0.001)
+        limiter.meter.answered(0.003)
+
+    # THEN with a burst (only the window's L/1 s to pay) it tolerates the 15 ms and forfeits
+    # nothing; with strict spacing (L paid per request) it forfeits the 5% and paces at 1 ms
+    assert limiter.wake_tolerance == pytest.approx(tolerance)
+    assert limiter.lateness() == pytest.approx(tolerance + CLOCK_GRANULARITY_SECONDS)

@@ -28,6 +28,7 @@ from sam_transform import REPO, definition_of, load_sam_template, transform_temp
 
 from sluice import metadata, settings
 from sluice.alerting import Notification, render_alert
+from sluice.ratelimit import LIMITER_METRICS
 
 FUNCTIONS: dict[str, tuple[str, type[settings.Settings]]] = {  # logical id -> (code dir, settings model)
     "DispatcherLeaseFunction": ("dispatcher_lease", settings.LeaseSettings),
@@ -1268,6 +1269,19 @@ def test_dashboard_shows_the_dynatrace_dashboards_metrics_and_the_concurrency_se
     assert wanted <= shown, wanted - shown
     sluice = ("FilesReceived", "RowsDelivered", "RowsRejected", "ApiLatency", "ApiRetries", "ApiThrottles")
     assert {("Sluice", name) for name in (*sluice, "ConcurrencySetting")} <= shown
+
+
+def test_both_dashboards_show_the_rate_limiters_state_and_decisions(dashboard: dict) -> None:
+    # GIVEN the metrics sluice/ratelimit.py emits (the rate in force, its steps down, the lateness
+    # paced for and what it is made of, slots forfeited), and the 429s that drive them
+    wanted = {*LIMITER_METRICS, "ApiThrottles"}
+    # THEN the CloudWatch dashboard and the Dynatrace one show each of them
+    shown = {metric for namespace, metric, _ in dashboard_metrics(dashboard) if namespace == "Sluice"}
+    assert wanted <= shown, wanted - shown
+    tiles = json.loads((REPO / "dashboards" / "dynatrace-dashboard.json").read_text())["tiles"]
+    selectors = " ".join(q["metricSelector"] for tile in tiles for q in tile.get("queries", []))
+    in_dynatrace = {name for name in wanted if f"cloud.aws.sluice.{name[0].lower()}{name[1:]}By" in selectors}
+    assert in_dynatrace == wanted, wanted - in_dynatrace
 
 
 def test_dashboard_shows_every_queue_the_dispatcher_and_every_function(

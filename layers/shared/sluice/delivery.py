@@ -182,6 +182,7 @@ class Segment:
                     raise
                 finally:
                     wait(self._in_flight)  # what was sent is seen through, whatever happened
+                    self._client.idle()  # the rate slots this invocation still holds go back
                     self._commit(until_blocked=False)
                     self._flush(final=True)
         finally:

@@ -157,6 +157,8 @@ class Pacer(Protocol):
 
     def finished(self, sent_at: float, arrived_by: float | None) -> None: ...
 
+    def give_back(self) -> None: ...
+
 
 class Transport(Protocol):
     def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse: ...
@@ -407,6 +409,10 @@ class DownstreamClient:
             add_metric("ApiRetries", MetricUnit.Count, 1)
             logger.debug("retrying a row", extra={"key": key, "attempt": sent, "problem": problem})
             self._wait(self._clock.now() + self._policy.backoff(attempt, self._rng), stop, sent, key, problem)
+
+    def idle(self) -> None:
+        """Nothing more to send for now (a segment ended): rate slots held go back to the stack."""
+        self._limiter.give_back()
 
     def _ready_slot(self, stop: threading.Event | None, order: int | None) -> float:
         """A connection open (so its setup cannot make the arrival late), then the rate slot."""

@@ -26,6 +26,31 @@ the invocation's recent use (`claim_ahead_seconds`), so a busy invocation writes
 once per several requests, not once per request. A claim never reaches more than
 `max_ahead_seconds` past now; beyond that the caller just waits.
 
+Leases: fewer writes, the same schedule (issue 14). An invocation whose threads keep up with
+slots `interval` apart (the p90 of a thread's cycle, its slot -> its next acquire, is within
+senders x interval; senders: threads that asked lately, within the in-flight cap) claims
+LEASE_SECONDS of consecutive slots in its one write: at 50/s, 14 slots a write instead of the
+2-4 its share of the recent use gave. The slots are the schedule's own, `interval` apart, so
+nothing of the pacing's proof changes; what a lease risks is capacity, not precision: slots it
+does not use are lost to the stack. Hence the cycle test (a lease the threads cannot fill is not
+claimed), and `give_back` at a segment's end: tat = the first unused slot if tat is still where
+this invocation's last claim left it (nobody claimed after), one conditional write. A lease
+holds slots longer than a claim-ahead did, so news must reach it before it sends: when its view
+of the item would be older than VIEW_FRESH_SECONDS at a slot, it reads the item (one consistent
+read, a fifth of a write's price) half that before the slot, never between the wake-up and the
+send (the read's round trip would make the arrival late), and drops what the item voids: slots
+before `paused_until`, and every slot claimed before a step down it had not seen.
+
+A slot's wake-up stays within what its claim paced for: the measured lateness moves between a
+claim and its slots (and the largest fresh one of the stack is paced for), so a caller may wake
+at most min(wake tolerance, lateness paced for at the claim - the trip's share) after its slot.
+
+Window forms (ApiRateForm sliding-window / fixed-window, ApiRateWindowSeconds W): the API allows
+N = floor(R x W) per window. N + 1 consecutive slots span N x interval; with interval (W + L)/N
+their arrivals are at least W apart however late each is within L: never N + 1 in a W-second
+window. A fixed window's grid is on the API's clock, which we cannot see: keeping every
+W-second window keeps every grid's. The burst does not apply.
+
 The policy is the API's, as it documents it (`ApiPolicy`: template ApiRateLimit R, ApiBurst B):
 never more than R requests in any one-second window, and never more than a token bucket of rate R
 and depth B lets through (nginx's `limit_req burst=B nodelay`; B = 0 is strict spacing, 1/R).
@@ -76,11 +101,12 @@ Every claim reads the item back (ReturnValues ALL_NEW): every invocation paces a
 from its next claim on. The 429 is no failed attempt for the row: it waits and goes again.
 
 A pause (a 429, or a 503 whose Retry-After says "not before T") is written into the same item:
-`tat` is pushed to T (`SET tat = :T` if tat < T, one write), so every invocation's next claim,
-busy or idle, starts at T or later. Slots an invocation already holds before T are dropped from
-its own reservoir; other invocations hold at most `claim_ahead_seconds` of slots, which they
-may still use. Every wait here takes a `stop` event: a caller whose segment runs out of time
-gives up its wait (Interrupted) instead of sleeping through a long pause.
+`paused_until = T`, and `tat` pushed to T if earlier (one write; a second when tat is past T), so
+every invocation's next claim, busy or idle, starts at T or later. Slots an invocation already
+holds before T are dropped from its own reservoir; the other invocations drop theirs at their
+next look at the item (a claim's answer, or the read before a slot: within VIEW_FRESH_SECONDS).
+Every wait here takes a `stop` event: a caller whose segment runs out of time gives up its wait
+(Interrupted) instead of sleeping through a long pause.
 
 R in the interval is the stack's rate now (declared, or lower after 429s); each claim computes
 its interval when it is made, and slots of claims at different intervals are still at least the
@@ -97,6 +123,7 @@ Time is epoch seconds because it is shared between machines; a `Clock` is inject
 on a `ManualClock` without sleeping.
 """
 
+import bisect
 import contextlib
 import heapq
 import itertools
@@ -108,7 +135,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from boto3.dynamodb.types import TypeDeserializer
 
@@ -118,6 +145,15 @@ BUCKET_KEY = "ratelimit#downstream"
 DEFAULT_LATENESS_SECONDS = 0.05  # lateness assumed until measured (ApiRateLatenessSeconds)
 CLAIM_AHEAD_SECONDS = 0.2  # a claim covers this long of the invocation's recent use...
 MAX_BATCH = 64  # ...but never more slots than this
+# Leases (module doc, "Leases"): an invocation whose threads can send at the stack's pace claims
+# this long a run of consecutive slots in one write...
+LEASE_SECONDS = 0.3
+# ...and, while it holds slots, looks at the shared item (one consistent read) at least this often
+# before sending, so a pause or a step down written by another invocation reaches it in time.
+VIEW_FRESH_SECONDS = 0.3
+CYCLE_SAMPLES = 64  # the recent slot -> next acquire times (a thread's cycle) kept
+MIN_CYCLE_SAMPLES = 8  # fewer: no lease, the claim follows the recent use
+ACTIVE_THREAD_SECONDS = 5.0  # a thread that asked for a slot this recently is one of the senders
 RATE_WINDOW = 1.0  # seconds of hand-outs that make "recent use"
 WAIT_TICK_SECONDS = 0.25  # a long wait looks at its stop event this often
 STOPPED_GRACE_SECONDS = 1.0  # a stopped caller still sends on a slot due within this
@@ -128,6 +164,9 @@ MIN_SAMPLES = 50  # fewer than this: the assumed lateness is used
 LATENESS_PERCENTILE = 0.99
 RECOMPUTE_EVERY = 16  # new samples between two computations of the percentiles
 MIN_WAKE_TOLERANCE_SECONDS = 0.002  # a wake-up this late is always on time (timer granularity)
+# The wake tolerance is chosen among the recent wake-ups from this quantile up: the one that sends
+# the most (RateLimiter.wake_tolerance)
+TOLERANCE_FROM_QUANTILE = 0.9
 # An API counting in whole milliseconds (nginx) may see two arrivals up to 1 ms closer than they were.
 CLOCK_GRANULARITY_SECONDS = 0.001
 PUBLISH_SECONDS = 5.0  # an invocation writes its measured lateness into the shared item this often
@@ -151,8 +190,21 @@ PACING_LATENESS_METRIC = "ApiPacingLatenessMs"  # the arrival lateness the pacin
 WAKE_LATENESS_METRIC = "ApiWakeLatenessP99Ms"  # measured: slot -> thread awake, p99
 TRIP_SPREAD_METRIC = "ApiTripSpreadP99Ms"  # measured: the trip (less Server-Timing), p99 - minimum
 FORFEIT_METRIC = "ApiSlotsForfeited"  # slots given up because the caller woke too late for them
+LIMITER_METRICS = (  # what the dashboards show of the limiter (tests/unit/test_template.py)
+    PACED_RATE_METRIC,
+    RATE_DECREASE_METRIC,
+    PACING_LATENESS_METRIC,
+    WAKE_LATENESS_METRIC,
+    TRIP_SPREAD_METRIC,
+    FORFEIT_METRIC,
+)
 
 MetricSink = Callable[[str, MetricUnit, float], None]
+
+# The forms an API's limit is documented in (template ApiRateForm)
+RateForm = Literal["token-bucket", "sliding-window", "fixed-window"]
+RATE_FORMS: tuple[str, ...] = get_args(RateForm)
+WINDOW_FORMS = ("sliding-window", "fixed-window")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +215,7 @@ class PacingState:
     lateness_seconds: float | None  # the measured lateness last published; None: not yet
     decreases: int  # 429s that stepped the rate down, ever
     tat: float | None  # the first free slot (epoch seconds)
+    paused_until: float | None = None  # the last pause written (Retry-After, a 429); None: never
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> "PacingState":
@@ -176,6 +229,7 @@ class PacingState:
             lateness_seconds=number("lateness"),
             decreases=int(item.get("decreases", 0)),
             tat=number("tat"),
+            paused_until=number("paused_until"),
         )
 
 
@@ -186,14 +240,33 @@ class ApiPolicy:
     `rate` requests per second, and never more than `rate` in any one-second window; `burst`
     requests tolerated at once beyond the rate (a token bucket's depth beyond one request, nginx's
     `burst=`, API Gateway's burst minus one); 0 = strict spacing, one request per 1/rate.
+
+    `form` "sliding-window" or "fixed-window": the API counts requests per `window_seconds` W
+    instead, at most rate × W (rounded down) in any window (fixed: in any window of its clock's
+    grid); `burst` does not apply.
     """
 
     rate: float
     burst: int = 0
+    form: RateForm = "token-bucket"
+    window_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.burst < 0:
             raise ValueError("limit (rate) must be > 0 and burst >= 0")
+        if self.form not in RATE_FORMS:
+            raise ValueError(f"form must be one of {', '.join(RATE_FORMS)}, not {self.form!r}")
+        if self.window_seconds <= 0 or (self.windowed and self.rate * self.window_seconds < 1):
+            raise ValueError("window_seconds must be > 0 and allow one request per window at least")
+
+    @property
+    def windowed(self) -> bool:
+        return self.form in WINDOW_FORMS
+
+    @property
+    def per_window(self) -> int:
+        """Requests the API allows per window (window forms): rate × window, rounded down."""
+        return math.floor(self.rate * self.window_seconds + 1e-9)
 
 
 class Clock(Protocol):
@@ -257,12 +330,21 @@ class RateLimitContention(RuntimeError):
     """The bucket kept changing under us: too many claimers for one item."""
 
 
-def pacing_interval(limit: float, lateness_seconds: float, burst: int | None = None) -> float:
+def pacing_interval(
+    limit: float, lateness_seconds: float, burst: int | None = None, *, window_seconds: float | None = None
+) -> float:
     """Seconds between two slots so that arrivals up to `lateness_seconds` late never put more
     than `limit` requests in any one-second window and, with a `burst` (None: the API counts per
-    window only), never overflow a token bucket of rate `limit` and depth `burst` (module doc)."""
+    window only), never overflow a token bucket of rate `limit` and depth `burst` (module doc).
+
+    `window_seconds` W (a window form): never more than N = limit × W (rounded down) in any
+    W-second window: N slots span at least W + lateness, interval (W + L) / N."""
     if limit <= 0 or lateness_seconds < 0:
         raise ValueError("limit must be > 0 and lateness_seconds >= 0")
+    if window_seconds is not None:
+        allowed = limit * window_seconds
+        per_window = math.floor(allowed + 1e-9) if allowed >= 1 else allowed
+        return (window_seconds + lateness_seconds) / per_window
     window = (1.0 + lateness_seconds) / limit
     if burst is None:
         return window
@@ -308,6 +390,8 @@ class SharedBucket:
         self.shared: dict[str, Any] = {}  # the item's other attributes, as last seen
         self.last_interval = self.interval
         self.decreases = 0  # 429s whose write stepped the stack's rate down
+        self.viewed_at = float("-inf")  # when the item was last seen (a write's answer or a read)
+        self.reads = 0  # consistent reads of the item (refresh)
 
     # -- what the stack paces at ------------------------------------------------------------
 
@@ -324,11 +408,31 @@ class SharedBucket:
             return 0.0
         return float(self.shared["lateness"])
 
+    def paused_until(self) -> float:
+        """The end of the last pause written (Retry-After, a 429): no slot before it is used."""
+        return float(self.shared.get("paused_until", float("-inf")))
+
+    def stack_decreases(self) -> int:
+        """The stack's 429 step-downs, ever, as the item last said."""
+        return int(self.shared.get("decreases", 0))
+
     @property
     def interval(self) -> float:
         """Seconds between two slots now, at the stack's rate and the lateness tolerated."""
+        return self.interval_for(self.lateness)
+
+    def interval_for(self, lateness: float) -> float:
+        """Seconds between two slots at the stack's rate, tolerating `lateness`."""
+        if self.policy.windowed:
+            return pacing_interval(self.rate(), lateness, window_seconds=self.policy.window_seconds)
         burst = None if self.window_only else self.policy.burst
-        return pacing_interval(self.rate(), self.lateness, burst)
+        return pacing_interval(self.rate(), lateness, burst)
+
+    def refresh(self) -> None:
+        """Read the item (one consistent read): what other invocations wrote since our last write."""
+        answer = self._table.get_item(Key=self._key, ConsistentRead=True)
+        self.reads += 1
+        self._see(dict(answer.get("Item", {})))
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -376,11 +480,26 @@ class SharedBucket:
         raise RateLimitContention(f"could not claim a rate slot in {self._max_conflicts} tries")
 
     def pause(self, until: float) -> None:
-        """No slot before `until` for anyone: tat = until unless it is later already. One write."""
-        value = _micros(until)
+        """No slot before `until` for anyone: `paused_until` = until (every limiter drops the slots
+        it holds before it, at its next look at the item), and tat = until unless it is later
+        already, so no claim starts before it. One write; two when tat is past `until`."""
+        value = {":until": Decimal(_micros(until))}
         condition = "attribute_not_exists(tat) OR tat < :until"
-        if self._update("SET tat = :until", condition, {":until": Decimal(value)}) is not None:
-            self._tat = value
+        if self._update("SET tat = :until, paused_until = :until", condition, value) is None:
+            later = "attribute_not_exists(paused_until) OR paused_until < :until"
+            self._update("SET paused_until = :until", later, value)
+
+    def give_back(self, first: float, end: str) -> bool:
+        """Slots from `first` on, up to `end` (tat as this bucket's last claim left it, its exact
+        string), go back to the stack: tat = `first` if tat is still `end`, i.e. nobody claimed
+        after them (one conditional write). Whether they went back."""
+        values = {":back": Decimal(_micros(first)), ":end": Decimal(end)}
+        return self._update("SET tat = :back", "tat = :end", values) is not None
+
+    @property
+    def last_tat(self) -> str | None:
+        """tat as last seen (the exact stored string)."""
+        return self._tat
 
     def throttled(self, slot: float, retry_after: float | None = None) -> float:
         """A request sent on `slot` was answered 429: step the stack's rate down (unless a 429
@@ -461,6 +580,7 @@ class SharedBucket:
         return item
 
     def _see(self, item: dict[str, Any]) -> None:
+        self.viewed_at = self.clock.now()
         tat = item.get("tat")
         self._tat = str(tat) if tat is not None else None
         self.shared = {name: value for name, value in item.items() if name not in ("pk", "tat")}
@@ -493,6 +613,8 @@ class LatenessMeter:
         # once per RECOMPUTE_EVERY new samples, not per question.
         self._added = 0
         self._cached: tuple[float, float] | None = None
+        self._wake_sorted: list[float] = []
+        self.generation = 0  # bumps at every computation
 
     def woke(self, seconds: float) -> None:
         with self._lock:
@@ -519,11 +641,18 @@ class LatenessMeter:
     def _percentiles(self) -> tuple[float, float]:
         with self._lock:
             if self._cached is None or self._added >= RECOMPUTE_EVERY:
-                wake = _percentile(list(self._wake), LATENESS_PERCENTILE) if self._wake else 0.0
+                self._wake_sorted = sorted(self._wake)
+                wake = _percentile(self._wake_sorted, LATENESS_PERCENTILE) if self._wake else 0.0
                 trips = list(self._trip)
                 spread = _percentile(trips, LATENESS_PERCENTILE) - min(trips) if trips else 0.0
                 self._cached, self._added = (wake, spread), 0
+                self.generation += 1
             return self._cached
+
+    def wake_sorted(self) -> list[float]:
+        """The recent wake-ups, sorted (as of the last computation)."""
+        self._percentiles()
+        return self._wake_sorted
 
 
 class RateLimiter:
@@ -552,14 +681,29 @@ class RateLimiter:
         max_batch: int = MAX_BATCH,
         max_in_flight: int = 0,
         metric: MetricSink | None = None,
+        lease_seconds: float = LEASE_SECONDS,
     ):
         self._bucket = bucket
         self._clock = bucket.clock
         self._fixed_wake_tolerance = wake_tolerance
+        self._tolerance_for: tuple[int, float] | None = None  # (meter generation, rate) it was chosen at
+        self._tolerance = MIN_WAKE_TOLERANCE_SECONDS
         self.meter = LatenessMeter()
         self._claim_ahead = claim_ahead_seconds
         self._max_batch = max_batch
+        self._lease = lease_seconds
+        self._max_in_flight = max_in_flight
         self._in_flight = threading.BoundedSemaphore(max_in_flight) if max_in_flight > 0 else None
+        # A thread's cycle: its slot -> its next acquire (the send, the answer, the row's own work)
+        self._cycles: deque[float] = deque(maxlen=CYCLE_SAMPLES)
+        self._last_by_thread: dict[int, tuple[float, float]] = {}  # thread -> (its last slot, asked at)
+        # Slots before this are not sent on: a pause, or claimed before the stack stepped down
+        self._void_until = float("-inf")
+        self._decreases_seen: int | None = None
+        self._tail = float("-inf")  # the last slot claimed
+        self._paced_for: dict[float, float] = {}  # slot -> the lateness its claim's interval tolerates
+        self._claim_end: str | None = None  # tat right after our last claim (give_back)
+        self._view_lock = threading.Lock()
         self._metric = metric
         self._cond = threading.Condition()
         self._slots: deque[float] = deque()  # claimed, not handed out yet, in time order
@@ -574,6 +718,9 @@ class RateLimiter:
         self._id = uuid.uuid4().hex[:12]  # names this invocation's published lateness
         self._forfeits_reported = 0
         self.claims = 0  # writes to the bucket
+        self.leases = 0  # claims sized as a lease (a run of LEASE_SECONDS)
+        self.given_back = 0  # slots returned to the stack unused (give_back)
+        self.claimed = 0  # slots claimed
         self.expired = 0  # claimed ahead, never handed out in time
         self.forfeited = 0  # handed out, given up because the caller woke too late for it
 
@@ -581,14 +728,33 @@ class RateLimiter:
 
     @property
     def wake_tolerance(self) -> float:
-        """How late a caller may wake after its slot and still send on it: the measured p99
-        wake-up lateness (never under MIN_WAKE_TOLERANCE_SECONDS), half the assumed lateness
-        until measured. Later than this, the slot is forfeited."""
+        """How late a caller may wake after its slot and still send on it (later: the slot is
+        forfeited); half the assumed lateness until measured. Measured: the recent wake-up
+        (from the TOLERANCE_FROM_QUANTILE up, never under MIN_WAKE_TOLERANCE_SECONDS) that sends
+        the most: a tolerance t keeps the share of wake-ups <= t and paces slots interval(t +
+        trip spread + 1 ms) apart, so the rate sent is share / interval. A burst that absorbs
+        lateness makes a larger t cheap (only the window's t/1 s); strict spacing pays t on
+        every request and forfeits a few more instead. Whatever t, the pacing tolerates it."""
         if self._fixed_wake_tolerance is not None:
             return self._fixed_wake_tolerance
         if not self.meter.measured:
             return self._assumed / 2
-        return max(MIN_WAKE_TOLERANCE_SECONDS, self.meter.wake_p99())
+        key = (self.meter.generation, self._bucket.rate())
+        if self._tolerance_for != key:
+            self._tolerance = self._best_tolerance(self.meter.wake_sorted())
+            self._tolerance_for = key
+        return self._tolerance
+
+    def _best_tolerance(self, ordered: list[float]) -> float:
+        trip = self.meter.trip_spread_p99() + CLOCK_GRANULARITY_SECONDS
+        best, chosen = -1.0, MIN_WAKE_TOLERANCE_SECONDS
+        for index in range(max(0, math.ceil(TOLERANCE_FROM_QUANTILE * len(ordered)) - 1), len(ordered)):
+            tolerance = max(MIN_WAKE_TOLERANCE_SECONDS, ordered[index])
+            kept = bisect.bisect_right(ordered, tolerance) / len(ordered)
+            sent = kept / self._bucket.interval_for(tolerance + trip)
+            if sent > best:
+                best, chosen = sent, tolerance
+        return chosen
 
     @property
     def _assumed(self) -> float:
@@ -616,9 +782,12 @@ class RateLimiter:
         `max_in_flight`, the caller holds a permit from here until `finished`.
         """
         self._take_permit(stop)
+        self._asked()
         try:
             while True:
                 slot = self._take_slot(stop, order)
+                if not self._still_good(slot, stop):
+                    continue  # a pause or a step down since it was claimed: counted as expired
                 asleep = self._clock.now()
                 # A request handed out before its segment stopped still goes out on a slot that is
                 # due (the segment's safety margin covers a second); a longer wait, a pause, is given
@@ -630,7 +799,8 @@ class RateLimiter:
                     # by at most the tolerance by construction, and counting it would ratchet the
                     # tolerance up on its own samples.
                     self.meter.woke(late)
-                if late <= self.wake_tolerance:
+                if late <= self._wake_budget(slot):
+                    self._handed_out(slot)
                     return slot
                 # Woken too late: sending now could bunch with the next callers' arrivals. The slot
                 # is given up, however often; the caller's stop event still ends the wait.
@@ -664,11 +834,107 @@ class RateLimiter:
         self._bucket.pause(until)
         self._drop_before(until)
 
+    def give_back(self) -> None:
+        """This invocation has nothing more to send for now (its segment ended): the slots it
+        holds go back to the stack when nobody claimed after them, so a lease's unused end is
+        not lost (one write; none when nothing is held or others claimed after)."""
+        with self._cond:
+            if not self._slots or self._claim_end is None or self._waiters:
+                return
+            held, end = list(self._slots), self._claim_end
+            self._slots.clear()
+        first = max(held[0], self._clock.now())
+        if self._bucket.give_back(first, end):
+            self.given_back += len(held)
+        else:  # others claimed after them: still ours, and sent on if a caller comes in time
+            with self._cond:
+                self._slots.extendleft(reversed(held))
+
     def _drop_before(self, until: float) -> None:
         with self._cond:
+            self._void_until = max(self._void_until, until)
             while self._slots and self._slots[0] < until:
                 self._slots.popleft()
                 self.expired += 1
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def _wake_budget(self, slot: float) -> float:
+        """How late a caller may wake for `slot`: the wake tolerance, and never more than what the
+        slot's claim paced for less the trip's part of it. The measured lateness moves between a
+        claim and its slots; an arrival must stay within what its slot's spacing allowed for."""
+        tolerance = self.wake_tolerance
+        with self._cond:
+            paced_for = self._paced_for.get(slot)
+        if paced_for is None:
+            return tolerance
+        trip = (
+            self.meter.trip_spread_p99() + CLOCK_GRANULARITY_SECONDS
+            if self.meter.measured
+            else self._assumed / 2
+        )
+        return min(tolerance, max(0.0, paced_for - trip))
+
+    def _asked(self) -> None:
+        """A thread asks for a slot: the time since its last slot is one sample of its cycle."""
+        now, me = self._clock.now(), threading.get_ident()
+        with self._cond:
+            last = self._last_by_thread.get(me)
+            if last is not None and now - last[0] < ACTIVE_THREAD_SECONDS:
+                self._cycles.append(max(0.0, now - last[0]))
+            self._last_by_thread[me] = (last[0] if last else float("-inf"), now)
+
+    def _handed_out(self, slot: float) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            self._last_by_thread[me] = (slot, self._last_by_thread.get(me, (slot, slot))[1])
+
+    def _senders(self, now: float) -> int:
+        """Threads that asked for a slot lately, within the in-flight cap."""
+        active = sum(1 for _, asked in self._last_by_thread.values() if now - asked < ACTIVE_THREAD_SECONDS)
+        return min(active, self._max_in_flight) if self._max_in_flight else active
+
+    def _lease_slots(self, now: float, interval: float) -> int:
+        """Slots of a lease (0: none): LEASE_SECONDS of consecutive slots, if this invocation's
+        threads can fill them. Each thread comes back for a slot one cycle after its last; the
+        senders keep up with slots `interval` apart when the p90 cycle is within senders × interval.
+        Otherwise consecutive slots would go by unused (expired), and the claim follows the use."""
+        if self._lease <= 0 or len(self._cycles) < MIN_CYCLE_SAMPLES:
+            return 0
+        if _percentile(list(self._cycles), 0.9) > self._senders(now) * interval:
+            return 0
+        return min(self._max_batch, max(1, math.floor(self._lease / interval)))
+
+    def _still_good(self, slot: float, stop: threading.Event | None) -> bool:
+        """Whether the slot may still be sent on. When our view of the item would be older than
+        VIEW_FRESH_SECONDS at the slot, the item is looked at (one consistent read) half that
+        before it, so another invocation's pause or step down reaches this one before it sends
+        on a slot that voids. Before the slot, not between the wake-up and the send: a read
+        there would make the arrival late by its round trip."""
+        look = slot - VIEW_FRESH_SECONDS / 2
+        if max(slot, self._clock.now()) - self._bucket.viewed_at > VIEW_FRESH_SECONDS:
+            sleep_until(self._clock, look, stop, grace_seconds=STOPPED_GRACE_SECONDS)
+            with self._view_lock:  # one look for the threads of this invocation
+                if self._clock.now() - self._bucket.viewed_at > VIEW_FRESH_SECONDS / 2:
+                    self._bucket.refresh()
+        with self._cond:
+            self._apply_view()
+            if slot >= self._void_until:
+                return True
+            self.expired += 1
+            return False
+
+    def _apply_view(self) -> None:
+        """Called holding the lock: drop the slots the item's state voids (a pause; a step down
+        since they were claimed at the old rate)."""
+        decreases = self._bucket.stack_decreases()
+        if self._decreases_seen is not None and decreases > self._decreases_seen:
+            self._void_until = max(self._void_until, self._tail + 1e-6)
+        self._decreases_seen = decreases
+        self._void_until = max(self._void_until, self._bucket.paused_until())
+        while self._slots and self._slots[0] < self._void_until:
+            self._slots.popleft()
+            self.expired += 1
 
     def _take_permit(self, stop: threading.Event | None) -> None:
         if self._in_flight is None:
@@ -720,7 +986,8 @@ class RateLimiter:
         while self._handed and now - self._handed[0] > RATE_WINDOW:
             self._handed.popleft()
         demand = math.ceil(len(self._handed) / RATE_WINDOW * self._claim_ahead)
-        count = max(self._waiters - len(self._slots), min(self._max_batch, demand))
+        lease = self._lease_slots(now, self._bucket.interval)
+        count = max(self._waiters - len(self._slots), lease or min(self._max_batch, demand))
         own, shared = self.own_lateness(), self._bucket.shared_lateness(now)
         lateness = max(own, shared)
         self._bucket.lateness = lateness
@@ -739,8 +1006,18 @@ class RateLimiter:
             self._claiming = False
             self._cond.notify_all()
         self.claims += 1
+        self.leases += bool(lease) and count == lease
         interval = self._bucket.last_interval
-        self._slots.extend(start + index * interval for index in range(count))
+        self._apply_view()  # before the new slots: a step down voids those claimed at the old rate
+        new = [start + index * interval for index in range(count)]
+        self.claimed += count
+        self._slots.extend(new)
+        self._tail = max(self._tail, new[-1])
+        # what these slots' spacing tolerates: their wake-up may not use more of it than is left
+        for old in [slot for slot in self._paced_for if slot < now - ACTIVE_THREAD_SECONDS]:
+            del self._paced_for[old]
+        self._paced_for.update(dict.fromkeys(new, lateness))
+        self._claim_end = self._bucket.last_tat
         if due:
             self._published_at = now
             self._report(lateness)
@@ -770,6 +1047,10 @@ class RateLimiter:
             "forfeited": self.forfeited,
             "expired": self.expired,
             "claims": self.claims,
+            "leases": self.leases,
+            "given_back": self.given_back,
+            "claimed": self.claimed,
+            "reads": self._bucket.reads,
             "decreases": self._bucket.decreases,
         }
 

@@ -12,7 +12,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sluice.ratelimit import DEFAULT_LATENESS_SECONDS, ApiPolicy
+from sluice.ratelimit import DEFAULT_LATENESS_SECONDS, ApiPolicy, RateForm
 
 # The downstream API choice (template parameters Stage, ApiMode, ApiUrl). The rule below is the one
 # place it is written in Python; template.yaml's `Rules` (ApiMode…, ApiUrl…) state the same for
@@ -198,6 +198,8 @@ class ProcessSettings(MetadataSettings):
     # sluice/ratelimit.py paces the whole stack by it)
     api_rate_limit: float = Field(default=50.0, gt=0)  # requests per second, for the whole stack
     api_burst: int = Field(default=5, ge=0)  # requests tolerated at once beyond the rate; 0: strict spacing
+    api_rate_form: RateForm = "token-bucket"  # or N = rate x window per window, sliding or fixed
+    api_rate_window_seconds: float = Field(default=1.0, gt=0)  # the window of a window form
     api_max_in_flight: int = Field(default=0, ge=0)  # requests in flight, whole stack; 0: no cap
     concurrency_max: int = Field(default=1, ge=1)  # ProcessObject invocations at once, at most
     # slot → arrival lateness assumed until the stack has measured its own
@@ -228,6 +230,10 @@ class ProcessSettings(MetadataSettings):
         )
         if problem:
             raise RuntimeError(f"ProcessSettings: {problem}")
+        try:
+            self.api_policy  # noqa: B018 - checks ApiRateForm's window against ApiRateLimit
+        except ValueError as error:
+            raise RuntimeError(f"ProcessSettings: API policy: {error}") from error
         if 0 < self.api_max_in_flight < self.concurrency_max:
             raise RuntimeError(
                 f"ProcessSettings: API_MAX_IN_FLIGHT ({self.api_max_in_flight}) is below CONCURRENCY_MAX "
@@ -236,7 +242,12 @@ class ProcessSettings(MetadataSettings):
 
     @property
     def api_policy(self) -> ApiPolicy:
-        return ApiPolicy(rate=self.api_rate_limit, burst=self.api_burst)
+        return ApiPolicy(
+            rate=self.api_rate_limit,
+            burst=self.api_burst,
+            form=self.api_rate_form,
+            window_seconds=self.api_rate_window_seconds,
+        )
 
     @property
     def api_in_flight_per_invocation(self) -> int:

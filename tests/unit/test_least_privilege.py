@@ -130,7 +130,7 @@ GRANTS: dict[str, list[Row]] = {
             ("get_item",),
             ("dynamodb:GetItem",),
             ("ControlTable",),
-            leading("ForAllValues:StringEquals", HEALTH_KEY),
+            leading("ForAllValues:StringEquals", BUCKET_KEY, HEALTH_KEY),
         ),
         own_idempotency_records("ProcessObjectFunction"),
         Row(("publish",), ("sns:Publish",), ("AlertTopic",)),

@@ -313,6 +313,7 @@ NOT_CALLED_ANYWHERE = {
         "ratelimit",
         "update_item",
     ): "settings imports a constant from ratelimit; only ProcessObject's client claims slots",
+    ("ratelimit", "get_item"): "only ProcessObject's client looks at the shared rate before a slot",
     ("metadata", "scan"): "MetadataStore.list_items is `sluice status`'s, run by a person",
     ("mailer", "send_message"): "smtplib's send_message, not SQS's",
 }

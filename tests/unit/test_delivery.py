@@ -119,10 +119,13 @@ class World:
         clock: Clock | None = None,
         backoff_seconds: float = 0.1,
         health: DownstreamHealth | None = None,
+        timeout_seconds: float = 5,
     ) -> Segment:
         clock = clock or ManualClock()
         client = DownstreamClient(
-            HttpTransport(self.server.url, pool_size=self.limits.concurrency, timeout_seconds=5),
+            HttpTransport(
+                self.server.url, pool_size=self.limits.concurrency, timeout_seconds=timeout_seconds
+            ),
             shared_limiter(self.control, limit=10_000, clock=clock),
             policy=RetryPolicy(
                 max_attempts=attempts, backoff_base_seconds=backoff_seconds, backoff_max_seconds=1
@@ -714,6 +717,52 @@ def test_the_reader_waiting_on_a_retrying_head_row_stops_at_the_deadline(world: 
     checkpoint, _ = world.store.load_checkpoint(world.obj)
     assert checkpoint.next_row == 1
     assert world.store.get(world.obj.id)["state"] == "PROCESSING"  # type: ignore[index]
+
+
+def test_an_api_that_accepts_and_never_answers_cannot_hold_the_segment_past_its_deadline(
+    world: World,
+) -> None:
+    # GIVEN an API that answers rows 1-8, then accepts every request and never answers it; a request
+    # timeout (20 s, as the integration pipeline's ApiTimeoutSeconds) far beyond the invocation's
+    # 3 s, a 1 s margin, and a breaker that two failed requests would open
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=1.0)
+    world.upload(csv_file())
+    release = threading.Event()
+
+    def respond(request: Received, seen: int) -> Reply:
+        if request.payload["id"] > 8:
+            release.wait(timeout=30)  # no answer while the test runs
+        return accept_all(request, seen)
+
+    world.server.respond = respond
+    health = DownstreamHealth(world.control, failure_threshold=2, notify=lambda subject, _: None)
+    segment = world.segment(RealTimeContext(3.0), clock=SystemClock(), health=health, timeout_seconds=20)
+
+    # WHEN the segment runs
+    started = time.monotonic()
+    try:
+        paused = segment.run(0)
+    finally:
+        took = time.monotonic() - started
+        release.set()
+
+    # THEN it ended before its deadline, its requests cut at the stop (time left minus the margin),
+    # with rows 1-8 committed and checkpointed; the cut requests failed nothing and opened nothing
+    assert took < 3.0, f"the segment outlived its 3 s: {took:.1f} s"
+    assert (paused.done, paused.rows_total) == (False, 8)
+    checkpoint, _ = world.store.load_checkpoint(world.obj)
+    assert checkpoint.next_row == 9
+    assert world.store.get(world.obj.id)["state"] == "PROCESSING"  # type: ignore[index]
+    assert not health.is_open()
+
+    # WHEN the API answers again: THEN the next segment delivers the rest, row 9 is not lost
+    world.server.respond = rejecting_row_33
+    done = world.segment(RealTimeContext(20), clock=SystemClock(), health=health).run(paused.segment)
+    assert (done.done, done.rows_delivered) == (True, len(DELIVERED))
+    accepted_rows, _ = world.merged(done)
+    assert [row["row"] for row in accepted_rows] == DELIVERED
+    sent = Counter(world.server.keys())
+    assert all(sent[world.key(n)] == 1 for n in range(1, 9))  # the committed rows were not sent again
 
 
 def test_a_401_for_every_row_rejects_nothing_the_segment_waits_then_the_file_is_delivered_once(

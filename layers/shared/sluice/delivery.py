@@ -16,9 +16,11 @@ then the reader waits), at most one part of rows before it is flushed.
 The segment stops taking rows when the invocation has less than `safety_seconds` left: the
 requests on the wire finish, but no new attempt starts (a row between two retries is abandoned,
 DeliveryAbandoned, rather than waited for through its backoff), then it flushes, checkpoints
-and answers `done: false`; the state machine runs the next segment. So `safety_seconds` must
-cover a rate slot (ratelimit.STOPPED_GRACE_SECONDS, 1 s), one request (API_TIMEOUT_SECONDS, or
-the simulated API's maximum latency) and a flush.
+and answers `done: false`; the state machine runs the next segment. A request on the wire is
+bounded by the same instant (downstream.DownstreamClient.deliver's `deadline`: its timeout is the
+shorter of API_TIMEOUT_SECONDS and the time left until the stop), so an API that accepts a
+connection and never answers cannot hold the segment past it. So `safety_seconds` must cover a
+rate slot (ratelimit.STOPPED_GRACE_SECONDS, 1 s) and a flush, not a request.
 At the end of the file it answers `done: true` with the outcome.
 
 No wait in a segment outlives its time: the reader waits for a worker or for the head row in
@@ -285,6 +287,7 @@ class Segment:
                     url=first.url,
                     stop=self._stop,
                     order=first.row.number,
+                    deadline=self._stop_at,
                 )
             else:
                 future = pool.submit(
@@ -293,6 +296,7 @@ class Segment:
                     [entry.key for entry in batch],
                     stop=self._stop,
                     order=first.row.number,
+                    deadline=self._stop_at,
                 )
                 for index, entry in enumerate(batch):
                     entry.index = index

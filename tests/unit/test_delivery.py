@@ -765,6 +765,65 @@ def test_an_api_that_accepts_and_never_answers_cannot_hold_the_segment_past_its_
     assert all(sent[world.key(n)] == 1 for n in range(1, 9))  # the committed rows were not sent again
 
 
+SHORT_FILE = b"id,note\r\n1,one\r\n2,two\r\n3,three\r\n"  # fewer rows than workers: all read at once
+
+
+def test_a_row_cut_at_the_deadline_after_the_last_row_was_read_keeps_the_file_open(world: World) -> None:
+    # GIVEN a file whose rows all go out at once, and an API that never answers row 3
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=1.0)
+    world.upload(SHORT_FILE)
+    release = threading.Event()
+
+    def respond(request: Received, seen: int) -> Reply:
+        if request.payload["id"] == 3:
+            release.wait(timeout=30)
+        return accept_all(request, seen)
+
+    world.server.respond = respond
+    segment = world.segment(RealTimeContext(3.0), clock=SystemClock(), timeout_seconds=20)
+
+    # WHEN the segment runs: the reader has read the last row when row 3's request is cut
+    try:
+        paused = segment.run(0)
+    finally:
+        release.set()
+
+    # THEN the file is not done: row 3 was not answered, and the next segment sends it
+    assert (paused.done, paused.rows_total) == (False, 2)
+    world.server.respond = accept_all
+    done = world.segment(RealTimeContext(20), clock=SystemClock()).run(paused.segment)
+    assert (done.done, done.rows_delivered) == (True, 3)
+
+
+def test_rows_held_for_an_unhealthy_downstream_after_the_last_row_was_read_end_at_the_deadline(
+    world: World,
+) -> None:
+    # GIVEN a file whose rows all go out at once, an API answering 401 (the breaker opens and
+    # holds every row; no probe before 30 s) and 2.5 s left with a 1 s margin
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=1.0)
+    world.upload(SHORT_FILE)
+    world.server.respond = lambda request, seen: Reply(401, {"error": "token expired"})
+    health = DownstreamHealth(world.control, probe_seconds=30, notify=lambda subject, _: None)
+    segment = world.segment(RealTimeContext(2.5), clock=SystemClock(), health=health)
+    answers: list[ProcessResult] = []
+
+    # WHEN the segment runs (in a thread: before the fix it waited for the downstream for ever)
+    runner = threading.Thread(target=lambda: answers.append(segment.run(0)), daemon=True)
+    started = time.monotonic()
+    runner.start()
+    runner.join(timeout=10)
+    took = time.monotonic() - started
+    if runner.is_alive():
+        segment._stop.set()  # let its workers go, so the test process can end
+        runner.join(timeout=5)
+
+    # THEN it ended before its deadline, not done, nothing committed, checkpoint saved
+    assert took < 2.5, f"the segment outlived its 2.5 s: {took:.1f} s"
+    assert [(answer.done, answer.rows_total) for answer in answers] == [(False, 0)]
+    checkpoint, _ = world.store.load_checkpoint(world.obj)
+    assert checkpoint.next_row == 1
+
+
 def test_a_401_for_every_row_rejects_nothing_the_segment_waits_then_the_file_is_delivered_once(
     world: World,
 ) -> None:

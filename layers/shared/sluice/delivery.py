@@ -23,8 +23,9 @@ connection and never answers cannot hold the segment past it. So `safety_seconds
 rate slot (ratelimit.STOPPED_GRACE_SECONDS, 1 s) and a flush, not a request.
 At the end of the file it answers `done: true` with the outcome.
 
-No wait in a segment outlives its time: the reader waits for a worker or for the head row in
-ticks and stops the segment when the time left is below `safety_seconds`; the workers' waits
+No wait in a segment outlives its time: the reader waits for a worker, for the head row, and
+after the file's last row for the rows still in flight, in ticks, and stops the segment when the
+time left is below `safety_seconds`; the workers' waits
 (backoff, rate slot, a Retry-After pause, an unhealthy downstream) end when it stops. While the
 downstream is unhealthy (health.py) the workers hold their rows, the reader checkpoints what is
 committed once and keeps waiting; the rows go out when it recovers, or the segment answers
@@ -183,9 +184,12 @@ class Segment:
                     self._stop.set()  # the reader broke (S3, a bug): keep what is committed, retry nothing
                     raise
                 finally:
-                    wait(self._in_flight)  # what was sent is seen through, whatever happened
+                    self._see_through()  # what was sent is seen through, whatever happened
                     self._commit(until_blocked=False)
                     self._flush(final=True)
+            # A row abandoned at the stop (the deadline came while the reader had already read the
+            # file's last row) keeps the file open: the next segment sends it again.
+            ended = ended and not self._window
         finally:
             add_metric("RowsDelivered", MetricUnit.Count, self._counts.delivered - before.delivered)
             add_metric("RowsRejected", MetricUnit.Count, self._counts.rejected - before.rejected)
@@ -336,6 +340,16 @@ class Segment:
             if len(self._in_flight) < self._limits.concurrency or self._stop.is_set():
                 return
             self._wait_for(self._in_flight)
+
+    def _see_through(self) -> None:
+        """Until every request in flight is answered, abandoned or failed, keeping the deadline:
+        past the file's last row the reader still stops the segment in time, which is what ends
+        the waits of rows held for an unhealthy downstream (their requests end by the deadline)."""
+        waiting = {future for future in self._in_flight if not future.done()}
+        while waiting and not self._stop.is_set():
+            self._wait_for(waiting)
+            waiting = {future for future in waiting if not future.done()}
+        wait(self._in_flight)
 
     def _wait_for(self, futures: set[Future[Any]]) -> None:
         """Until one of `futures` is done, or the segment must stop: never past the deadline.

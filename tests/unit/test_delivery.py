@@ -724,8 +724,8 @@ def test_an_api_that_accepts_and_never_answers_cannot_hold_the_segment_past_its_
 ) -> None:
     # GIVEN an API that answers rows 1-8, then accepts every request and never answers it; a request
     # timeout (20 s, as the integration pipeline's ApiTimeoutSeconds) far beyond the invocation's
-    # 3 s, a 1 s margin, and a breaker that two failed requests would open
-    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=1.0)
+    # 4 s, a 2 s margin, and a breaker that two failed requests would open
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=2.0)
     world.upload(csv_file())
     release = threading.Event()
 
@@ -736,7 +736,7 @@ def test_an_api_that_accepts_and_never_answers_cannot_hold_the_segment_past_its_
 
     world.server.respond = respond
     health = DownstreamHealth(world.control, failure_threshold=2, notify=lambda subject, _: None)
-    segment = world.segment(RealTimeContext(3.0), clock=SystemClock(), health=health, timeout_seconds=20)
+    segment = world.segment(RealTimeContext(4.0), clock=SystemClock(), health=health, timeout_seconds=20)
 
     # WHEN the segment runs
     started = time.monotonic()
@@ -746,9 +746,9 @@ def test_an_api_that_accepts_and_never_answers_cannot_hold_the_segment_past_its_
         took = time.monotonic() - started
         release.set()
 
-    # THEN it ended before its deadline, its requests cut at the stop (time left minus the margin),
-    # with rows 1-8 committed and checkpointed; the cut requests failed nothing and opened nothing
-    assert took < 3.0, f"the segment outlived its 3 s: {took:.1f} s"
+    # THEN it ended before its deadline, its requests cut half the margin after the stop, with
+    # rows 1-8 committed and checkpointed; the cut requests failed nothing and opened nothing
+    assert took < 4.0, f"the segment outlived its 4 s: {took:.1f} s"
     assert (paused.done, paused.rows_total) == (False, 8)
     checkpoint, _ = world.store.load_checkpoint(world.obj)
     assert checkpoint.next_row == 9
@@ -765,12 +765,31 @@ def test_an_api_that_accepts_and_never_answers_cannot_hold_the_segment_past_its_
     assert all(sent[world.key(n)] == 1 for n in range(1, 9))  # the committed rows were not sent again
 
 
+def test_a_request_sent_just_before_the_stop_is_answered_not_cut_and_sent_again(world: World) -> None:
+    # GIVEN an API answering in 0.4 s, and a segment that stops taking rows 0.3 s in (2 s margin)
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=2.0)
+    world.upload(csv_file())
+
+    def slow(request: Received, seen: int) -> Reply:
+        time.sleep(0.4)
+        return accept_all(request, seen)
+
+    world.server.respond = slow
+
+    # WHEN it runs: rows 1-3 go out at once, the stop comes while they are on the wire
+    paused = world.segment(RealTimeContext(2.3), clock=SystemClock(), timeout_seconds=20).run(0)
+
+    # THEN their answers were waited for (half the margin is theirs): committed, each sent once
+    assert (paused.done, paused.rows_delivered) == (False, 3)
+    assert Counter(world.server.keys()) == Counter({world.key(n): 1 for n in (1, 2, 3)})
+
+
 SHORT_FILE = b"id,note\r\n1,one\r\n2,two\r\n3,three\r\n"  # fewer rows than workers: all read at once
 
 
 def test_a_row_cut_at_the_deadline_after_the_last_row_was_read_keeps_the_file_open(world: World) -> None:
     # GIVEN a file whose rows all go out at once, and an API that never answers row 3
-    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=1.0)
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=2.0)
     world.upload(SHORT_FILE)
     release = threading.Event()
 
@@ -780,7 +799,7 @@ def test_a_row_cut_at_the_deadline_after_the_last_row_was_read_keeps_the_file_op
         return accept_all(request, seen)
 
     world.server.respond = respond
-    segment = world.segment(RealTimeContext(3.0), clock=SystemClock(), timeout_seconds=20)
+    segment = world.segment(RealTimeContext(4.0), clock=SystemClock(), timeout_seconds=20)
 
     # WHEN the segment runs: the reader has read the last row when row 3's request is cut
     try:

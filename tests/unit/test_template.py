@@ -764,7 +764,7 @@ def test_a_whole_request_fits_in_every_segment_and_the_margin_covers_what_runs_a
     assert timeout == settings.PROCESS_TIMEOUT_SECONDS
     assert safety["MaxValue"] == settings.MAX_SEGMENT_SAFETY_SECONDS
     assert request["MaxValue"] == settings.MAX_API_TIMEOUT_SECONDS <= timeout - safety["MaxValue"]
-    assert safety["MinValue"] == settings.MIN_SEGMENT_SAFETY_SECONDS >= ratelimit.STOPPED_GRACE_SECONDS + 1
+    assert safety["MinValue"] == settings.MIN_SEGMENT_SAFETY_SECONDS >= 2 * ratelimit.STOPPED_GRACE_SECONDS
     fields = settings.ProcessSettings.model_fields
     for name, low, high in [
         ("api_timeout_seconds", None, request["MaxValue"]),

@@ -16,11 +16,13 @@ then the reader waits), at most one part of rows before it is flushed.
 The segment stops taking rows when the invocation has less than `safety_seconds` left: the
 requests on the wire finish, but no new attempt starts (a row between two retries is abandoned,
 DeliveryAbandoned, rather than waited for through its backoff), then it flushes, checkpoints
-and answers `done: false`; the state machine runs the next segment. A request on the wire is
-bounded by the same instant (downstream.DownstreamClient.deliver's `deadline`: its timeout is the
-shorter of API_TIMEOUT_SECONDS and the time left until the stop), so an API that accepts a
-connection and never answers cannot hold the segment past it. So `safety_seconds` must cover a
-rate slot (ratelimit.STOPPED_GRACE_SECONDS, 1 s) and a flush, not a request.
+and answers `done: false`; the state machine runs the next segment. A request on the wire then
+has half of `safety_seconds` to end (downstream.DownstreamClient.deliver's `deadline`: its timeout
+is the shorter of API_TIMEOUT_SECONDS and the time left until then), the other half is the
+flush's: an API that accepts a connection and never answers cannot hold the segment past its
+timeout. (Cutting requests at the stop itself gave a request sent just before it milliseconds to
+answer; cut, it is sent again, a second delivery for an API that does not deduplicate.) So
+`safety_seconds` must cover a rate slot (ratelimit.STOPPED_GRACE_SECONDS, 1 s) and a flush, twice.
 At the end of the file it answers `done: true` with the outcome.
 
 No wait in a segment outlives its time: the reader waits for a worker, for the head row, and
@@ -171,6 +173,7 @@ class Segment:
         self._fenced = False
         self._stop_at = float("inf")  # time.monotonic() at which the segment stops taking rows
         self._saved_while_unhealthy = False  # checkpointed since the downstream became unhealthy
+        self._abandoned = ""  # why the first row held back at the stop was not sent (DeliveryAbandoned)
 
     def run(self, segment: int) -> ProcessResult:
         stream = self._open(segment)
@@ -200,7 +203,11 @@ class Segment:
             outcome = FileState.SUCCEEDED_WITH_REJECTS if self._counts.rejected else FileState.SUCCEEDED
         logger.info(
             "file done" if ended else "segment paused",
-            extra={"segment": segment, "checkpoint": self._checkpoint.model_dump(exclude={"header"})},
+            extra={
+                "segment": segment,
+                "checkpoint": self._checkpoint.model_dump(exclude={"header"}),
+                **({"abandoned": self._abandoned} if self._abandoned else {}),
+            },
         )
         return ProcessResult(
             done=ended,
@@ -291,7 +298,7 @@ class Segment:
                     url=first.url,
                     stop=self._stop,
                     order=first.row.number,
-                    deadline=self._stop_at,
+                    deadline=self._requests_end,
                 )
             else:
                 future = pool.submit(
@@ -300,7 +307,7 @@ class Segment:
                     [entry.key for entry in batch],
                     stop=self._stop,
                     order=first.row.number,
-                    deadline=self._stop_at,
+                    deadline=self._requests_end,
                 )
                 for index, entry in enumerate(batch):
                     entry.index = index
@@ -340,6 +347,11 @@ class Segment:
             if len(self._in_flight) < self._limits.concurrency or self._stop.is_set():
                 return
             self._wait_for(self._in_flight)
+
+    @property
+    def _requests_end(self) -> float:
+        """When every request of the segment must have ended: half the margin after the stop."""
+        return self._stop_at + self._limits.safety_seconds / 2
 
     def _see_through(self) -> None:
         """Until every request in flight is answered, abandoned or failed, keeping the deadline:
@@ -385,7 +397,9 @@ class Segment:
 
     def _note(self, error: BaseException | None) -> None:
         """A row that failed fails the segment (the first failure is raised); an abandoned one does not."""
-        if error is not None and not isinstance(error, DeliveryAbandoned):
+        if isinstance(error, DeliveryAbandoned):
+            self._abandoned = self._abandoned or str(error)  # the first one, for the segment's log line
+        elif error is not None:
             self._failure = self._failure or error
             self._stop.set()  # the others in retry give up too: the segment fails anyway
 

@@ -34,10 +34,11 @@ object kept as its answer; any other: the row is rejected, `api item {status}: {
 Another 2xx body rejects every row of the batch saying so: nothing is counted delivered that the
 API did not confirm.
 
-No request outlives its segment: a caller that gives a `deadline` (delivery.py: when the segment
-stops taking rows, its time left minus SegmentSafetySeconds) bounds each request's connect and
-read by the time left until then, below ApiTimeoutSeconds when that is shorter. A request cut
-short by it is abandoned, not failed (DeliveryAbandoned): the API did nothing wrong.
+No request outlives its segment: a caller that gives a `deadline` (delivery.py: half the safety
+margin after the segment stops taking rows, so that the other half is its flush's) bounds each
+request's connect and read by the time left until then, below ApiTimeoutSeconds when that is
+shorter. A request cut short by it is abandoned, not failed (DeliveryAbandoned): the API did
+nothing wrong. Its row is sent again by the next segment, with the same Idempotency-Key.
 
 Every attempt first takes a slot from the rate limiter, and tells it when the answer came
 (`finished`: the pacing measures send → first byte). That is why the transports never retry
@@ -337,9 +338,10 @@ class DownstreamClient:
         puts rows waiting for rate slots at once in file order. `payload` may come encoded already
         (RowResult.body, so a row is serialised once, not per attempt and again here). `url` is
         the row's own (RequestTarget.url), None for the transport's. `deadline` (time.monotonic())
-        is when the segment stops: no request outlives it, whatever ApiTimeoutSeconds says; one
-        it cuts short, or that would start after it, is abandoned (DeliveryAbandoned), not failed:
-        the API is not to blame, so neither the row's attempts nor the breaker count it.
+        is when the segment's requests must have ended: no request outlives it, whatever
+        ApiTimeoutSeconds says; one it cuts short, or that would start after it, is abandoned
+        (DeliveryAbandoned), not failed: the API is not to blame, so neither the row's attempts
+        nor the breaker count it.
         """
         body = payload if isinstance(payload, bytes) else wire_body(payload)
         headers = {**self._static_headers, "Content-Type": "application/json", "Idempotency-Key": key}
@@ -358,6 +360,7 @@ class DownstreamClient:
             except Interrupted as error:
                 raise DeliveryAbandoned(f"stopped before attempt {sent + 1}, key {key}: {problem}") from error
             if (left := _time_left(deadline)) is not None and left <= 0:
+                self._limiter.finished(self._clock.now(), None)  # the permit back; nothing was sent
                 raise DeliveryAbandoned(f"out of time before attempt {sent + 1}, key {key}: {problem}")
             sent += 1
             outcome = self._timed_attempt(body, headers, url, reauthed=reauthed, timeout=left)

@@ -34,12 +34,12 @@ URL_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 MAX_BATCH_SIZE = 500  # rows per request (template ApiBatchSize MaxValue)
 RESERVED_HEADERS = frozenset({"authorization", "content-type", "content-length", "host", "idempotency-key"})
 # ProcessObject's time (template.yaml: its Timeout, the bounds of SegmentSafetySeconds and
-# ApiTimeoutSeconds; tests/unit/test_template.py holds them equal). A request never outlives its
-# segment's stop (downstream.py), so the margin covers what still runs after the stop: a rate
-# slot due just after it, then the flush and checkpoint.
+# ApiTimeoutSeconds; tests/unit/test_template.py holds them equal). A request never outlives half
+# the margin after its segment's stop (delivery.py), so the margin covers what still runs after
+# the stop: a rate slot due just after it and its request, then the flush and checkpoint.
 PROCESS_TIMEOUT_SECONDS = 300
 MAX_SEGMENT_SAFETY_SECONDS = 240  # at least 60 s of work per segment
-MIN_SEGMENT_SAFETY_SECONDS = STOPPED_GRACE_SECONDS + 1  # a slot due within 1 s of the stop + 1 s to flush
+MIN_SEGMENT_SAFETY_SECONDS = 2 * STOPPED_GRACE_SECONDS  # a slot due within 1 s of the stop; as long to flush
 MAX_API_TIMEOUT_SECONDS = PROCESS_TIMEOUT_SECONDS - MAX_SEGMENT_SAFETY_SECONDS  # fits the shortest segment
 
 

@@ -33,7 +33,9 @@ _ANSWER = b'{"status":"accepted","id":"bench"}'
 class InstantApi:
     """The downstream answering 200 at once, without a socket."""
 
-    def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse:
+    def send(
+        self, body: bytes, headers: Mapping[str, str], url: str | None = None, timeout: float | None = None
+    ) -> ApiResponse:
         return ApiResponse(200, {"Content-Type": "application/json"}, _ANSWER)
 
 

@@ -3,7 +3,7 @@
 Input: the schedule's event, which carries nothing the decision needs (the clock is read here, not
 taken from the event: a late or retried delivery must decide on what is true now). Output: the
 decision, `{"old", "new", "target", "direction", "reason", "detail"}`. The policy lives in
-`sluice.scaling` (docs/scaling.md).
+`sluice.scaling` (docs/scaling.md); it also reads the downstream's breaker (sluice/health.py).
 """
 
 from datetime import UTC, datetime
@@ -18,7 +18,11 @@ from sluice.settings import ScaleSettings
 
 settings = ScaleSettings.from_env()
 scaler = ConcurrencyScaler(
-    settings, ssm=boto3.client("ssm"), sqs=boto3.client("sqs"), cloudwatch=boto3.client("cloudwatch")
+    settings,
+    ssm=boto3.client("ssm"),
+    sqs=boto3.client("sqs"),
+    cloudwatch=boto3.client("cloudwatch"),
+    control=boto3.resource("dynamodb").Table(settings.control_table),
 )
 
 

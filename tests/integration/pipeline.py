@@ -45,8 +45,8 @@ OVERRIDES = {
     "ApiBackoffBaseSeconds": "0.05",
     # Above the simulator's Retry-After (1 s): a 429 is waited out inside the segment.
     "ApiBackoffMaxSeconds": "2",
-    # Longer than ProcessObject's local timeout: in the checkpoint test the runtime, not the HTTP
-    # client, ends the slow segment.
+    # Longer than ProcessObject's local timeout: in the slow-API test the segment's stop, not the
+    # request timeout nor the runtime, ends the calls.
     "ApiTimeoutSeconds": "20",
     # A duplicate event is deferred until the claim expires: seconds here, not 15 minutes.
     "ClaimSeconds": "20",
@@ -54,8 +54,8 @@ OVERRIDES = {
     "DownstreamProbeSeconds": "1",
     "DownstreamProbeMaxSeconds": "2",
 }
-# ProcessObject's 300 s timeout is the point of the checkpoint test; locally 8 s, so the runtime
-# kills a segment whose API calls have become slow within the test's time.
+# ProcessObject's 300 s timeout, locally 8 s: a segment whose API calls have become slow reaches
+# its stop within the test's time.
 PROCESS_TIMEOUT_SECONDS = 8
 FUNCTION_OVERRIDES = {"ProcessObjectFunction": {"Timeout": PROCESS_TIMEOUT_SECONDS}}
 # A row whose own backend is down: the API answers it 503 every time while it accepts the others.

@@ -13,6 +13,7 @@ from integration.pipeline import (
     API_RATE,
     MAX_RECEIVE_COUNT,
     OVERRIDES,
+    PROCESS_TIMEOUT_SECONDS,
     delivery_counts,
     item_of,
     queue_bodies,
@@ -152,31 +153,39 @@ def test_the_busiest_second_stays_within_the_api_limit(pipeline_stack: OfflineSt
     assert stats["throttled"] == 0
 
 
-def test_a_killed_segment_resumes_from_its_checkpoint(pipeline_stack: OfflineStack) -> None:
-    """GIVEN a file being delivered, WHEN the API slows down so much that the runtime kills
-    ProcessObject at its timeout, THEN the next attempt resumes at the stored checkpoint: rows
-    before it are never delivered again, and the file still succeeds with every row delivered."""
+def test_a_segment_whose_api_calls_outlive_it_stops_at_its_deadline_and_resumes(
+    pipeline_stack: OfflineStack,
+) -> None:
+    """GIVEN a file being delivered, WHEN the API slows down so much that every call outlives
+    ProcessObject's time (15 s answers, an 8 s timeout, ApiTimeoutSeconds 20), THEN no segment is
+    killed: each cuts its requests at its stop, checkpoints and hands over to the next; when the API
+    is fast again the file succeeds from the stored checkpoint, rows before it never sent again."""
     api = pipeline_stack.api
     assert api is not None
     data, _ = orders_csv_bytes(120, seed=5)
-    obj = upload(pipeline_stack, unique_key("killed"), data)
+    obj = upload(pipeline_stack, unique_key("slow"), data)
     wait_for(
         lambda: api.stats()["accepted"] >= 30, timeout=30, what="30 rows delivered before slowing the API"
     )
+    kills = pipeline_stack.runtime.timeouts.get("ProcessObjectFunction", 0)
     api.configure(latency_min=15.0, latency_max=15.0)  # every call now outlives the function's timeout
+    slowed = time.monotonic()
+    checkpoints: set[str] = set()
 
-    wait_for(
-        lambda: pipeline_stack.runtime.timeouts.get("ProcessObjectFunction", 0) >= 1,
-        timeout=30,
-        what="the runtime to kill ProcessObject at its timeout",
-    )
+    def stopped_twice() -> bool:
+        checkpoints.add(item_of(pipeline_stack, obj)["updated_at"])
+        # two function timeouts: the segment running at the slowdown would have been killed by then
+        return len(checkpoints) >= 3 and time.monotonic() - slowed > 2 * PROCESS_TIMEOUT_SECONDS
+
+    wait_for(stopped_twice, timeout=60, what="segments to stop and checkpoint while the API is slow")
+    assert pipeline_stack.runtime.timeouts.get("ProcessObjectFunction", 0) == kills, "a segment was killed"
     checkpoint = int(item_of(pipeline_stack, obj)["checkpoint"]["next_row"])
     api.configure(latency_min=0.005, latency_max=0.02)
 
     item = wait_for_state(pipeline_stack, obj, {"SUCCEEDED"}, timeout=90)
 
-    assert checkpoint > 1, "no checkpoint was stored before the kill"
-    assert item["attempts"] >= 2
+    assert checkpoint > 1, "no checkpoint was stored while the API was slow"
+    assert "failed_at" not in item, f"an attempt failed: {item.get('error')}"
     assert item["rows_delivered"] == 120
     counts = delivery_counts(pipeline_stack, obj, range(1, 121))
     assert all(counts[row] == 1 for row in range(1, checkpoint)), "a row before the checkpoint was re-sent"

@@ -121,10 +121,13 @@ class World:
         clock: Clock | None = None,
         backoff_seconds: float = 0.1,
         health: DownstreamHealth | None = None,
+        timeout_seconds: float = 5,
     ) -> Segment:
         clock = clock or ManualClock()
         client = DownstreamClient(
-            HttpTransport(self.server.url, pool_size=self.limits.concurrency, timeout_seconds=5),
+            HttpTransport(
+                self.server.url, pool_size=self.limits.concurrency, timeout_seconds=timeout_seconds
+            ),
             shared_limiter(self.control, limit=10_000, clock=clock),
             policy=RetryPolicy(
                 max_attempts=attempts, backoff_base_seconds=backoff_seconds, backoff_max_seconds=1
@@ -738,6 +741,130 @@ def test_the_reader_waiting_on_a_retrying_head_row_stops_at_the_deadline(world: 
     checkpoint, _ = world.store.load_checkpoint(world.obj)
     assert checkpoint.next_row == 1
     assert world.store.get(world.obj.id)["state"] == "PROCESSING"  # type: ignore[index]
+
+
+def test_an_api_that_accepts_and_never_answers_cannot_hold_the_segment_past_its_deadline(
+    world: World,
+) -> None:
+    # GIVEN an API that answers rows 1-8, then accepts every request and never answers it; a request
+    # timeout (20 s, as the integration pipeline's ApiTimeoutSeconds) far beyond the invocation's
+    # 4 s, a 2 s margin, and a breaker that two failed requests would open
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=2.0)
+    world.upload(csv_file())
+    release = threading.Event()
+
+    def respond(request: Received, seen: int) -> Reply:
+        if request.payload["id"] > 8:
+            release.wait(timeout=30)  # no answer while the test runs
+        return accept_all(request, seen)
+
+    world.server.respond = respond
+    health = DownstreamHealth(world.control, failure_threshold=2, notify=lambda subject, _: None)
+    segment = world.segment(RealTimeContext(4.0), clock=SystemClock(), health=health, timeout_seconds=20)
+
+    # WHEN the segment runs
+    started = time.monotonic()
+    try:
+        paused = segment.run(0)
+    finally:
+        took = time.monotonic() - started
+        release.set()
+
+    # THEN it ended before its deadline, its requests cut half the margin after the stop, with
+    # rows 1-8 committed and checkpointed; the cut requests failed nothing and opened nothing
+    assert took < 4.0, f"the segment outlived its 4 s: {took:.1f} s"
+    assert (paused.done, paused.rows_total) == (False, 8)
+    checkpoint, _ = world.store.load_checkpoint(world.obj)
+    assert checkpoint.next_row == 9
+    assert world.store.get(world.obj.id)["state"] == "PROCESSING"  # type: ignore[index]
+    assert not health.is_open()
+
+    # WHEN the API answers again: THEN the next segment delivers the rest, row 9 is not lost
+    world.server.respond = rejecting_row_33
+    done = world.segment(RealTimeContext(20), clock=SystemClock(), health=health).run(paused.segment)
+    assert (done.done, done.rows_delivered) == (True, len(DELIVERED))
+    accepted_rows, _ = world.merged(done)
+    assert [row["row"] for row in accepted_rows] == DELIVERED
+    sent = Counter(world.server.keys())
+    assert all(sent[world.key(n)] == 1 for n in range(1, 9))  # the committed rows were not sent again
+
+
+def test_a_request_sent_just_before_the_stop_is_answered_not_cut_and_sent_again(world: World) -> None:
+    # GIVEN an API answering in 0.4 s, and a segment that stops taking rows 0.3 s in (2 s margin)
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=2.0)
+    world.upload(csv_file())
+
+    def slow(request: Received, seen: int) -> Reply:
+        time.sleep(0.4)
+        return accept_all(request, seen)
+
+    world.server.respond = slow
+
+    # WHEN it runs: rows 1-3 go out at once, the stop comes while they are on the wire
+    paused = world.segment(RealTimeContext(2.3), clock=SystemClock(), timeout_seconds=20).run(0)
+
+    # THEN their answers were waited for (half the margin is theirs): committed, each sent once
+    assert (paused.done, paused.rows_delivered) == (False, 3)
+    assert Counter(world.server.keys()) == Counter({world.key(n): 1 for n in (1, 2, 3)})
+
+
+SHORT_FILE = b"id,note\r\n1,one\r\n2,two\r\n3,three\r\n"  # fewer rows than workers: all read at once
+
+
+def test_a_row_cut_at_the_deadline_after_the_last_row_was_read_keeps_the_file_open(world: World) -> None:
+    # GIVEN a file whose rows all go out at once, and an API that never answers row 3
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=2.0)
+    world.upload(SHORT_FILE)
+    release = threading.Event()
+
+    def respond(request: Received, seen: int) -> Reply:
+        if request.payload["id"] == 3:
+            release.wait(timeout=30)
+        return accept_all(request, seen)
+
+    world.server.respond = respond
+    segment = world.segment(RealTimeContext(4.0), clock=SystemClock(), timeout_seconds=20)
+
+    # WHEN the segment runs: the reader has read the last row when row 3's request is cut
+    try:
+        paused = segment.run(0)
+    finally:
+        release.set()
+
+    # THEN the file is not done: row 3 was not answered, and the next segment sends it
+    assert (paused.done, paused.rows_total) == (False, 2)
+    world.server.respond = accept_all
+    done = world.segment(RealTimeContext(20), clock=SystemClock()).run(paused.segment)
+    assert (done.done, done.rows_delivered) == (True, 3)
+
+
+def test_rows_held_for_an_unhealthy_downstream_after_the_last_row_was_read_end_at_the_deadline(
+    world: World,
+) -> None:
+    # GIVEN a file whose rows all go out at once, an API answering 401 (the breaker opens and
+    # holds every row; no probe before 30 s) and 2.5 s left with a 1 s margin
+    world.limits = SegmentLimits(concurrency=3, checkpoint_every=4, safety_seconds=1.0)
+    world.upload(SHORT_FILE)
+    world.server.respond = lambda request, seen: Reply(401, {"error": "token expired"})
+    health = DownstreamHealth(world.control, probe_seconds=30, notify=lambda subject, _: None)
+    segment = world.segment(RealTimeContext(2.5), clock=SystemClock(), health=health)
+    answers: list[ProcessResult] = []
+
+    # WHEN the segment runs (in a thread: before the fix it waited for the downstream for ever)
+    runner = threading.Thread(target=lambda: answers.append(segment.run(0)), daemon=True)
+    started = time.monotonic()
+    runner.start()
+    runner.join(timeout=10)
+    took = time.monotonic() - started
+    if runner.is_alive():
+        segment._stop.set()  # let its workers go, so the test process can end
+        runner.join(timeout=5)
+
+    # THEN it ended before its deadline, not done, nothing committed, checkpoint saved
+    assert took < 2.5, f"the segment outlived its 2.5 s: {took:.1f} s"
+    assert [(answer.done, answer.rows_total) for answer in answers] == [(False, 0)]
+    checkpoint, _ = world.store.load_checkpoint(world.obj)
+    assert checkpoint.next_row == 1
 
 
 def test_a_401_for_every_row_rejects_nothing_the_segment_waits_then_the_file_is_delivered_once(

@@ -288,6 +288,40 @@ def test_connection_errors_are_retried_then_raised() -> None:
     assert pacer.slots == 3
 
 
+def test_a_request_to_an_api_that_never_answers_ends_at_the_deadline_abandoned_not_failed() -> None:
+    # GIVEN an API that accepts the connection (the kernel's backlog) and never answers, a request
+    # timeout of 20 s and a segment that stops in 0.5 s
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/orders"
+        client = DownstreamClient(
+            HttpTransport(url, pool_size=1, timeout_seconds=20),
+            CountingPacer(),
+            policy=RetryPolicy(max_attempts=4),
+        )
+        started = time.monotonic()
+
+        # WHEN a row is sent
+        with pytest.raises(DeliveryAbandoned, match="deadline"):
+            client.deliver(ROW, KEY, deadline=started + 0.5)
+        took = time.monotonic() - started
+
+    # THEN the request ended at the deadline, not at its own timeout, and is no failed attempt
+    assert 0.4 < took < 1.5, f"{took:.2f} s"
+    assert counted("ApiRetries") == 0
+
+
+def test_no_request_starts_after_the_deadline() -> None:
+    with ApiServer() as server:
+        client, _, _ = client_for(server)
+
+        with pytest.raises(DeliveryAbandoned, match="out of time"):
+            client.deliver(ROW, KEY, deadline=time.monotonic() - 0.1)
+
+    assert server.keys() == []
+
+
 @pytest.mark.parametrize(("body", "answer"), [(b"", None), (b"OK, thanks", "OK, thanks")])
 def test_a_2xx_answer_that_is_not_json_is_kept_as_text(body: bytes, answer: Any) -> None:
     with ApiServer(scripted(Reply(200, body))) as server:

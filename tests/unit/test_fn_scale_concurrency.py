@@ -8,6 +8,7 @@ from typing import Any
 import boto3
 import pytest
 from conftest import load_function
+from datapath_support import create_tables
 from handler_support import FakeLambdaContext, capture_powertools_output, json_lines, load_event
 from moto import mock_aws
 
@@ -47,6 +48,7 @@ def handler(monkeypatch: pytest.MonkeyPatch) -> Iterator[Invocation]:
         ssm.put_parameter(Name=PARAMETER, Value="2", Type="String")
         queue_url = sqs.create_queue(QueueName="sluice-ingest")["QueueUrl"]
         monkeypatch.setenv("INGEST_QUEUE_URL", queue_url)
+        monkeypatch.setenv("CONTROL_TABLE", create_tables()["ControlTable"].name)
         yield Invocation(load_function("scale_concurrency"), ssm, sqs, queue_url)
 
 

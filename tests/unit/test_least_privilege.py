@@ -171,7 +171,13 @@ GRANTS: dict[str, list[Row]] = {
         ),
         Row(("get_queue_attributes",), ("sqs:GetQueueAttributes",), ("IngestQueue",)),
         Row(("get_metric_data",), ("cloudwatch:GetMetricData",), ("*",)),  # no resource-level permissions
-        *data_key(("sqs",), ("sqs",)),
+        Row(
+            ("get_item",),
+            ("dynamodb:GetItem",),
+            ("ControlTable",),
+            leading("ForAllValues:StringEquals", HEALTH_KEY),
+        ),
+        *data_key(("dynamodb", "sqs"), ("sqs",)),
         FAILURE_DESTINATION,
     ],
     "AlertNotifierFunction": [
@@ -332,6 +338,23 @@ NOT_CALLED = {
             "csvstream",
             "S3Object",
         ): "CsvStream.from_s3 is ProcessObject's; filecheck parses a ranged GET's sample",
+    },
+    "RegisterObjectFunction": {
+        ("filecheck", "head_object"): "it imports filecheck.bounded only",
+        ("filecheck", "get_object"): "it imports filecheck.bounded only",
+        ("csvstream", "S3Object"): "CsvStream.from_s3 is ProcessObject's",
+    },
+    "ScaleConcurrencyFunction": {
+        ("health", "update_item"): "it reads the breaker (health.breaker_open); ProcessObject moves it",
+        ("health", "publish"): "it reads the breaker; ProcessObject announces its transitions",
+        ("filecheck", "head_object"): "health's alerting imports filecheck.bounded only",
+        ("filecheck", "get_object"): "health's alerting imports filecheck.bounded only",
+        ("csvstream", "S3Object"): "CsvStream.from_s3 is ProcessObject's",
+    },
+    "AlertNotifierFunction": {
+        ("filecheck", "head_object"): "alerting imports filecheck.bounded only",
+        ("filecheck", "get_object"): "alerting imports filecheck.bounded only",
+        ("csvstream", "S3Object"): "CsvStream.from_s3 is ProcessObject's",
     },
 }
 # Powertools utilities that call AWS for the code (the scan sees the name, not the call).

@@ -4,16 +4,18 @@ import itertools
 import random
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from datapath_support import create_tables
 from handler_support import capture_powertools_output, json_lines
 from moto import mock_aws
 
+from sluice.health import HEALTH_KEY, BreakerState
 from sluice.scaling import ConcurrencyScaler, Decision, Direction, Observation, Reason, decide
 from sluice.settings import ScaleSettings
 
@@ -26,6 +28,7 @@ def policy(**overrides: Any) -> ScaleSettings:
     """The documented defaults, with min 1 and max 20 (the worked table's bounds)."""
     values: dict[str, Any] = {
         "concurrency_parameter": PARAMETER,
+        "control_table": "ControlTable",
         "concurrency_min": 1,
         "concurrency_max": 20,
         "ingest_queue_url": f"https://sqs.us-east-1.amazonaws.com/123456789012/{QUEUE}",
@@ -53,6 +56,23 @@ def test_idle_queue_goes_to_the_minimum_at_once() -> None:
 
     assert (decision.new, decision.direction, decision.reason) == (1, Direction.DOWN, Reason.IDLE)
     assert decide(seen(current=1), policy()).direction is Direction.HOLD
+
+
+@pytest.mark.parametrize("since", [5.0, 600.0])
+def test_an_open_breaker_drops_to_the_minimum_at_once_whatever_the_backlog(since: float) -> None:
+    # GIVEN 50 files waiting at 8, changed `since` seconds ago (inside and past every cooldown)
+    backlog = seen(current=8, visible=50, seconds_since_change=since)
+
+    # WHEN the downstream's breaker is open: THEN the minimum, one probe's worth
+    decision = decide(replace(backlog, downstream_unhealthy=True), policy(concurrency_min=2))
+    assert (decision.new, decision.direction) == (2, Direction.DOWN)
+    assert decision.reason == Reason.DOWNSTREAM_UNHEALTHY
+    assert decide(replace(backlog, current=2, downstream_unhealthy=True), policy(concurrency_min=2)).new == 2
+
+    # WHEN it has closed: THEN the queue leads again (a step up once the cooldown has passed)
+    recovered = decide(replace(backlog, current=2), policy(concurrency_min=2))
+    assert recovered.reason == (Reason.COOLDOWN if since < 120 else Reason.BACKLOG)
+    assert recovered.new == (2 if since < 120 else 6)
 
 
 def test_in_flight_messages_are_not_idle() -> None:
@@ -306,12 +326,15 @@ def test_settings_refuse_a_minimum_above_the_maximum() -> None:
 
 def test_settings_name_the_missing_variable() -> None:
     with pytest.raises(RuntimeError, match="CONCURRENCY_PARAMETER"):
-        ScaleSettings.from_env({"CONCURRENCY_MIN": "1", "CONCURRENCY_MAX": "3", "INGEST_QUEUE_URL": "u"})
+        ScaleSettings.from_env(
+            {"CONCURRENCY_MIN": "1", "CONCURRENCY_MAX": "3", "INGEST_QUEUE_URL": "u", "CONTROL_TABLE": "c"}
+        )
 
 
 def test_settings_read_the_knobs_from_the_environment() -> None:
     env = {
         "CONCURRENCY_PARAMETER": PARAMETER,
+        "CONTROL_TABLE": "ControlTable",
         "CONCURRENCY_MIN": "2",
         "CONCURRENCY_MAX": "30",
         "INGEST_QUEUE_URL": "u",
@@ -339,10 +362,17 @@ class Stack:
     cloudwatch: Any
     queue_url: str
     created_at: datetime  # when the parameter was last written: LastModifiedDate is the real clock
+    control: Any = None  # ControlTable: the downstream's breaker
 
     def scaler(self, **overrides: Any) -> ConcurrencyScaler:
         settings = policy(ingest_queue_url=self.queue_url, **overrides)
-        return ConcurrencyScaler(settings, ssm=self.ssm, sqs=self.sqs, cloudwatch=self.cloudwatch)
+        return ConcurrencyScaler(
+            settings, ssm=self.ssm, sqs=self.sqs, cloudwatch=self.cloudwatch, control=self.control
+        )
+
+    def breaker(self, state: BreakerState) -> None:
+        """The item ProcessObject's DownstreamHealth keeps (sluice/health.py)."""
+        self.control.put_item(Item={"pk": HEALTH_KEY, "state": state.value, "reason": "api 401: expired"})
 
     def setting(self) -> str:
         return self.ssm.get_parameter(Name=PARAMETER)["Parameter"]["Value"]
@@ -406,7 +436,8 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
         ssm, sqs = boto3.client("ssm"), boto3.client("sqs")
         ssm.put_parameter(Name=PARAMETER, Value="3", Type="String")
         queue_url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
-        yield Stack(ssm, sqs, boto3.client("cloudwatch"), queue_url, datetime.now(UTC))
+        control = create_tables()["ControlTable"]
+        yield Stack(ssm, sqs, boto3.client("cloudwatch"), queue_url, datetime.now(UTC), control)
     metrics.clear_metrics()
 
 
@@ -546,6 +577,29 @@ def test_an_unreadable_parameter_is_rewritten(stack: Stack) -> None:
     stack.scaler().run(stack.created_at + timedelta(minutes=1))
 
     assert stack.setting() == "1"
+
+
+def test_while_the_breaker_is_open_the_setting_stays_at_the_minimum_then_follows_the_queue_again(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN 30 files waiting at 7, and a downstream marked unhealthy by ProcessObject
+    stack.set("7")
+    stack.enqueue(30)
+    stack.breaker(BreakerState.OPEN)
+
+    # WHEN the scaler runs, again a minute later: THEN the minimum, logged with its reason and input
+    down = stack.scaler(concurrency_max=10).run(stack.created_at + timedelta(seconds=5))
+    assert (down.new, down.reason) == (1, Reason.DOWNSTREAM_UNHEALTHY)
+    assert stack.scaler(concurrency_max=10).run(stack.created_at + timedelta(minutes=1)).new == 1
+    assert stack.setting() == "1"
+    log = next(r for r in json_lines(capsys.readouterr().out) if r.get("reason") == "downstream-unhealthy")
+    assert (log["old"], log["new"], log["direction"]) == (7, 1, "down")
+    assert log["inputs"]["downstream_unhealthy"] is True
+
+    # WHEN the breaker has closed and the cooldown passed: THEN it steps up with the backlog again
+    stack.breaker(BreakerState.CLOSED)
+    up = stack.scaler(concurrency_max=10).run(datetime.now(UTC) + timedelta(minutes=10))
+    assert (up.old, up.new, up.reason) == (1, 5, Reason.BACKLOG)
 
 
 def test_each_decision_is_logged_with_its_inputs_and_counted_by_direction(

@@ -26,7 +26,7 @@ from asl_graph import (
 from moto.events.models import EventPattern
 from sam_transform import REPO, definition_of, load_sam_template, transform_template
 
-from sluice import metadata, settings
+from sluice import metadata, ratelimit, settings
 from sluice.alerting import Notification, render_alert
 from sluice.ratelimit import LIMITER_METRICS
 
@@ -752,6 +752,28 @@ def test_visibility_timeouts_cover_what_runs_before_the_next_extension(sam: dict
     )
     assert timeout["ProcessObjectFunction"] == 300
     assert sam["Resources"]["ProcessObjectFunction"]["Properties"]["MemorySize"] == 256
+
+
+def test_a_whole_request_fits_in_every_segment_and_the_margin_covers_what_runs_after_the_stop(
+    sam: dict,
+) -> None:
+    """CloudFormation Rules cannot compare numbers: the bounds hold the arithmetic, and ProcessSettings
+    refuses the same values at cold start."""
+    parameters = sam["Parameters"]
+    timeout = sam["Resources"]["ProcessObjectFunction"]["Properties"]["Timeout"]
+    safety, request = parameters["SegmentSafetySeconds"], parameters["ApiTimeoutSeconds"]
+    assert timeout == settings.PROCESS_TIMEOUT_SECONDS
+    assert safety["MaxValue"] == settings.MAX_SEGMENT_SAFETY_SECONDS
+    assert request["MaxValue"] == settings.MAX_API_TIMEOUT_SECONDS <= timeout - safety["MaxValue"]
+    assert safety["MinValue"] == settings.MIN_SEGMENT_SAFETY_SECONDS >= 2 * ratelimit.STOPPED_GRACE_SECONDS
+    fields = settings.ProcessSettings.model_fields
+    for name, low, high in [
+        ("api_timeout_seconds", None, request["MaxValue"]),
+        ("segment_safety_seconds", safety["MinValue"], safety["MaxValue"]),
+    ]:
+        bounds = fields[name].metadata
+        assert any(getattr(bound, "le", None) == high for bound in bounds), name
+        assert low is None or any(getattr(bound, "ge", None) == low for bound in bounds), name
 
 
 def test_a_claim_outlives_the_longest_gap_between_two_renewals(sam: dict) -> None:

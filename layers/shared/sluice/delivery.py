@@ -16,13 +16,18 @@ then the reader waits), at most one part of rows before it is flushed.
 The segment stops taking rows when the invocation has less than `safety_seconds` left: the
 requests on the wire finish, but no new attempt starts (a row between two retries is abandoned,
 DeliveryAbandoned, rather than waited for through its backoff), then it flushes, checkpoints
-and answers `done: false`; the state machine runs the next segment. So `safety_seconds` must
-cover a rate slot (ratelimit.STOPPED_GRACE_SECONDS, 1 s), one request (API_TIMEOUT_SECONDS, or
-the simulated API's maximum latency) and a flush.
+and answers `done: false`; the state machine runs the next segment. A request on the wire then
+has half of `safety_seconds` to end (downstream.DownstreamClient.deliver's `deadline`: its timeout
+is the shorter of API_TIMEOUT_SECONDS and the time left until then), the other half is the
+flush's: an API that accepts a connection and never answers cannot hold the segment past its
+timeout. (Cutting requests at the stop itself gave a request sent just before it milliseconds to
+answer; cut, it is sent again, a second delivery for an API that does not deduplicate.) So
+`safety_seconds` must cover a rate slot (ratelimit.STOPPED_GRACE_SECONDS, 1 s) and a flush, twice.
 At the end of the file it answers `done: true` with the outcome.
 
-No wait in a segment outlives its time: the reader waits for a worker or for the head row in
-ticks and stops the segment when the time left is below `safety_seconds`; the workers' waits
+No wait in a segment outlives its time: the reader waits for a worker, for the head row, and
+after the file's last row for the rows still in flight, in ticks, and stops the segment when the
+time left is below `safety_seconds`; the workers' waits
 (backoff, rate slot, a Retry-After pause, an unhealthy downstream) end when it stops. While the
 downstream is unhealthy (health.py) the workers hold their rows, the reader checkpoints what is
 committed once and keeps waiting; the rows go out when it recovers, or the segment answers
@@ -168,6 +173,7 @@ class Segment:
         self._fenced = False
         self._stop_at = float("inf")  # time.monotonic() at which the segment stops taking rows
         self._saved_while_unhealthy = False  # checkpointed since the downstream became unhealthy
+        self._abandoned = ""  # why the first row held back at the stop was not sent (DeliveryAbandoned)
 
     def run(self, segment: int) -> ProcessResult:
         stream = self._open(segment)
@@ -181,10 +187,13 @@ class Segment:
                     self._stop.set()  # the reader broke (S3, a bug): keep what is committed, retry nothing
                     raise
                 finally:
-                    wait(self._in_flight)  # what was sent is seen through, whatever happened
+                    self._see_through()  # what was sent is seen through, whatever happened
                     self._client.idle()  # the rate slots this invocation still holds go back
                     self._commit(until_blocked=False)
                     self._flush(final=True)
+            # A row abandoned at the stop (the deadline came while the reader had already read the
+            # file's last row) keeps the file open: the next segment sends it again.
+            ended = ended and not self._window
         finally:
             add_metric("RowsDelivered", MetricUnit.Count, self._counts.delivered - before.delivered)
             add_metric("RowsRejected", MetricUnit.Count, self._counts.rejected - before.rejected)
@@ -195,7 +204,11 @@ class Segment:
             outcome = FileState.SUCCEEDED_WITH_REJECTS if self._counts.rejected else FileState.SUCCEEDED
         logger.info(
             "file done" if ended else "segment paused",
-            extra={"segment": segment, "checkpoint": self._checkpoint.model_dump(exclude={"header"})},
+            extra={
+                "segment": segment,
+                "checkpoint": self._checkpoint.model_dump(exclude={"header"}),
+                **({"abandoned": self._abandoned} if self._abandoned else {}),
+            },
         )
         return ProcessResult(
             done=ended,
@@ -286,6 +299,7 @@ class Segment:
                     url=first.url,
                     stop=self._stop,
                     order=first.row.number,
+                    deadline=self._requests_end,
                 )
             else:
                 future = pool.submit(
@@ -294,6 +308,7 @@ class Segment:
                     [entry.key for entry in batch],
                     stop=self._stop,
                     order=first.row.number,
+                    deadline=self._requests_end,
                 )
                 for index, entry in enumerate(batch):
                     entry.index = index
@@ -336,6 +351,21 @@ class Segment:
                 return
             self._wait_for(self._in_flight)
 
+    @property
+    def _requests_end(self) -> float:
+        """When every request of the segment must have ended: half the margin after the stop."""
+        return self._stop_at + self._limits.safety_seconds / 2
+
+    def _see_through(self) -> None:
+        """Until every request in flight is answered, abandoned or failed, keeping the deadline:
+        past the file's last row the reader still stops the segment in time, which is what ends
+        the waits of rows held for an unhealthy downstream (their requests end by the deadline)."""
+        waiting = {future for future in self._in_flight if not future.done()}
+        while waiting and not self._stop.is_set():
+            self._wait_for(waiting)
+            waiting = {future for future in waiting if not future.done()}
+        wait(self._in_flight)
+
     def _wait_for(self, futures: set[Future[Any]]) -> None:
         """Until one of `futures` is done, or the segment must stop: never past the deadline.
 
@@ -370,7 +400,9 @@ class Segment:
 
     def _note(self, error: BaseException | None) -> None:
         """A row that failed fails the segment (the first failure is raised); an abandoned one does not."""
-        if error is not None and not isinstance(error, DeliveryAbandoned):
+        if isinstance(error, DeliveryAbandoned):
+            self._abandoned = self._abandoned or str(error)  # the first one, for the segment's log line
+        elif error is not None:
             self._failure = self._failure or error
             self._stop.set()  # the others in retry give up too: the segment fails anyway
 

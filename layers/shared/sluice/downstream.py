@@ -34,6 +34,12 @@ object kept as its answer; any other: the row is rejected, `api item {status}: {
 Another 2xx body rejects every row of the batch saying so: nothing is counted delivered that the
 API did not confirm.
 
+No request outlives its segment: a caller that gives a `deadline` (delivery.py: half the safety
+margin after the segment stops taking rows, so that the other half is its flush's) bounds each
+request's connect and read by the time left until then, below ApiTimeoutSeconds when that is
+shorter. A request cut short by it is abandoned, not failed (DeliveryAbandoned): the API did
+nothing wrong. Its row is sent again by the next segment, with the same Idempotency-Key.
+
 Every attempt first takes a slot from the rate limiter, and tells it when the answer came
 (`finished`: the pacing measures send → first byte). That is why the transports never retry
 on their own (urllib3 `retries=False`): a retry inside urllib3 would be a request the limiter
@@ -161,7 +167,11 @@ class Pacer(Protocol):
 
 
 class Transport(Protocol):
-    def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse: ...
+    def send(
+        self, body: bytes, headers: Mapping[str, str], url: str | None = None, timeout: float | None = None
+    ) -> ApiResponse:
+        """One request; `timeout`, when given, shortens the transport's own (the segment's time left)."""
+        ...
 
 
 class RowUrlError(ValueError):
@@ -208,6 +218,7 @@ class HttpTransport:
     def __init__(self, url: str, *, pool_size: int, timeout_seconds: float, method: str = "POST"):
         self._url = url
         self._method = method
+        self._timeout = timeout_seconds
         # block=True: never more connections than worker threads; retries=False: see the module doc.
         self._pool = urllib3.PoolManager(
             maxsize=pool_size,
@@ -216,10 +227,13 @@ class HttpTransport:
             timeout=urllib3.Timeout(total=timeout_seconds),
         )
 
-    def ready(self) -> None:
+    def ready(self, within: float | None = None) -> None:
         """Open a connection to the API now if the one a request will take is not open, so the
         request's arrival is never late by a TCP (or TLS) handshake. urllib3 opens connections
-        lazily and has no public "warm up"; the pool's own checkout is used for it."""
+        lazily and has no public "warm up"; the pool's own checkout is used for it. The connect
+        takes at most WARM_CONNECT_SECONDS, and at most `within` (the segment's time left)."""
+        if within is not None and within <= 0:
+            return  # no time for a request either
         pool = self._pool.connection_from_url(self._url)
         conn = pool._get_conn()
         timeout = conn.timeout
@@ -227,9 +241,8 @@ class HttpTransport:
             if not conn.is_connected:
                 # Bounded on its own: an API that is gone must not hold a worker for the request
                 # timeout before its slot (the segment's stop is only looked at between waits).
-                conn.timeout = (
-                    min(WARM_CONNECT_SECONDS, timeout) if isinstance(timeout, float) else WARM_CONNECT_SECONDS
-                )
+                bounds = [WARM_CONNECT_SECONDS, self._timeout, *([] if within is None else [within])]
+                conn.timeout = max(0.001, min(bounds))
                 conn.connect()
         except (OSError, urllib3.exceptions.HTTPError):
             conn.close()  # the request will report the failure itself
@@ -237,7 +250,11 @@ class HttpTransport:
             conn.timeout = timeout
             pool._put_conn(conn)
 
-    def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse:
+    def send(
+        self, body: bytes, headers: Mapping[str, str], url: str | None = None, timeout: float | None = None
+    ) -> ApiResponse:
+        # urllib3's total: connect, then each read waits at most what the connect left of it
+        seconds = self._timeout if timeout is None else max(0.001, min(self._timeout, timeout))
         try:
             response = self._pool.request(
                 self._method,
@@ -246,6 +263,7 @@ class HttpTransport:
                 headers=dict(headers),
                 retries=False,
                 redirect=False,
+                timeout=urllib3.Timeout(total=seconds),
             )
         except urllib3.exceptions.HTTPError as error:
             raise TransportError(f"{type(error).__name__}: {error}") from error
@@ -274,8 +292,13 @@ class SimulatedApi:
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
 
-    def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse:
+    def send(
+        self, body: bytes, headers: Mapping[str, str], url: str | None = None, timeout: float | None = None
+    ) -> ApiResponse:
         latency = self._rng.uniform(self._low, self._high)  # all of it the API's own time
+        if timeout is not None and latency > timeout:  # the segment's time left is shorter
+            self._clock.sleep_until(self._clock.now() + max(0.0, timeout))
+            raise TransportError(f"simulated: no answer within {timeout:.1f} s")
         self._clock.sleep_until(self._clock.now() + latency)
         if self._rng.random() < self._failure_rate:
             return ApiResponse(503, {}, b'{"error": "simulated failure"}', answer_seconds=latency)
@@ -332,7 +355,7 @@ class DownstreamClient:
         self._rng = rng or random.Random()
         self._answer_time = threading.local()  # the last attempt's answer time, per worker thread
 
-    def deliver(  # noqa: PLR0912 - one loop reads best as one function: each branch is an answer's kind
+    def deliver(  # noqa: PLR0912, PLR0915 - one loop reads best as one function: each branch is an answer's kind
         self,
         payload: Mapping[str, Any] | bytes,
         key: str,
@@ -340,6 +363,7 @@ class DownstreamClient:
         url: str | None = None,
         stop: threading.Event | None = None,
         order: int | None = None,
+        deadline: float | None = None,
     ) -> Delivery:
         """POST one row until it is accepted or rejected; TransientDownstreamError if neither.
 
@@ -350,7 +374,11 @@ class DownstreamClient:
         row's attempts: the row waits for the API instead of failing. `order` (the row's number)
         puts rows waiting for rate slots at once in file order. `payload` may come encoded already
         (RowResult.body, so a row is serialised once, not per attempt and again here). `url` is
-        the row's own (RequestTarget.url), None for the transport's.
+        the row's own (RequestTarget.url), None for the transport's. `deadline` (time.monotonic())
+        is when the segment's requests must have ended: no request outlives it, whatever
+        ApiTimeoutSeconds says; one it cuts short, or that would start after it, is abandoned
+        (DeliveryAbandoned), not failed: the API is not to blame, so neither the row's attempts
+        nor the breaker count it.
         """
         body = payload if isinstance(payload, bytes) else wire_body(payload)
         headers = {**self._static_headers, "Content-Type": "application/json", "Idempotency-Key": key}
@@ -362,19 +390,26 @@ class DownstreamClient:
                 _unless_stopped(stop, sent + 1, key, problem)
             try:
                 # Once admitted, a row goes out even if the segment stops meanwhile: every row held
-                # for the downstream goes, or none does, so no row is delivered past an abandoned one.
+                # for the downstream goes, or none does, so no row is delivered past an abandoned one
+                # (only a row whose deadline has passed stays back: no answer could come in time).
                 probe = self.health.admit(stop) if self.health is not None else False
-                slot = self._ready_slot(stop, order)
+                slot = self._ready_slot(stop, order, _time_left(deadline))
             except Interrupted as error:
                 raise DeliveryAbandoned(f"stopped before attempt {sent + 1}, key {key}: {problem}") from error
+            if (left := _time_left(deadline)) is not None and left <= 0:
+                self._limiter.finished(self._clock.now(), None)  # the permit back; nothing was sent
+                raise DeliveryAbandoned(f"out of time before attempt {sent + 1}, key {key}: {problem}")
             sent += 1
-            outcome = self._timed_attempt(body, headers, url, reauthed=reauthed)
+            outcome = self._timed_attempt(body, headers, url, reauthed=reauthed, timeout=left)
             reauthed = False
             if isinstance(outcome, Delivery):
                 if self.health is not None:
                     self.health.answered(probe=probe)
                 return replace(outcome, attempts=sent)
             problem = outcome.problem
+            if not outcome.answered and (left := _time_left(deadline)) is not None and left <= 0:
+                # cut short by the segment's deadline (or failing just then): the next segment sends it
+                raise DeliveryAbandoned(f"no answer before the segment's deadline, key {key}: {problem}")
             if outcome.reauth:  # the secret was rotated: send again with the new one, not an attempt
                 reauthed = True
                 continue
@@ -414,17 +449,23 @@ class DownstreamClient:
         """Nothing more to send for now (a segment ended): rate slots held go back to the stack."""
         self._limiter.give_back()
 
-    def _ready_slot(self, stop: threading.Event | None, order: int | None) -> float:
+    def _ready_slot(self, stop: threading.Event | None, order: int | None, within: float | None) -> float:
         """A connection open (so its setup cannot make the arrival late), then the rate slot."""
         # Not while the downstream is unhealthy: a probe's arrival is not paced to the limit.
         if isinstance(self._transport, HttpTransport) and not (
             self.health is not None and self.health.seen_open
         ):
-            self._transport.ready()
+            self._transport.ready(within)
         return self._limiter.acquire(stop, order)
 
     def _timed_attempt(
-        self, body: bytes, headers: Mapping[str, str], url: str | None, *, reauthed: bool
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        url: str | None,
+        *,
+        reauthed: bool,
+        timeout: float | None,
     ) -> "Delivery | _Failure":
         """One attempt; its trip is told to the limiter, which paces for its spread: send → first
         byte, less the time the API declares it worked after the arrival (Server-Timing)."""
@@ -432,7 +473,7 @@ class DownstreamClient:
         self._answer_time.seconds = 0.0
         outcome: Delivery | _Failure = _Failure("no answer", answered=False)
         try:
-            outcome = self._attempt(body, headers, url, reauthed=reauthed)
+            outcome = self._attempt(body, headers, url, reauthed=reauthed, timeout=timeout)
         finally:
             answered = isinstance(outcome, Delivery) or outcome.answered
             # max: the answer time is real seconds, the clock may be a test's manual one
@@ -455,9 +496,12 @@ class DownstreamClient:
         *,
         stop: threading.Event | None = None,
         order: int | None = None,
+        deadline: float | None = None,
     ) -> list[Delivery]:
         """Several rows in one request (module doc, Batches): each row's Delivery, in order."""
-        delivery = self.deliver(b"[" + b",".join(bodies) + b"]", batch_key(keys), stop=stop, order=order)
+        delivery = self.deliver(
+            b"[" + b",".join(bodies) + b"]", batch_key(keys), stop=stop, order=order, deadline=deadline
+        )
         if not delivery.accepted:
             return [delivery] * len(keys)
         results = delivery.answer
@@ -490,7 +534,13 @@ class DownstreamClient:
             raise DeliveryAbandoned(f"stopped before attempt {sent + 1}, key {key}: {problem}") from error
 
     def _attempt(
-        self, body: bytes, headers: Mapping[str, str], url: str | None, *, reauthed: bool
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        url: str | None,
+        *,
+        reauthed: bool,
+        timeout: float | None,
     ) -> "Delivery | _Failure":
         """One request: a final Delivery, or what went wrong."""
         fingerprint = ""
@@ -499,7 +549,7 @@ class DownstreamClient:
                 credential, fingerprint = self._auth.current()
                 headers = {**headers, **credential}
             started = time.perf_counter()
-            response = self._transport.send(body, headers, url)
+            response = self._transport.send(body, headers, url, timeout)
         except (TransportError, AuthError) as error:
             return _Failure.of(error)
         self._answer_time.seconds = response.answer_seconds
@@ -555,6 +605,11 @@ class _Failure:
         return cls(str(error), answered=False)
 
 
+def _time_left(deadline: float | None) -> float | None:
+    """Seconds until `deadline` (time.monotonic()), None when there is none."""
+    return None if deadline is None else deadline - time.monotonic()
+
+
 def _unless_stopped(stop: threading.Event | None, attempt: int, key: str, problem: str) -> None:
     if stop is not None and stop.is_set():
         raise DeliveryAbandoned(f"stopped before attempt {attempt}, key {key}: {problem}")
@@ -598,8 +653,10 @@ class _CountedSimulation:
     def __init__(self, api: Transport) -> None:
         self._api = api
 
-    def send(self, body: bytes, headers: Mapping[str, str], url: str | None = None) -> ApiResponse:
-        response = self._api.send(body, headers, url)
+    def send(
+        self, body: bytes, headers: Mapping[str, str], url: str | None = None, timeout: float | None = None
+    ) -> ApiResponse:
+        response = self._api.send(body, headers, url, timeout)
         if 200 <= response.status < 300:
             add_metric(SIMULATED_DELIVERIES_METRIC, MetricUnit.Count, 1)
         return response

@@ -282,6 +282,13 @@ class DownstreamHealth:
             self._metric(UNHEALTHY_METRIC, MetricUnit.Count, value)
 
 
+def breaker_open(table: Any, key: str = HEALTH_KEY) -> bool:
+    """Whether the breaker is open now (one strongly consistent read), for a reader that takes no
+    part in it: ScaleConcurrency keeps the dispatcher at its minimum while it is (scaling.py)."""
+    item = table.get_item(Key={"pk": key}, ConsistentRead=True).get("Item", {})
+    return item.get("state") == BreakerState.OPEN
+
+
 def health_from_settings(
     settings: ProcessSettings, control_table: Any, *, sns_client: Any = None, metric: MetricSink | None = None
 ) -> DownstreamHealth:

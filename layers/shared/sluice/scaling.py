@@ -5,6 +5,8 @@ ScaleConcurrency runs every minute. It observes
 * the backlog: IngestQueue's visible plus in-flight messages (SQS GetQueueAttributes), the files
   not finished yet;
 * how late we are: the age of the oldest message (CloudWatch AWS/SQS ApproximateAgeOfOldestMessage);
+* the downstream's breaker (sluice/health.py, ControlTable item `health#downstream`): open means
+  ProcessObject's rows wait for the API and one probe at a time tests it;
 * the downstream's health since the last change (CloudWatch, the `Sluice` namespace, dimension
   `service`): ApiThrottles (429 answers), ApiRetries (every retried attempt: 429, 5xx, timeout,
   connection error) and RowsDelivered, all emitted by ProcessObject. Errors are the retries that
@@ -14,6 +16,10 @@ and sets ConcurrencyParameter, the Map concurrency the dispatcher reads, with `d
 rule that matches wins (docs/scaling.md has the worked table):
 
 1. *unreadable* or *out-of-bounds*: the value is not an integer within min..max → clamp it at once.
+   *downstream-unhealthy*: the breaker is open → the minimum at once, whatever the queue says:
+   one file is enough to carry the probe, and every other file would hold a dispatcher slot (and
+   its segments) waiting for an API that is not there. Once it closes, the rules below resume
+   (the step cooldown counts from the drop, as from any change).
 2. *idle*: nothing visible, nothing in flight → the minimum at once; nothing runs, nothing to protect.
 3. *throttled*: at least `min_attempts` attempts and throttles/attempts ≥ `throttle_decrease_ratio`
    → multiply by `throttle_decrease_factor` (halve), once `backoff_cooldown_seconds` have passed
@@ -51,6 +57,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import single_metric
 from botocore.client import BaseClient
 
+from sluice.health import breaker_open
 from sluice.observability import MetricUnit, logger, metrics
 from sluice.settings import ScaleSettings
 
@@ -68,6 +75,7 @@ class Direction(StrEnum):
 
 class Reason(StrEnum):
     UNREADABLE = "unreadable"
+    DOWNSTREAM_UNHEALTHY = "downstream-unhealthy"
     OUT_OF_BOUNDS = "out-of-bounds"
     IDLE = "idle"
     THROTTLED = "throttled"
@@ -94,6 +102,7 @@ class Observation:
     throttles: float = 0.0
     attempt_rate: float = 0.0  # API attempts per second over the same time
     seconds_since_change: float | None = None  # None: unknown, as if long ago
+    downstream_unhealthy: bool = False  # the breaker is open (health.breaker_open)
 
     @property
     def backlog(self) -> int:
@@ -162,7 +171,7 @@ def decide(seen: Observation, policy: ScaleSettings) -> Decision:
         return Decision(old=None, new=low, target=target, reason=Reason.UNREADABLE, detail=detail)
     since = math.inf if seen.seconds_since_change is None else seen.seconds_since_change
     case = _Case(seen=seen, policy=policy, current=seen.current, target=target, since=since)
-    for rule in (_out_of_bounds, _idle, _back_off, _step_up, _drain):
+    for rule in (_downstream_unhealthy, _out_of_bounds, _idle, _back_off, _step_up, _drain):
         decision = rule(case)
         if decision is not None:
             return decision
@@ -184,6 +193,13 @@ class _Case:
 
     def hold(self, reason: Reason, detail: str) -> Decision:
         return self.to(self.current, reason, detail)
+
+
+def _downstream_unhealthy(case: _Case) -> Decision | None:
+    if not case.seen.downstream_unhealthy:
+        return None
+    detail = f"the downstream's breaker is open: one file carries the probe (backlog {case.seen.backlog})"
+    return case.to(case.policy.concurrency_min, Reason.DOWNSTREAM_UNHEALTHY, detail)
 
 
 def _out_of_bounds(case: _Case) -> Decision | None:
@@ -269,15 +285,24 @@ def _clamp(value: int, low: int, high: int) -> int:
 class ConcurrencyScaler:
     """One scheduled run: observe, decide, write the parameter, log and count the decision.
 
-    The boto3 clients are passed in (created once per cold start by the handler, or by a test under
-    moto). The clock is the caller's: `run(now)`.
+    The boto3 clients and the ControlTable resource are passed in (created once per cold start by
+    the handler, or by a test under moto). The clock is the caller's: `run(now)`.
     """
 
-    def __init__(self, settings: ScaleSettings, *, ssm: BaseClient, sqs: BaseClient, cloudwatch: BaseClient):
+    def __init__(
+        self,
+        settings: ScaleSettings,
+        *,
+        ssm: BaseClient,
+        sqs: BaseClient,
+        cloudwatch: BaseClient,
+        control: Any,
+    ):
         self._settings = settings
         self._ssm = ssm
         self._sqs = sqs
         self._cloudwatch = cloudwatch
+        self._control = control  # ControlTable (a boto3 Table resource): the breaker's item
 
     def run(self, now: datetime) -> Decision:
         seen = self.observe(now)
@@ -306,6 +331,7 @@ class ConcurrencyScaler:
             visible=int(depth.get("ApproximateNumberOfMessages", 0)),
             in_flight=int(depth.get("ApproximateNumberOfMessagesNotVisible", 0)),
             seconds_since_change=max(0.0, (now - changed_at).total_seconds()) if changed_at else None,
+            downstream_unhealthy=breaker_open(self._control),
             **health,
         )
 

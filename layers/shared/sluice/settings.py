@@ -12,7 +12,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sluice.ratelimit import DEFAULT_LATENESS_SECONDS, ApiPolicy, RateForm
+from sluice.ratelimit import DEFAULT_LATENESS_SECONDS, STOPPED_GRACE_SECONDS, ApiPolicy, RateForm
 
 # The downstream API choice (template parameters Stage, ApiMode, ApiUrl). The rule below is the one
 # place it is written in Python; template.yaml's `Rules` (ApiMode…, ApiUrl…) state the same for
@@ -33,6 +33,14 @@ URL_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 # Headers Sluice sets itself: ApiHeaders may not name them (any case).
 MAX_BATCH_SIZE = 500  # rows per request (template ApiBatchSize MaxValue)
 RESERVED_HEADERS = frozenset({"authorization", "content-type", "content-length", "host", "idempotency-key"})
+# ProcessObject's time (template.yaml: its Timeout, the bounds of SegmentSafetySeconds and
+# ApiTimeoutSeconds; tests/unit/test_template.py holds them equal). A request never outlives half
+# the margin after its segment's stop (delivery.py), so the margin covers what still runs after
+# the stop: a rate slot due just after it and its request, then the flush and checkpoint.
+PROCESS_TIMEOUT_SECONDS = 300
+MAX_SEGMENT_SAFETY_SECONDS = 240  # at least 60 s of work per segment
+MIN_SEGMENT_SAFETY_SECONDS = 2 * STOPPED_GRACE_SECONDS  # a slot due within 1 s of the stop; as long to flush
+MAX_API_TIMEOUT_SECONDS = PROCESS_TIMEOUT_SECONDS - MAX_SEGMENT_SAFETY_SECONDS  # fits the shortest segment
 
 
 def url_problem(url: str, stage: str, what: str = "API_URL") -> str | None:
@@ -205,14 +213,19 @@ class ProcessSettings(MetadataSettings):
     # slot → arrival lateness assumed until the stack has measured its own
     api_rate_lateness_seconds: float = Field(default=DEFAULT_LATENESS_SECONDS, ge=0, le=1)
     api_concurrency: int = Field(default=16, ge=1)  # worker threads (requests in flight) in one invocation
-    api_timeout_seconds: float = Field(default=10.0, gt=0)
+    api_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=MAX_API_TIMEOUT_SECONDS
+    )  # or the stop, if sooner
     api_max_attempts: int = Field(default=5, ge=1)
     api_backoff_base_seconds: float = Field(default=0.5, gt=0)
     api_backoff_max_seconds: float = Field(default=20.0, gt=0)
     simulated_latency_min_seconds: float = Field(default=5.0, ge=0)
     simulated_latency_max_seconds: float = Field(default=30.0, ge=0)
     simulated_failure_rate: float = Field(default=0.05, ge=0, le=1)
-    segment_safety_seconds: float = Field(default=30.0, ge=0)  # stop taking rows this long before timeout
+    # stop taking rows this long before the timeout
+    segment_safety_seconds: float = Field(
+        default=30.0, ge=MIN_SEGMENT_SAFETY_SECONDS, le=MAX_SEGMENT_SAFETY_SECONDS
+    )
     checkpoint_every_rows: int = Field(default=500, ge=1)
     # The downstream's shared circuit breaker (sluice/health.py)
     downstream_failure_threshold: int = Field(default=8, ge=1)  # failed attempts in a row: unhealthy
@@ -310,6 +323,7 @@ class ScaleSettings(Settings):
     """ScaleConcurrency: the setting it writes, what it reads, and the policy's knobs (docs/scaling.md)."""
 
     concurrency_parameter: str  # SSM parameter name; its value is a bare integer
+    control_table: str  # its health#downstream item: the downstream's breaker (sluice/health.py)
     concurrency_min: int = Field(ge=1)
     concurrency_max: int = Field(ge=1)
     ingest_queue_url: str

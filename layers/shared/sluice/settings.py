@@ -140,6 +140,13 @@ class LeaseSettings(Settings):
     lease_margin_seconds: int = Field(default=300, ge=0)
 
 
+class WakeSettings(LeaseSettings):
+    """WakeDispatcher: the lease it reads (LeaseSettings) and the state machine it starts."""
+
+    dispatcher_state_machine_arn: str
+    ingest_queue_url: str  # a scheduled wake starts nothing while it is empty
+
+
 class PlanSettings(Settings):
     stagger_seconds: float = Field(default=2.0, ge=0)  # base gap between two items of a batch
     max_stagger_seconds: int = Field(default=60, ge=0)

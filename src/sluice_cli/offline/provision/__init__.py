@@ -60,6 +60,8 @@ class ProvisionContext:
     state_dir: Path
     resources: dict[str, Resource] = field(default_factory=dict)
     schedules: list[ScheduleTarget] = field(default_factory=list)
+    # rule ARN → its Lambda targets, which moto cannot invoke (offline/events_bridge.py does)
+    lambda_rule_targets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _clients: dict[str, Any] = field(default_factory=dict)
 
     @property

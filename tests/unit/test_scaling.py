@@ -568,3 +568,27 @@ def test_each_decision_is_logged_with_its_inputs_and_counted_by_direction(
     gauge = next(r for r in records if "ConcurrencySetting" in r)
     assert gauge["ConcurrencySetting"] == [7.0]  # one value: this run's
     assert "direction" not in gauge  # the gauge is one series, whatever the decision
+
+
+class NoCloudWatch:
+    """A CloudWatch client no idle run may call (GetMetricData is billed per metric, issue 14)."""
+
+    def get_metric_data(self, **_: Any) -> dict:
+        raise AssertionError("an idle run read CloudWatch")
+
+
+def test_an_idle_run_reads_no_cloudwatch_and_a_busy_one_does(stack: Stack) -> None:
+    stack.set("6")
+    idle = ConcurrencyScaler(
+        policy(ingest_queue_url=stack.queue_url, concurrency_min=2),
+        ssm=stack.ssm,
+        sqs=stack.sqs,
+        cloudwatch=NoCloudWatch(),
+    )
+
+    decision = idle.run(stack.created_at + timedelta(seconds=5))
+
+    assert (decision.new, decision.reason, stack.setting()) == (2, Reason.IDLE, "2")
+    stack.enqueue(1)
+    with pytest.raises(AssertionError, match="read CloudWatch"):
+        idle.run(stack.created_at + timedelta(minutes=10))

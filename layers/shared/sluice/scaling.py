@@ -58,6 +58,8 @@ PERIOD_SECONDS = 60  # CloudWatch's standard resolution; SQS publishes its metri
 # SQS metrics reach CloudWatch a minute or two late; an older datapoint says nothing about now.
 AGE_LOOKBACK_SECONDS = 300
 QUEUE_DEPTH_ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+# The health of a stack with nothing queued or in flight, without asking CloudWatch.
+IDLE_HEALTH = {"delivered": 0, "retries": 0, "throttles": 0, "attempt_rate": 0.0, "oldest_age_seconds": None}
 
 
 class Direction(StrEnum):
@@ -300,11 +302,15 @@ class ConcurrencyScaler:
         depth = self._sqs.get_queue_attributes(
             QueueUrl=self._settings.ingest_queue_url, AttributeNames=QUEUE_DEPTH_ATTRIBUTES
         )["Attributes"]
-        health = self._health(now, changed_at)
+        visible = int(depth.get("ApproximateNumberOfMessages", 0))
+        in_flight = int(depth.get("ApproximateNumberOfMessagesNotVisible", 0))
+        # Idle, no rule reads the health (rules 1 and 2 decide): no GetMetricData, which is what an
+        # idle minute would otherwise cost most (4 metrics; docs/performance.md, Fixed cost).
+        health = self._health(now, changed_at) if visible + in_flight else dict(IDLE_HEALTH)
         return Observation(
             current=_as_int(parameter["Value"]),
-            visible=int(depth.get("ApproximateNumberOfMessages", 0)),
-            in_flight=int(depth.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            visible=visible,
+            in_flight=in_flight,
             seconds_since_change=max(0.0, (now - changed_at).total_seconds()) if changed_at else None,
             **health,
         )

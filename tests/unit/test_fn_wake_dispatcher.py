@@ -8,6 +8,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from conftest import load_function
 from handler_support import (
     FakeLambdaContext,
@@ -18,7 +19,7 @@ from handler_support import (
 )
 from moto import mock_aws
 
-from sluice.lease import DispatcherLease
+from sluice.lease import LEASE_KEY, DispatcherLease
 from sluice.settings import LeaseSettings
 from sluice.wake import execution_name
 
@@ -57,13 +58,18 @@ def executions(sfn: Any, machine: str) -> list[str]:
 def test_an_arrival_with_no_dispatcher_running_starts_one_named_after_the_event(
     stack: tuple[ModuleType, Any, Any, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    module, _, sfn, machine = stack
+    module, table, sfn, machine = stack
 
     answer = module.lambda_handler(ARRIVAL, FakeLambdaContext())
 
     assert answer == {"started": True, "execution": f"wake-{ARRIVAL['id']}", "reason": "started"}
     assert executions(sfn, machine) == [f"wake-{ARRIVAL['id']}"]
     assert emitted_metrics(capsys.readouterr().out)["DispatcherWoken"] == 1
+    # the lease is already the started execution's: its own acquire keeps it, another wake is refused
+    assert table.get_item(Key={"pk": LEASE_KEY})["Item"]["holder"] == answer["execution"]
+    lease = DispatcherLease(table, LeaseSettings(control_table="ControlTable"))
+    assert lease.acquire(answer["execution"]).acquired is True
+    assert lease.acquire("another").acquired is False
 
 
 def test_an_arrival_while_an_execution_holds_the_lease_starts_nothing(
@@ -110,12 +116,49 @@ def test_the_same_event_delivered_twice_starts_one_execution(stack: tuple[Module
     module, _, sfn, machine = stack
     first = module.lambda_handler(ARRIVAL, FakeLambdaContext())
 
-    # (Step Functions answers the same name and input idempotently while it runs, and
-    # ExecutionAlreadyExists once it has ended: either way no second execution.)
     again = module.lambda_handler(ARRIVAL, FakeLambdaContext())
 
-    assert again["execution"] == first["execution"] == f"wake-{ARRIVAL['id']}"
+    assert first["execution"] == f"wake-{ARRIVAL['id']}"
+    assert again == {"started": False, "execution": None, "reason": f"lease held by {first['execution']}"}
     assert executions(sfn, machine) == [first["execution"]]
+
+
+def test_two_wakes_racing_past_the_read_start_one_execution(stack: tuple[ModuleType, Any, Any, str]) -> None:
+    module, table, sfn, machine = stack
+    # GIVEN another wake took the lease between this wake's read and its write
+    real = DispatcherLease(table, LeaseSettings(control_table="ControlTable"))
+    module.waker._lease = RacedLease(real)
+
+    answer = module.lambda_handler(ARRIVAL, FakeLambdaContext())
+
+    assert answer == {"started": False, "execution": None, "reason": "lease taken by another wake"}
+    assert executions(sfn, machine) == []
+    assert table.get_item(Key={"pk": LEASE_KEY})["Item"]["holder"] == "wake-the-other"
+
+
+def test_a_start_that_fails_gives_the_lease_back(stack: tuple[ModuleType, Any, Any, str]) -> None:
+    module, table, _, _ = stack
+    module.waker._state_machine_arn += "-gone"  # StartExecution: StateMachineDoesNotExist
+
+    with pytest.raises(ClientError):
+        module.lambda_handler(ARRIVAL, FakeLambdaContext())
+
+    assert "Item" not in table.get_item(Key={"pk": LEASE_KEY})
+
+
+class RacedLease:
+    """The real lease, but another wake acquires it right after this one has read it free."""
+
+    def __init__(self, lease: DispatcherLease) -> None:
+        self._lease = lease
+
+    def holder(self) -> str | None:
+        found = self._lease.holder()
+        self._lease.acquire("wake-the-other")
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lease, name)
 
 
 @pytest.mark.parametrize(
@@ -143,3 +186,4 @@ def test_an_execution_that_ended_keeps_its_name_and_the_wake_says_so(
 
     assert answer == {"started": False, "execution": f"wake-{ARRIVAL['id']}", "reason": "already started"}
     assert executions(sfn, machine) == [f"wake-{ARRIVAL['id']}"]
+    assert "Item" not in module.waker._lease._table.get_item(Key={"pk": LEASE_KEY})  # given back

@@ -87,14 +87,14 @@ GRANTS: dict[str, list[Row]] = {
     ],
     "WakeDispatcherFunction": [
         Row(
-            ("get_item",),
-            ("dynamodb:GetItem",),
+            ("get_item", "put_item", "delete_item"),
+            ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"),
             ("ControlTable",),
             leading("ForAllValues:StringEquals", LEASE_KEY),
         ),
         Row(("start_execution",), ("states:StartExecution",), ("DispatcherStateMachine",)),
         Row(("get_queue_attributes",), ("sqs:GetQueueAttributes",), ("IngestQueue",)),
-        *data_key(("dynamodb", "sqs"), ("sqs",)),
+        *data_key(("dynamodb", "sqs"), ("dynamodb", "sqs")),
         FAILURE_DESTINATION,
     ],
     "PlanBatchFunction": [*data_key(("sqs",), ("sqs",)), FAILURE_DESTINATION],
@@ -333,11 +333,7 @@ NOT_CALLED_ANYWHERE = {
 }
 NOT_CALLED = {
     "DispatcherLeaseFunction": {("lease", "get_item"): "DispatcherLease.holder is WakeDispatcher's"},
-    "WakeDispatcherFunction": {
-        ("lease", "put_item"): "acquire is the dispatcher's (DispatcherLease)",
-        ("lease", "update_item"): "renew is the dispatcher's (DispatcherLease)",
-        ("lease", "delete_item"): "release is the dispatcher's (DispatcherLease)",
-    },
+    "WakeDispatcherFunction": {("lease", "update_item"): "renew is the dispatcher's (DispatcherLease)"},
     "ProcessObjectFunction": {
         ("metadata", "put_item"): "MetadataStore.register is RegisterObject's",
         ("results", "create_multipart_upload"): "merge_results is WriteOutput's",

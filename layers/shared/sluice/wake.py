@@ -11,9 +11,14 @@ idle, the safety net then costs a Lambda request and an SQS request a minute ins
 execution's transitions. An arrival's wake does not look: EventBridge delivers to its targets
 independently, and the file's message may not be in the queue yet.
 
-The wake only avoids needless executions; it guarantees nothing. Two wakes at once can both find
-the lease free and both start one: the executions' own conditional acquire lets one drain and
-ends the other at its first Choice (docs/architecture.md, The dispatcher lease).
+The wake takes the lease itself, in the name of the execution it is about to start (the same
+conditional write as the execution's, `DispatcherLease.acquire`), then starts it; the execution's
+own acquire finds the lease already its own and keeps it. So of two wakes at once only one starts
+an execution, and a burst of uploads starts one, not one per upload that came before the first
+execution had acquired. A start that fails releases the lease at once; a wake that dies between
+the two writes leaves it to expire (ExecutionTimeBudgetSeconds + the margin), as a crashed
+execution would. The executions' acquire still guards on its own: a schedule or a person
+starting one by hand is refused while another holds the lease.
 
 The execution is named after the event (`wake-<event id>`): EventBridge and Lambda deliver at
 least once, and a second delivery of the same event is then refused by Step Functions
@@ -42,7 +47,9 @@ class WakeAnswer(BaseModel):
 
     started: bool
     execution: str | None = None
-    reason: str  # "started", "nothing queued", "lease held by <name>", "already started"
+    # "started", "nothing queued", "lease held by <name>", "lease taken by another wake",
+    # "already started"
+    reason: str
 
 
 def execution_name(event_id: str | None) -> str:
@@ -67,19 +74,25 @@ class DispatcherWake:
         if event.get("detail-type") == SCHEDULED and not self._queued():
             return WakeAnswer(started=False, reason="nothing queued")
         holder = self._lease.holder()
-        if holder is not None:
+        if holder is not None:  # one read unit, where a refused conditional write costs a write unit
             return WakeAnswer(started=False, reason=f"lease held by {holder}")
         name = execution_name(event.get("id"))
+        if not self._lease.acquire(name).acquired:
+            return WakeAnswer(started=False, reason="lease taken by another wake")
         woken_by = {"woken_by": event.get("detail-type", "unknown"), "event_id": event.get("id")}
         try:
             self._sfn.start_execution(
                 stateMachineArn=self._state_machine_arn, name=name, input=json.dumps(woken_by)
             )
         except ClientError as error:
+            self._lease.release(name)
             if error.response.get("Error", {}).get("Code") != "ExecutionAlreadyExists":
                 raise
             logger.info("This event already started its execution", extra={"execution": name})
             return WakeAnswer(started=False, execution=name, reason="already started")
+        except BaseException:
+            self._lease.release(name)
+            raise
         return WakeAnswer(started=True, execution=name, reason="started")
 
     def _queued(self) -> int:

@@ -312,6 +312,7 @@ class ScaleSettings(Settings):
     metrics_namespace: str = "Sluice"  # where ProcessObject's ApiThrottles, ApiRetries, RowsDelivered go
     powertools_service_name: str = "sluice"  # their `service` dimension (template Globals set it)
     api_rate_limit: float = Field(default=50.0, ge=0)  # ProcessObject's stack-wide limit; 0: never saturated
+    api_concurrency: int = Field(default=16, ge=1)  # requests in flight per ProcessObject invocation
     files_per_worker: float = Field(default=1.0, gt=0)  # target = ceil(backlog / files_per_worker)
     max_step_up: int = Field(default=4, ge=1)  # an increase adds max(max_step_up, step_up_ratio x current)
     step_up_ratio: float = Field(default=0.5, ge=0)

@@ -169,7 +169,9 @@ class Decision:
 def decide(seen: Observation, policy: ScaleSettings) -> Decision:
     """The new concurrency setting: a pure function of what was observed and the policy's knobs."""
     low, high = policy.concurrency_min, policy.concurrency_max
-    target = _clamp(min(math.ceil(seen.backlog / policy.files_per_worker), useful(seen, policy)), low, high)
+    wanted = math.ceil(seen.backlog / policy.files_per_worker)
+    cap = useful(seen, policy)
+    target = _clamp(wanted if cap is None else min(wanted, cap), low, high)
     if seen.current is None:
         detail = "the parameter is not an integer: reset to the minimum"
         return Decision(old=None, new=low, target=target, reason=Reason.UNREADABLE, detail=detail)
@@ -182,10 +184,10 @@ def decide(seen: Observation, policy: ScaleSettings) -> Decision:
     return case.hold(Reason.ON_TARGET, f"backlog {seen.backlog}, target {target}")
 
 
-def useful(seen: Observation, policy: ScaleSettings) -> int | float:
-    """Invocations the rate can use: rate × latency ÷ requests in flight per invocation (∞ unknown)."""
+def useful(seen: Observation, policy: ScaleSettings) -> int | None:
+    """Invocations the rate can use: rate × latency ÷ requests in flight per invocation (None: unknown)."""
     if not policy.api_rate_limit or not seen.api_latency_seconds:
-        return math.inf
+        return None
     return math.ceil(policy.api_rate_limit * seen.api_latency_seconds / policy.api_concurrency)
 
 

@@ -57,6 +57,7 @@ from sluice_cli.monitor import simulator_stats, take_snapshot
 from sluice_cli.offline import OfflineStack
 from sluice_cli.offline.clients import FAKE_CREDENTIALS
 from sluice_cli.offline.intrinsics import ACCOUNT_ID
+from sluice_cli.offline.polling import wait_for
 from sluice_cli.offline.scheduler import scheduled_event
 from sluice_cli.offline.template import load_template
 from sluice_cli.simulate import upload_files
@@ -489,7 +490,18 @@ class Run:
         first_delivery: list[float] = []
         finished_after: list[float] = []
         workload, design = self.workload, self.design
+        sfn, machine = self.clients["stepfunctions"], self.stack.state_machine_arn()
         for number in range(workload.latency_files):
+            # No backlog means no execution either: one still in its last round (a continuation,
+            # a round waiting for its slowest file) would take the file late, and its stragglers
+            # would pass for the file's first request.
+            wait_for(
+                lambda: (
+                    not sfn.list_executions(stateMachineArn=machine, statusFilter="RUNNING")["executions"]
+                ),
+                timeout=300,
+                what="no dispatcher execution running before a latency file",
+            )
             self.simulator.reset()
             uploaded = upload_files(
                 self.clients["s3"], bucket, files=1, rows=workload.latency_rows, workers=1,

@@ -1,8 +1,9 @@
 """`make bench` → `python -m bench`: the benchmark. Prints a table, writes bench/results/latest.json,
 the samples (bench/results/samples.jsonl) and their charts (sluice_cli.report).
 
-Parts, each skippable with --skip: `cpu` (seconds), `utilization` (Sluice and the seed's design on
-the offline stack, plus latency and the counts the cost comes from: a few minutes), `memory`
+Parts, each skippable with --skip: `cpu` (ProcessObject's CPU per row ÷ a bare loop's: seconds),
+`utilization` (Sluice and the seed's design on the offline stack, plus latency, woken by each
+upload, and the counts the cost comes from: a few minutes), `memory`
 (ProcessObject through a --memory-size-gb file: long, CPU-bound; see docs/performance.md),
 `hostile` (ProcessObject through a --hostile-size-mb file of hostile records: peak RSS),
 `output` (WriteOutput's merge of a --output-rows file's parts on moto: minutes), `nginx` (the
@@ -126,7 +127,7 @@ def run_parts(args: argparse.Namespace, record: Record, say: Say) -> dict[str, A
     if "cpu" not in args.skip:
         say("CPU path…")
         began = time.monotonic()
-        results["cpu_path"] = cpupath.measure(args.cpu_rows, args.cpu_repeats)
+        results["cpu"] = cpupath.measure(args.cpu_rows, args.cpu_repeats, log_dir=STATE)
         timings["cpu"] = round(time.monotonic() - began, 1)
         write_results(args.out, results)
     if "utilization" not in args.skip:
@@ -139,7 +140,8 @@ def run_parts(args: argparse.Namespace, record: Record, say: Say) -> dict[str, A
             results["utilization"][design.name] = run_design(
                 ROOT, design, workload, state_dir=state_dir, record=record, say=say
             )
-        results["cost"] = summary.costs(results["utilization"], results.get("cpu_path"))
+        results["cost"] = summary.costs(results["utilization"], results.get("cpu"))
+        results["latency"] = summary.latency(results["utilization"]["sluice"])
         timings["utilization"] = round(time.monotonic() - began, 1)
         write_results(args.out, results)
     if "output" not in args.skip:
@@ -217,8 +219,8 @@ def carried_over(out: Path, skipped: list[str]) -> Carried:
     except (OSError, ValueError):
         return Carried()
     keys = {
-        "cpu": ["cpu_path"],
-        "utilization": ["utilization", "cost"],
+        "cpu": ["cpu"],
+        "utilization": ["utilization", "cost", "latency"],
         "memory": ["memory"],
         "hostile": ["memory_hostile"],
         "output": ["output"],

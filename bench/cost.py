@@ -3,13 +3,15 @@
 The bench counts what the stack did (state transitions from execution histories, Lambda
 invocations and billed milliseconds from the offline runtime's REPORT lines, SQS / DynamoDB /
 S3 / SNS requests at the emulator's door) into a `Usage`; `cost` prices it. Designs that were
-not run (one Step Functions execution per row, a Distributed Map) are modelled from the same
-counts by `distributed_map_usage`.
+not run (one Step Functions execution per row, a Distributed Map; EventBridge API destinations)
+are modelled from the same counts by `distributed_map_usage` and `api_destinations_usage`, and
+file sizes that were not run by `by_file_rows`.
 
 Prices: us-east-1, on-demand, first tier, no free tier (it would flatter small runs), checked
 2026-11 against aws.amazon.com/step-functions/pricing, aws.amazon.com/lambda/pricing (Arm),
-the AWS whitepaper "How AWS Pricing Works" (DynamoDB on-demand), and 2026 pricing summaries of
-SQS, S3 and SNS (cloudburn.io 2026-03, c3x.dev, factualminds.com 2026-06).
+the AWS whitepaper "How AWS Pricing Works" (DynamoDB on-demand), aws.amazon.com/eventbridge/pricing
+(custom events, API destinations), and 2026 pricing summaries of SQS, S3 and SNS (cloudburn.io
+2026-03, c3x.dev, factualminds.com 2026-06).
 
 What is *not* priced: KMS requests (SSE with the stack's key; SQS and S3 cache data keys),
 CloudWatch Logs ingestion, data transfer, storage, Lambda's billed INIT of cold starts (rare per
@@ -42,6 +44,10 @@ class Prices:
     s3_get_class: float = 0.0004 / 1_000  # GET, HEAD and the rest (DELETE is free)
     sns_publish: float = 0.50 / MILLION  # standard topic; SQS and Lambda deliveries are free
     cloudwatch_metric_read: float = 0.01 / 1_000  # GetMetricData, per metric requested
+    # EventBridge (aws.amazon.com/eventbridge/pricing): custom events put, per 64 KB chunk; API
+    # destination invocations. The API destinations alternative pays both per row.
+    eventbridge_event: float = 1.00 / MILLION
+    api_destination_invocation: float = 0.20 / MILLION
 
 
 US_EAST_1 = Prices()
@@ -62,6 +68,8 @@ class Usage:
     s3_get_requests: float = 0
     sns_publishes: float = 0
     cloudwatch_metric_reads: float = 0
+    eventbridge_events: float = 0
+    api_destination_invocations: float = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -84,6 +92,8 @@ COMPONENTS = (
     "S3 GET/HEAD",
     "SNS publishes",
     "CloudWatch metric reads",
+    "EventBridge events",
+    "API destination invocations",
 )
 
 
@@ -100,6 +110,8 @@ def cost(usage: Usage, prices: Prices = US_EAST_1) -> dict[str, float]:
         usage.s3_get_requests * prices.s3_get_class,
         usage.sns_publishes * prices.sns_publish,
         usage.cloudwatch_metric_reads * prices.cloudwatch_metric_read,
+        usage.eventbridge_events * prices.eventbridge_event,
+        usage.api_destination_invocations * prices.api_destination_invocation,
     )
     return dict(zip(COMPONENTS, values, strict=True))
 
@@ -139,9 +151,9 @@ S3_PUT_CLASS = frozenset(
     }
 )
 S3_FREE = frozenset({"DeleteObject", "AbortMultipartUpload"})
-# ScaleConcurrency's one GetMetricData call asks for four metrics (sluice/scaling.py `_queries`);
+# ScaleConcurrency's one GetMetricData call asks for five metrics (sluice/scaling.py `_queries`);
 # the emulator sees the call, not its body.
-METRICS_PER_GET_METRIC_DATA = 4
+METRICS_PER_GET_METRIC_DATA = 5
 
 
 def billing_class(service: str, operation: str) -> str | None:
@@ -241,3 +253,67 @@ def fixed_monthly(per_run: Usage, runs_per_month: float, prices: Prices = US_EAS
 
 
 MINUTES_PER_MONTH = 60 * 24 * 30
+
+
+def api_destinations_usage(*, files: int, rows: int, splitter_seconds_per_row: float) -> Usage:
+    """EventBridge API destinations, the managed alternative: a function reads each file and puts
+    one event per row (PutEvents, 10 entries a call), a rule sends each to an API destination
+    whose own invocation rate limit paces the API.
+
+    Per row: one event put, one API destination invocation, and the splitter's time for the row
+    (`splitter_seconds_per_row`: the bench's bare loop, a CSV row read and a JSON body sent, at
+    128 MB). Per file: one invocation and one GET. No schedule, no shared state: no fixed cost.
+    """
+    return Usage(
+        rows=rows,
+        lambda_requests=files,  # one splitter invocation per file (its PutEvents calls are not requests)
+        lambda_gb_seconds=gb_seconds(rows * splitter_seconds_per_row * 1000, 128),
+        s3_get_requests=files,
+        eventbridge_events=rows,
+        api_destination_invocations=rows,
+    )
+
+
+# -- file sizes that were not run ---------------------------------------------------------------
+
+# The states one more segment of a file adds on the happy path (statemachine/dispatcher.asl.json,
+# the item's segment loop; tests/unit/test_bench_cost.py checks they form it).
+SEGMENT_STATES = (
+    "Extend message visibility",
+    "Keep dispatcher lease",
+    "Is the lease still ours?",
+    "Transform and deliver",
+    "Is the file done?",
+    "Continue with the next segment",
+)
+# What else one more segment does: ProcessObject's and DispatcherLease's invocations, the
+# visibility extension, the lease renewal and ProcessObject's checkpoint and idempotency writes.
+SEGMENT_USAGE = Usage(
+    rows=0,
+    state_transitions=len(SEGMENT_STATES),
+    lambda_requests=2,
+    sqs_requests=1,
+    dynamodb_write_units=4,
+)
+
+
+def by_file_rows(
+    per_file: float,
+    per_row: float,
+    sizes: tuple[int, ...],
+    *,
+    rows_per_segment: float,
+    prices: Prices = US_EAST_1,
+) -> dict[str, float]:
+    """Dollars per million rows for files of `sizes` rows, from a file's fixed dollars and a row's.
+
+    A file of more rows than one segment delivers (ProcessObject's time budget × the rate) runs
+    more segments, each adding `SEGMENT_USAGE`; the rest grows with the rows.
+    """
+    segment = sum(cost(SEGMENT_USAGE, prices).values())
+    result = {}
+    for rows in sizes:
+        extra_segments = max(0, math.ceil(rows / rows_per_segment) - 1)
+        dollars = per_file + extra_segments * segment + rows * per_row
+        result[str(rows)] = MILLION * dollars / rows
+    return result

@@ -7,12 +7,13 @@ from dataclasses import asdict
 from typing import Any
 
 from bench.cost import (
-    MILLION,
     MINUTES_PER_MONTH,
     PRICES_CHECKED,
     US_EAST_1,
     RowLambda,
     Usage,
+    api_destinations_usage,
+    by_file_rows,
     cost,
     distributed_map_usage,
     fixed_monthly,
@@ -20,7 +21,22 @@ from bench.cost import (
 )
 from bench.utilization import around_the_rows
 
-FILE_SIZES = (100, 1_000, 10_000)  # rows per file, for the cost at other file sizes
+FILE_SIZES = (400, 10_000, 100_000)  # rows per file: cost.per_million_rows_by_file_rows (issue 14)
+# A segment's working time: ProcessObject's Timeout (300 s) less SegmentSafetySeconds (30 s), the
+# template's defaults. A lone file gets the whole rate: rows per segment = rate × this.
+SEGMENT_SECONDS = 270
+ALTERNATIVES = ("api_destinations", "seed", "distributed_map")
+MODELS = {
+    "sluice": "measured on the run's files; other sizes from its per-file and per-row dollars, "
+    "plus one more segment's states and calls per rate × 270 s of rows",
+    "seed": "the seed design run on the same files (schedule starts an execution a minute, rows "
+    "one by one, concurrency 3); other sizes as for Sluice",
+    "distributed_map": "Sluice's measured per-file work without ProcessObject, plus one child "
+    "execution (1 transition) and one 128 MB invocation per row (API latency + a row's CPU)",
+    "api_destinations": "a 128 MB function reads each file (one invocation, one GET) and puts one "
+    "event per row; a rule sends each to an API destination (its own rate limit): per row an event, "
+    "an invocation, and the bench's bare loop time per row",
+}
 
 
 def percentile(values: list[float], fraction: float) -> float | None:
@@ -40,36 +56,48 @@ def row_lambda(sluice_run: dict[str, Any], cpu: dict[str, Any] | None) -> RowLam
 
 
 def costs(utilization: dict[str, Any], cpu: dict[str, Any] | None) -> dict[str, Any]:
-    """Dollars per million rows for Sluice, the seed's design and a Distributed Map, and what the
-    schedules cost a month whatever the load."""
+    """Dollars per million rows by file size for Sluice and the alternatives, and what the
+    schedules cost a month whatever the load, all priced with one table (bench/cost.py)."""
     sluice, seed = utilization["sluice"], utilization["seed"]
+    workload = utilization["workload"]
     per_row = row_lambda(sluice, cpu)
-    dmap = distributed_map_usage(
-        around_the_rows(sluice),
-        files=sluice["files_processed"],
-        rows=sluice["api"]["accepted"],
-        row_lambda=per_row,
-    )
+    files, rows = sluice["files_processed"], sluice["api"]["accepted"]
+    dmap = distributed_map_usage(around_the_rows(sluice), files=files, rows=rows, row_lambda=per_row)
+    splitter = float((cpu or {}).get("bare_loop_seconds_per_row") or 0.0)
+    apid = api_destinations_usage(files=files, rows=rows, splitter_seconds_per_row=splitter)
     designs = {
         "sluice": Usage(**sluice["usage"]),
         "seed": Usage(**seed["usage"]),
         "distributed_map": dmap,
+        "api_destinations": apid,
     }
     per_million = {name: per_million_rows(usage) for name, usage in designs.items()}
     # What a file costs whatever its size, and what each row adds: the cost at other file sizes.
-    files = {"sluice": sluice["files_processed"], "seed": seed["files_processed"]}
-    files["distributed_map"] = files["sluice"]
-    per_file_usage = {"sluice": around_the_rows(sluice), "seed": around_the_rows(seed)}
-    per_file_usage["distributed_map"] = per_file_usage["sluice"]
+    file_counts = {"sluice": files, "seed": seed["files_processed"], "distributed_map": files}
+    file_counts["api_destinations"] = files
+    per_file_usage = {
+        "sluice": around_the_rows(sluice),
+        "seed": around_the_rows(seed),
+        "distributed_map": around_the_rows(sluice),
+        "api_destinations": api_destinations_usage(files=1, rows=0, splitter_seconds_per_row=0.0),
+    }
     split: dict[str, dict[str, float]] = {}
     for name, usage in designs.items():
         file_dollars = sum(cost(per_file_usage[name]).values())
-        row_dollars = (sum(cost(usage).values()) - file_dollars * files[name]) / usage.rows
+        row_dollars = (sum(cost(usage).values()) - file_dollars * file_counts[name]) / usage.rows
         split[name] = {"per_file": file_dollars, "per_row": row_dollars}
-    by_file_size = {
+    rows_per_segment = {
+        "sluice": workload["rate_limit"] * SEGMENT_SECONDS,
+        "seed": workload["rate_limit"] * SEGMENT_SECONDS,
+        "distributed_map": math.inf,  # no segments: a child execution per row
+        "api_destinations": math.inf,
+    }
+    by_size = {
         name: {
-            str(size): round(MILLION * (parts["per_row"] + parts["per_file"] / size), 2)
-            for size in FILE_SIZES
+            size: round(dollars, 4)
+            for size, dollars in by_file_rows(
+                parts["per_file"], parts["per_row"], FILE_SIZES, rows_per_segment=rows_per_segment[name]
+            ).items()
         }
         for name, parts in split.items()
     }
@@ -78,22 +106,52 @@ def costs(utilization: dict[str, Any], cpu: dict[str, Any] | None) -> dict[str, 
         monthly = 0.0
         for part in run["fixed"].values():
             monthly += fixed_monthly(Usage(**part), MINUTES_PER_MONTH)  # both schedules: rate(1 minute)
-        fixed[name] = round(monthly, 2)
+        fixed[name] = round(monthly, 4)
     fixed["distributed_map"] = 0.0  # started by each file's event: no schedule
+    fixed["api_destinations"] = 0.0
+    measured = str(workload["rows"])
+    how = {
+        str(size): "measured" if str(size) == measured else "modelled from the measured counts"
+        for size in FILE_SIZES
+    }
     return {
         "prices_checked": PRICES_CHECKED,
         "prices": asdict(US_EAST_1),
+        "per_million_rows_by_file_rows": by_size["sluice"],
+        "per_million_rows_by_file_rows_how": how,
+        "fixed_monthly": fixed["sluice"],
+        "alternatives": {
+            name: {
+                "per_million_rows_by_file_rows": by_size[name],
+                "fixed_monthly": fixed[name],
+                "model": MODELS[name],
+            }
+            for name in ALTERNATIVES
+        },
+        "model": MODELS["sluice"],
         "per_million_rows": {name: {k: round(v, 4) for k, v in d.items()} for name, d in per_million.items()},
         "per_file_and_per_row_dollars": {n: {k: round(v, 8) for k, v in d.items()} for n, d in split.items()},
-        "per_million_rows_by_rows_per_file": by_file_size,
-        "fixed_per_month": fixed,
         "distributed_map_model": {
             "row_lambda_ms": round(per_row.duration_ms, 1),
             "row_lambda_memory_mb": per_row.memory_mb,
             "transitions_per_row": 1,
-            "per_file_from": "Sluice's measured per-file usage without ProcessObject and the rate bucket",
         },
         "usage": {name: asdict(usage) for name, usage in designs.items()},
+    }
+
+
+def latency(sluice_run: dict[str, Any]) -> dict[str, Any]:
+    """Upload → the API's first request for the file, and → its terminal state: small files one
+    at a time, no backlog, each started by its own wake (offline; docs/performance.md)."""
+    first = sluice_run.get("first_delivery_seconds") or []
+    finished = sluice_run.get("latency_seconds") or []
+    return {
+        "files": len(finished),
+        "first_delivery_p50_seconds": percentile(first, 0.5),
+        "first_delivery_p95_seconds": percentile(first, 0.95),
+        "finished_p50_seconds": percentile(finished, 0.5),
+        "finished_p95_seconds": percentile(finished, 0.95),
+        "started_by": "the file's own wake (scheduler paused)",
     }
 
 
@@ -162,25 +220,31 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             ),
             ("Seed: busiest second / 429s", f"{seed['busiest_second']} / {seed['throttled_429']}", ""),
         ]
-        latency = utilization["sluice"].get("latency_seconds") or []
-        if latency:
-            rows.append(
-                (
-                    "Latency upload → terminal, p50 / p95",
-                    f"{percentile(latency, 0.5):.1f} s / {percentile(latency, 0.95):.1f} s",
-                    f"{len(latency)} files of {utilization['workload']['latency_rows']} rows, no backlog",
-                )
-            )
-    cpu = results.get("cpu_path")
+    timing = results.get("latency")
+    if timing and timing.get("files"):
+        rows += [
+            (
+                "Latency upload → first delivery, p50 / p95",
+                f"{timing['first_delivery_p50_seconds']:.2f} s"
+                f" / {timing['first_delivery_p95_seconds']:.2f} s",
+                f"{timing['files']} small files one at a time, no backlog, woken by their upload",
+            ),
+            (
+                "Latency upload → finished, p50 / p95",
+                f"{timing['finished_p50_seconds']:.2f} s / {timing['finished_p95_seconds']:.2f} s",
+                "same files (offline stack)",
+            ),
+        ]
+    cpu = results.get("cpu")
     if cpu:
         rows += [
             (
-                "CPU path: Sluice rows/s",
-                f"{cpu['sluice_rows_per_second']:,}",
-                f"parse+validate+transform+client, instant API; median of {cpu['repeats']}",
+                "CPU per row: Sluice ÷ bare loop",
+                f"{cpu['ratio_to_bare_loop']:.2f}",
+                f"{cpu['sluice_cpu_seconds_per_row'] * 1e6:.0f} µs"
+                f" ÷ {cpu['bare_loop_seconds_per_row'] * 1e6:.0f} µs CPU; csv.reader → json.dumps →"
+                f" urllib3 keep-alive POST; median of {cpu['repeats']}",
             ),
-            ("CPU path: csv.reader rows/s", f"{cpu['csv_reader_rows_per_second']:,}", "same bytes"),
-            ("CPU path: ratio", f"{cpu['ratio']:.3f}", "Sluice ÷ csv.reader"),
         ]
     merge = results.get("output")
     if merge:
@@ -225,20 +289,31 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         ]
     cost = results.get("cost")
     if cost:
-        names = {
-            "sluice": "Sluice",
+        sizes = cost["per_million_rows_by_file_rows"]
+        how = cost.get("per_million_rows_by_file_rows_how", {})
+        rows.append(
+            (
+                "Cost per million rows: Sluice",
+                " / ".join(f"${v:.2f}" for v in sizes.values()),
+                "files of "
+                + " / ".join(f"{int(k):,}" for k in sizes)
+                + " rows; "
+                + ", ".join(f"{k}: {v}" for k, v in how.items() if v == "measured")
+                + f"; +${cost['fixed_monthly']:.2f}/month fixed",
+            )
+        )
+        labels = {
+            "api_destinations": "EventBridge API destinations",
             "seed": "Seed design",
             "distributed_map": "Distributed Map, 1 execution/row",
         }
-        for name, label in names.items():
-            per_million = cost["per_million_rows"][name]
-            top = sorted(((v, k) for k, v in per_million.items() if k != "total"), reverse=True)[:2]
+        for name, label in labels.items():
+            alternative = cost["alternatives"][name]
             rows.append(
                 (
                     f"Cost per million rows: {label}",
-                    f"${per_million['total']:.2f}",
-                    "; ".join(f"{k} ${v:.2f}" for v, k in top)
-                    + f"; +${cost['fixed_per_month'][name]:.2f}/month fixed",
+                    " / ".join(f"${v:.2f}" for v in alternative["per_million_rows_by_file_rows"].values()),
+                    f"same sizes, same prices; +${alternative['fixed_monthly']:.2f}/month fixed",
                 )
             )
     return rows

@@ -6,9 +6,10 @@ its clock would share the GIL with the emulator, which delays the arrival times 
 tens of milliseconds under load (one spurious 429 a run, measured). While the backlog drains a
 sampler records a monitor snapshot every second; at the end the run's counts are read: requests
 at the emulator's door (bench/counting.py), state transitions from every execution's history,
-Lambda invocations and billed time from the REPORT lines. Then, with the scheduler paused, one
-idle dispatcher execution and one ScaleConcurrency run are measured alone: what the schedules
-cost whatever the load.
+Lambda invocations and billed time from the REPORT lines. Then, with the scheduler paused, small
+files one at a time, each started by its own wake (latency), and what each schedule does once on
+an idle stack (a scheduled wake with nothing queued, or the seed's idle dispatcher execution; one
+ScaleConcurrency run): what the schedules cost whatever the load.
 
 Both designs run the same files, API limit and latency, and the template's CheckpointEveryRows
 (with the [local] environment's 100, a 400-row file would write four parts where it writes one):
@@ -55,12 +56,16 @@ from sluice.models import object_id
 from sluice_cli.monitor import simulator_stats, take_snapshot
 from sluice_cli.offline import OfflineStack
 from sluice_cli.offline.clients import FAKE_CREDENTIALS
+from sluice_cli.offline.intrinsics import ACCOUNT_ID
+from sluice_cli.offline.polling import wait_for
+from sluice_cli.offline.scheduler import scheduled_event
 from sluice_cli.offline.template import load_template
 from sluice_cli.simulate import upload_files
 
 TERMINAL = frozenset({"SUCCEEDED", "SUCCEEDED_WITH_REJECTS", "INVALID", "FAILED"})
 SUCCESS = frozenset({"SUCCEEDED", "SUCCEEDED_WITH_REJECTS"})
 SCALE_FUNCTION = "ScaleConcurrencyFunction"
+WAKE_FUNCTION = "WakeDispatcherFunction"
 PROCESS_FUNCTION = "ProcessObjectFunction"
 BENCH_SERVICES = ("s3", "sqs", "dynamodb", "stepfunctions", "ssm", "lambda", "cloudwatch")
 SAMPLE_SECONDS = 1.0
@@ -86,6 +91,8 @@ class Design:
     function_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     budget_seconds: float | None = None  # then the queued files are taken off the queue
     measure_latency: bool = False
+    # The seed's schedule started a dispatcher execution every minute; Sluice's wakes it (issue 14).
+    scheduled_executions: bool = False
 
 
 def sluice_design() -> Design:
@@ -122,6 +129,7 @@ def seed_design(budget_seconds: float) -> Design:
             "ScaleScheduleState": "DISABLED",
         },
         budget_seconds=budget_seconds,
+        scheduled_executions=True,
     )
 
 
@@ -274,6 +282,11 @@ def wait_settled(
         time.sleep(0.5)
 
 
+def scheduled_event_payload(stack: OfflineStack) -> bytes:
+    """What DispatchSchedule sends WakeDispatcher once a minute."""
+    return json.dumps(scheduled_event(stack.region, ACCOUNT_ID, "DispatchSchedule")).encode()
+
+
 def template_default(root: Path, parameter: str) -> str:
     return str(load_template(root / "template.yaml")["Parameters"][parameter]["Default"])
 
@@ -401,7 +414,7 @@ class Run:
         with self.scheduler.paused():
             time.sleep(1.0)  # a tick in progress finishes
             data_path = self.data_path_counts(rows=int(stats["accepted"]), window=window)
-            latency = self.latency() if design.measure_latency else []
+            latency = self.latency() if design.measure_latency else {"first_delivery": [], "finished": []}
             fixed = self.fixed_counts()
         return {
             "design": design.name,
@@ -418,7 +431,8 @@ class Run:
             "api": utilization_figures(stats, workload.rate_limit),
             **data_path,
             "fixed": fixed,
-            "latency_seconds": latency,
+            "latency_seconds": latency["finished"],
+            "first_delivery_seconds": latency["first_delivery"],
         }
 
     def invocations(self) -> list[Invocation]:
@@ -468,39 +482,91 @@ class Run:
             },
         }
 
-    def latency(self) -> list[float]:
-        """Small files one at a time, nothing else queued: upload → terminal state, each."""
+    def latency(self) -> dict[str, list[float]]:
+        """Small files one at a time, nothing else queued: upload → the API's first request for
+        it, and upload → terminal state, each. The scheduler stays paused: the file's own wake
+        (the event-driven start, sluice/wake.py) is what starts the dispatcher, as on AWS."""
         bucket, table = self.outputs["RawBucketName"], self.outputs["MetadataTableName"]
-        seconds: list[float] = []
+        first_delivery: list[float] = []
+        finished_after: list[float] = []
         workload, design = self.workload, self.design
-        # The caller paused the scheduler for the counts; these files need it running.
-        self.scheduler._paused.clear()
-        try:
-            for number in range(workload.latency_files):
-                uploaded = upload_files(
-                    self.clients["s3"], bucket, files=1, rows=workload.latency_rows, workers=1,
-                    prefix="incoming/latency/", seed=500 + number, run_id=f"{design.name}-{number}",
-                ).files[0]  # fmt: skip
-                tracked = Tracked(uploaded.key, uploaded.version_id, uploaded.uploaded_at)
-                wait_settled(
-                    [tracked],
-                    lambda t=tracked: refresh(self.clients["dynamodb"], table, bucket, [t]),  # type: ignore[misc]
-                    timeout=120,
+        sfn, machine = self.clients["stepfunctions"], self.stack.state_machine_arn()
+        for number in range(workload.latency_files):
+            # No backlog means no execution either: one still in its last round (a continuation,
+            # a round waiting for its slowest file) would take the file late, and its stragglers
+            # would pass for the file's first request.
+            wait_for(
+                lambda: (
+                    not sfn.list_executions(stateMachineArn=machine, statusFilter="RUNNING")["executions"]
+                ),
+                timeout=300,
+                what="no dispatcher execution running before a latency file",
+            )
+            self.simulator.reset()
+            uploaded = upload_files(
+                self.clients["s3"], bucket, files=1, rows=workload.latency_rows, workers=1,
+                prefix="incoming/latency/", seed=500 + number, run_id=f"{design.name}-{number}",
+            ).files[0]  # fmt: skip
+            tracked = Tracked(uploaded.key, uploaded.version_id, uploaded.uploaded_at)
+            wait_settled(
+                [tracked],
+                lambda t=tracked: refresh(self.clients["dynamodb"], table, bucket, [t]),  # type: ignore[misc]
+                timeout=120,
+            )
+            first_request = self.simulator.stats().get("first_request_at")
+            if tracked.finished_at and first_request:
+                finished = datetime.fromisoformat(tracked.finished_at.replace("Z", "+00:00")).timestamp()
+                first = round(max(0.0, float(first_request) - tracked.uploaded_at), 3)
+                value = round(max(0.0, finished - tracked.uploaded_at), 3)
+                first_delivery.append(first)
+                finished_after.append(value)
+                self.record(
+                    {
+                        "kind": "latency",
+                        "run": design.name,
+                        "key": tracked.key,
+                        "seconds": value,
+                        "first_delivery_seconds": first,
+                    }
                 )
-                if tracked.finished_at:
-                    finished = datetime.fromisoformat(tracked.finished_at.replace("Z", "+00:00")).timestamp()
-                    value = round(max(0.0, finished - tracked.uploaded_at), 3)
-                    seconds.append(value)
-                    self.record({"kind": "latency", "run": design.name, "key": tracked.key, "seconds": value})
-        finally:
-            self.scheduler._paused.set()
-            time.sleep(1.0)  # a tick in progress finishes
-        self.say(f"  latency: {len(seconds)} small files, one at a time")
-        return seconds
+        self.say(f"  latency: {len(finished_after)} small files, one at a time, woken by their upload")
+        return {"first_delivery": first_delivery, "finished": finished_after}
 
     def fixed_counts(self) -> dict[str, Any]:
-        """One idle dispatcher execution and one ScaleConcurrency run, alone: the schedules' cost."""
+        """What each schedule does once on an idle stack, alone: the fixed cost.
+
+        Sluice's DispatchSchedule invokes WakeDispatcher (the safety net of the event-driven
+        start): measured as one scheduled wake with nothing queued. The seed design's schedule
+        started a dispatcher execution every minute: measured as one idle execution. And one
+        ScaleConcurrency run where its schedule is enabled.
+        """
         result: dict[str, Any] = {}
+        if self.design.scheduled_executions:
+            result["idle_dispatcher_execution"] = self._idle_execution()
+        else:
+            result["safety_net_wake"] = self._idle_run(WAKE_FUNCTION, scheduled_event_payload(self.stack))
+        scale = self.stack.resources.get(SCALE_FUNCTION)
+        if scale is not None and self.design.overrides.get("ScaleScheduleState") != "DISABLED":
+            result["scale_concurrency_run"] = self._idle_run(SCALE_FUNCTION, b"{}")
+        return result
+
+    def _idle_run(self, function: str, payload: bytes) -> dict[str, Any]:
+        before = len(self.invocations())
+        self.counter.reset()
+        self.clients["lambda"].invoke(FunctionName=str(self.stack.resources[function].ref), Payload=payload)
+        time.sleep(0.5)  # its REPORT line
+        calls = self.invocations()[before:]
+        return asdict(
+            usage_from_requests(
+                self.counter.counts(),
+                rows=0,
+                state_transitions=0,
+                lambda_requests=len(calls),
+                lambda_gb_seconds=sum(gb_seconds(c.billed_ms, c.memory_mb) for c in calls),
+            )
+        )
+
+    def _idle_execution(self) -> dict[str, Any]:
         before = len(self.invocations())
         self.counter.reset()
         execution = self.stack.start_execution({}, wait=True, timeout=60)
@@ -509,7 +575,7 @@ class Run:
         transitions = state_transitions(
             execution_history(self.clients["stepfunctions"], execution["executionArn"])
         )
-        result["idle_dispatcher_execution"] = asdict(
+        return asdict(
             usage_from_requests(
                 self.counter.counts(),
                 rows=0,
@@ -518,23 +584,6 @@ class Run:
                 lambda_gb_seconds=sum(gb_seconds(c.billed_ms, c.memory_mb) for c in calls),
             )
         )
-        scale = self.stack.resources.get(SCALE_FUNCTION)
-        if scale is not None and self.design.overrides.get("ScaleScheduleState") != "DISABLED":
-            before = len(self.invocations())
-            self.counter.reset()
-            self.clients["lambda"].invoke(FunctionName=str(scale.ref), Payload=b"{}")
-            time.sleep(0.5)
-            calls = self.invocations()[before:]
-            result["scale_concurrency_run"] = asdict(
-                usage_from_requests(
-                    self.counter.counts(),
-                    rows=0,
-                    state_transitions=0,
-                    lambda_requests=len(calls),
-                    lambda_gb_seconds=sum(gb_seconds(c.billed_ms, c.memory_mb) for c in calls),
-                )
-            )
-        return result
 
 
 def around_the_rows(run: dict[str, Any]) -> Usage:

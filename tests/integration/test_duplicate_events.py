@@ -21,6 +21,7 @@ from integration.pipeline import (
     upload,
     wait_for_state,
 )
+from sluice.lease import LEASE_KEY
 from sluice.metadata import DEFER_MARGIN_SECONDS
 from sluice.models import ObjectRef
 from sluice_cli.offline import OfflineStack
@@ -97,17 +98,38 @@ def test_a_version_arriving_twice_in_one_round_is_delivered_once(pipeline_stack:
         if int(ssm.get_parameter(Name=concurrency)["Parameter"]["Value"]) < 2:
             ssm.put_parameter(Name=concurrency, Value="2", Overwrite=True)
 
-        # WHEN a file lands (S3 → EventBridge → IngestQueue) and a second copy of its event follows
-        data, _ = orders_csv_bytes(ROWS, seed=21)
-        obj = upload(stack, unique_key("twice"), data)
-        wait_for(lambda: visible_messages(stack) == 1, timeout=20, what=f"{obj.key}'s event in IngestQueue")
-        stack.client("sqs").send_message(
-            QueueUrl=stack.outputs["IngestQueueUrl"], MessageBody=second_copy(stack, obj)
+        # A file's arrival wakes the dispatcher (sluice/wake.py) unless an execution holds the
+        # lease: the test holds it, as a draining execution would, so that both copies wait.
+        before = {e["name"] for e in sfn.list_executions(stateMachineArn=machine)["executions"]}
+        control, lease = stack.client("dynamodb"), {"pk": {"S": LEASE_KEY}}
+        control.put_item(
+            TableName=stack.outputs["ControlTableName"],
+            Item={**lease, "holder": {"S": "the-test"}, "expires_at": {"N": str(int(time.time()) + 300)}},
         )
-        assert visible_messages(stack) == 2
-        assert int(ssm.get_parameter(Name=concurrency)["Parameter"]["Value"]) >= 2
 
-        # ... and the dispatcher takes both in one round
+        try:
+            # WHEN a file lands (S3 → EventBridge → IngestQueue) and a second copy of its event follows
+            data, _ = orders_csv_bytes(ROWS, seed=21)
+            obj = upload(stack, unique_key("twice"), data)
+            wait_for(
+                lambda: visible_messages(stack) == 1, timeout=20, what=f"{obj.key}'s event in IngestQueue"
+            )
+            stack.client("sqs").send_message(
+                QueueUrl=stack.outputs["IngestQueueUrl"], MessageBody=second_copy(stack, obj)
+            )
+            assert visible_messages(stack) == 2
+            assert int(ssm.get_parameter(Name=concurrency)["Parameter"]["Value"]) >= 2
+            # (its wake ran, found the lease held and started nothing)
+            wake_log = stack.log_dir / "WakeDispatcherFunction.log"
+            wait_for(
+                lambda: '"reason":"lease held by the-test"' in wake_log.read_text(encoding="utf-8"),
+                timeout=20,
+                what="the upload's wake to find the lease held",
+            )
+            assert {e["name"] for e in sfn.list_executions(stateMachineArn=machine)["executions"]} == before
+        finally:
+            # ... and the dispatcher, once the lease is free, takes both in one round
+            control.delete_item(TableName=stack.outputs["ControlTableName"], Key=lease)
         execution = stack.start_execution({"source": "test"}, timeout=90)
 
     # THEN the file succeeded in one attempt: one message claimed it, the other was deferred while

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -37,10 +38,14 @@ _bench()
 from bench.__main__ import carried_over  # noqa: E402
 from bench.cost import (  # noqa: E402 - the package is registered just above
     MINUTES_PER_MONTH,
+    SEGMENT_STATES,
+    SEGMENT_USAGE,
     US_EAST_1,
     RowLambda,
     Usage,
+    api_destinations_usage,
     billing_class,
+    by_file_rows,
     cost,
     distributed_map_usage,
     fixed_monthly,
@@ -60,7 +65,7 @@ from bench.counting import (  # noqa: E402
 )
 from bench.load import locust_summary, seconds_of  # noqa: E402
 from bench.memory_worker import peak_rss_mb  # noqa: E402
-from bench.summary import table_rows  # noqa: E402
+from bench.summary import costs, latency, table_rows  # noqa: E402
 
 # -- prices and the cost model ---------------------------------------------------------------------
 
@@ -151,7 +156,7 @@ def test_usage_from_request_counts() -> None:
         ("dynamodb", "UpdateItem"): 10,
         ("dynamodb", "TransactWriteItems"): 2,  # two units each
         ("s3", "GetObject"): 4,
-        ("monitoring", "GetMetricData"): 1,  # four metrics asked each
+        ("monitoring", "GetMetricData"): 1,  # five metrics asked each
         ("states", "StartExecution"): 99,
     }
 
@@ -167,7 +172,7 @@ def test_usage_from_request_counts() -> None:
         sqs_requests=3,
         dynamodb_write_units=14,
         s3_get_requests=4,
-        cloudwatch_metric_reads=4,
+        cloudwatch_metric_reads=5,
     )
 
 
@@ -194,6 +199,95 @@ def test_a_schedule_costs_the_same_every_month_whatever_the_rows() -> None:
 
     expected = MINUTES_PER_MONTH * (8 * 0.025 / 1000 + 2 * 0.2 / 1e6 + 0.05 * 0.0000133334)
     assert monthly == pytest.approx(expected)
+
+
+def test_api_destinations_pay_an_event_and_an_invocation_per_row() -> None:
+    # GIVEN 1,000 rows in 2 files, a splitter spending 50 µs a row
+    usage = api_destinations_usage(files=2, rows=1_000, splitter_seconds_per_row=0.00005)
+
+    dollars = per_million_rows(usage)
+
+    # THEN a million rows are a million events ($1.00) and invocations ($0.20), plus the splitter
+    assert dollars["EventBridge events"] == pytest.approx(1.00)
+    assert dollars["API destination invocations"] == pytest.approx(0.20)
+    assert dollars["Lambda duration"] == pytest.approx(1e6 * 0.00005 * 0.125 * 0.0000133334)
+    assert 1.20 < dollars["total"] < 1.22  # the issue's ≈ $1.21
+
+
+def test_a_file_size_that_was_not_run_adds_segments_beyond_what_one_delivers() -> None:
+    # GIVEN $0.001 a file and $0.000001 a row, 13,500 rows a segment
+    sizes = by_file_rows(0.001, 0.000001, (400, 10_000, 100_000), rows_per_segment=13_500)
+
+    segment = sum(cost(SEGMENT_USAGE).values())
+    assert sizes["400"] == pytest.approx(1e6 * (0.001 + 400 * 1e-6) / 400)  # one segment: as measured
+    assert sizes["10000"] == pytest.approx(1e6 * (0.001 + 10_000 * 1e-6) / 10_000)
+    # 100,000 rows: 8 segments, 7 more than the measured file's
+    assert sizes["100000"] == pytest.approx(1e6 * (0.001 + 7 * segment + 100_000 * 1e-6) / 100_000)
+
+
+def test_the_segment_states_are_the_item_loop_of_the_state_machine() -> None:
+    definition = json.loads((Path(__file__).parents[2] / "statemachine" / "dispatcher.asl.json").read_text())
+    (item,) = [s for s in definition["States"].values() if s["Type"] == "Map"]
+    states = item["ItemProcessor"]["States"]
+
+    def successors(name: str) -> set[str]:
+        state = states[name]
+        return {state.get("Next"), state.get("Default"), *(c["Next"] for c in state.get("Choices", []))}
+
+    # each leads to the next, and the last back to the first: one loop per extra segment
+    loop = (*SEGMENT_STATES, SEGMENT_STATES[0])
+    for name, following in itertools.pairwise(loop):
+        assert following in successors(name), (name, following)
+
+
+def _design(files: int, rows: int, transitions: float) -> dict[str, Any]:
+    usage = Usage(
+        rows=rows, state_transitions=transitions, lambda_requests=files * 6, lambda_gb_seconds=rows * 0.01
+    )
+    return {
+        "files_processed": files,
+        "usage": usage.__dict__,
+        "api": {"accepted": rows, "api_latency_ms": {"p50": 150.0}},
+        "process_object": {"invocations": files, "billed_seconds": rows * 0.02, "memory_mb": 256},
+        "counts": {"rate_bucket_writes": 0},
+        "fixed": {"safety_net_wake": Usage(rows=0, lambda_requests=1, sqs_requests=1).__dict__},
+    }
+
+
+def test_the_cost_part_prices_every_file_size_the_fixed_cost_and_the_alternatives() -> None:
+    utilization = {
+        "workload": {"rate_limit": 50, "rows": 400},
+        "sluice": _design(6, 2_400, 6 * 17),
+        "seed": _design(3, 1_200, 3 * 21),
+    }
+    cpu = {"bare_loop_seconds_per_row": 0.0003}
+
+    result = costs(utilization, cpu)
+
+    assert list(result["per_million_rows_by_file_rows"]) == ["400", "10000", "100000"]
+    assert result["per_million_rows_by_file_rows_how"]["400"] == "measured"
+    assert result["per_million_rows_by_file_rows_how"]["100000"] == "modelled from the measured counts"
+    # the 400-row figure is the run's own total
+    assert result["per_million_rows_by_file_rows"]["400"] == pytest.approx(
+        result["per_million_rows"]["sluice"]["total"], abs=1e-4
+    )
+    # one scheduled wake a minute: a Lambda request and an SQS request, 43,200 times
+    assert result["fixed_monthly"] == pytest.approx(MINUTES_PER_MONTH * (0.2 + 0.4) / 1e6, abs=1e-4)
+    assert set(result["alternatives"]) == {"api_destinations", "seed", "distributed_map"}
+    for alternative in result["alternatives"].values():
+        assert list(alternative["per_million_rows_by_file_rows"]) == ["400", "10000", "100000"]
+        assert alternative["model"]
+    # a row costs an API destination at least its event and invocation, whatever the file size
+    assert min(result["alternatives"]["api_destinations"]["per_million_rows_by_file_rows"].values()) > 1.20
+
+
+def test_latency_percentiles_come_from_the_files_timed_one_at_a_time() -> None:
+    run = {"first_delivery_seconds": [0.5, 0.7, 2.0, 0.6], "latency_seconds": [1.0, 1.2, 3.0, 1.1]}
+
+    figures = latency(run)
+
+    assert (figures["first_delivery_p50_seconds"], figures["first_delivery_p95_seconds"]) == (0.6, 2.0)
+    assert (figures["finished_p50_seconds"], figures["finished_p95_seconds"]) == (1.1, 3.0)
 
 
 # -- counting what the stack did -------------------------------------------------------------------
@@ -403,7 +497,7 @@ def test_a_skipped_part_keeps_the_previous_runs_figures_and_samples(tmp_path: Pa
     # GIVEN a previous run with every part
     previous = {
         "machine": {"date": "2026-11-22T04:23:00+00:00"},
-        "cpu_path": {"ratio": 0.01},
+        "cpu": {"ratio_to_bare_loop": 1.4},
         "utilization": {"workload": {}, "sluice": {}, "seed": {}},
         "cost": {"total": 1},
         "memory": {"peak_rss_mb": 116},
@@ -424,7 +518,7 @@ def test_a_skipped_part_keeps_the_previous_runs_figures_and_samples(tmp_path: Pa
 
     # and skipping the utilization keeps its cost and every design's samples
     kept = carried_over(tmp_path, ["utilization"])
-    assert set(kept.results) == {"utilization", "cost"}
+    assert set(kept.results) == {"utilization", "cost"}  # (and its latency figures, when there)
     assert sorted(json.loads(line)["run"] for line in kept.samples) == ["seed", "sluice"]
 
     # a first run has nothing to keep

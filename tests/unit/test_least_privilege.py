@@ -85,6 +85,18 @@ GRANTS: dict[str, list[Row]] = {
         *data_key(("dynamodb", "sqs"), ("dynamodb", "sqs")),
         FAILURE_DESTINATION,
     ],
+    "WakeDispatcherFunction": [
+        Row(
+            ("get_item", "put_item", "delete_item"),
+            ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"),
+            ("ControlTable",),
+            leading("ForAllValues:StringEquals", LEASE_KEY),
+        ),
+        Row(("start_execution",), ("states:StartExecution",), ("DispatcherStateMachine",)),
+        Row(("get_queue_attributes",), ("sqs:GetQueueAttributes",), ("IngestQueue",)),
+        *data_key(("dynamodb", "sqs"), ("dynamodb", "sqs")),
+        FAILURE_DESTINATION,
+    ],
     "PlanBatchFunction": [*data_key(("sqs",), ("sqs",)), FAILURE_DESTINATION],
     "RegisterObjectFunction": [
         Row(
@@ -213,6 +225,8 @@ GRANTS: dict[str, list[Row]] = {
                 "AlertNotifierFunction:*",
                 "ScaleConcurrencyFunction",
                 "ScaleConcurrencyFunction:*",
+                "WakeDispatcherFunction",
+                "WakeDispatcherFunction:*",
             ),
         ),
         Row(
@@ -311,6 +325,7 @@ CODE_DIRS = {
     "ScaleConcurrencyFunction": "scale_concurrency",
     "AlertNotifierFunction": "alert_notifier",
     "RedriveFunction": "redrive",
+    "WakeDispatcherFunction": "wake_dispatcher",
 }
 # The scan reads whole modules; these calls are in a module the function imports, on a path it
 # never takes.
@@ -324,6 +339,8 @@ NOT_CALLED_ANYWHERE = {
     ("mailer", "send_message"): "smtplib's send_message, not SQS's",
 }
 NOT_CALLED = {
+    "DispatcherLeaseFunction": {("lease", "get_item"): "DispatcherLease.holder is WakeDispatcher's"},
+    "WakeDispatcherFunction": {("lease", "update_item"): "renew is the dispatcher's (DispatcherLease)"},
     "ProcessObjectFunction": {
         ("metadata", "put_item"): "MetadataStore.register is RegisterObject's",
         ("results", "create_multipart_upload"): "merge_results is WriteOutput's",
@@ -406,6 +423,7 @@ OPERATION_ACTIONS: dict[str, set[str]] = {
     },
     "list_message_move_tasks": {"sqs:ListMessageMoveTasks"},
     "invoke": {"lambda:InvokeFunction"},
+    "start_execution": {"states:StartExecution"},
     "list_executions": {"states:ListExecutions"},
     "describe_execution": {"states:DescribeExecution"},
     "redrive_execution": {"states:RedriveExecution"},

@@ -622,3 +622,72 @@ def test_each_decision_is_logged_with_its_inputs_and_counted_by_direction(
     gauge = next(r for r in records if "ConcurrencySetting" in r)
     assert gauge["ConcurrencySetting"] == [7.0]  # one value: this run's
     assert "direction" not in gauge  # the gauge is one series, whatever the decision
+
+
+class NoCloudWatch:
+    """A CloudWatch client no idle run may call (GetMetricData is billed per metric, issue 14)."""
+
+    def get_metric_data(self, **_: Any) -> dict:
+        raise AssertionError("an idle run read CloudWatch")
+
+
+def test_an_idle_run_reads_no_cloudwatch_and_a_busy_one_does(stack: Stack) -> None:
+    stack.set("6")
+    idle = ConcurrencyScaler(
+        policy(ingest_queue_url=stack.queue_url, concurrency_min=2),
+        ssm=stack.ssm,
+        sqs=stack.sqs,
+        cloudwatch=NoCloudWatch(),
+    )
+
+    decision = idle.run(stack.created_at + timedelta(seconds=5))
+
+    assert (decision.new, decision.reason, stack.setting()) == (2, Reason.IDLE, "2")
+    stack.enqueue(1)
+    with pytest.raises(AssertionError, match="read CloudWatch"):
+        idle.run(stack.created_at + timedelta(minutes=10))
+
+
+def test_the_target_is_never_more_invocations_than_the_rate_can_use() -> None:
+    # GIVEN 30 files waiting, a 50/s limit, answers in 0.2 s, 4 requests in flight per invocation:
+    # 3 invocations already keep 60 requests/s in flight (ceil(50 × 0.2 / 4) = 3)
+    seen = Observation(current=2, visible=30, in_flight=0, api_latency_seconds=0.2)
+    settings = policy(api_rate_limit=50, api_concurrency=4, concurrency_max=10)
+
+    decision = decide(seen, settings)
+
+    # THEN the target is 3, not 10: a fourth would only wait for rate slots
+    assert (decision.target, decision.new, decision.reason) == (3, 3, Reason.BACKLOG)
+    # and without a latency measured (offline, or nothing delivered yet) the backlog alone decides
+    assert decide(Observation(current=2, visible=30, in_flight=0), settings).target == 10
+
+
+def test_a_setting_above_the_useful_concurrency_drains_to_it() -> None:
+    seen = Observation(current=8, visible=30, in_flight=0, api_latency_seconds=0.2)
+
+    decision = decide(seen, policy(api_rate_limit=50, api_concurrency=4, concurrency_max=10))
+
+    assert (decision.target, decision.reason) == (3, Reason.DRAINED)
+    assert decision.new < 8
+
+
+def test_the_api_latency_is_read_from_cloudwatch_with_the_health(stack: Stack) -> None:
+    stack.enqueue(30)
+    run_at = stack.created_at.replace(second=30, microsecond=0) + timedelta(minutes=10)
+    for minutes_ago, latency_ms in ((1, 180.0), (2, 220.0)):
+        stack.cloudwatch.put_metric_data(
+            Namespace="Sluice",
+            MetricData=[
+                {
+                    "MetricName": "ApiLatency",
+                    "Dimensions": [{"Name": "service", "Value": "sluice"}],
+                    "Timestamp": run_at - timedelta(minutes=minutes_ago),
+                    "Value": latency_ms,
+                    "Unit": "Milliseconds",
+                }
+            ],
+        )
+
+    seen = stack.scaler().observe(run_at)
+
+    assert seen.api_latency_seconds == pytest.approx(0.2)

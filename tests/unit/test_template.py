@@ -40,6 +40,7 @@ FUNCTIONS: dict[str, tuple[str, type[settings.Settings]]] = {  # logical id -> (
     "ScaleConcurrencyFunction": ("scale_concurrency", settings.ScaleSettings),
     "AlertNotifierFunction": ("alert_notifier", settings.AlertSettings),
     "RedriveFunction": ("redrive", settings.RedriveSettings),
+    "WakeDispatcherFunction": ("wake_dispatcher", settings.WakeSettings),
 }
 DISPATCHER_FUNCTIONS = list(FUNCTIONS)[:6]  # the ones the state machine invokes
 LOG_GROUPS = {  # the log group of every function and of the state machine
@@ -208,7 +209,8 @@ def test_every_contract_resource_is_there_with_its_type(resources: dict[str, Any
         "NotificationTopic": "AWS::SNS::Topic",
         "AlertTopic": "AWS::SNS::Topic",
         "DispatcherStateMachine": "AWS::StepFunctions::StateMachine",
-        "DispatcherStateMachineDispatchSchedule": "AWS::Events::Rule",
+        "WakeDispatcherFunctionDispatchSchedule": "AWS::Events::Rule",
+        "WakeDispatcherPermission": "AWS::Lambda::Permission",
         "DispatcherLogGroup": "AWS::Logs::LogGroup",
         "AlertTopicPolicy": "AWS::SNS::TopicPolicy",
         "AlertNotifierFunctionAlertTopic": "AWS::SNS::Subscription",
@@ -551,7 +553,7 @@ def test_redrive_can_reinvoke_every_function_aws_invokes_asynchronously(sam: dic
     # Their failed events are what FailureDestinationQueue holds (the dispatcher's functions are
     # invoked synchronously by the state machine).
     invoked_by_aws = {name for name in FUNCTIONS if sam["Resources"][name]["Properties"].get("Events")}
-    assert invoked_by_aws == {"ScaleConcurrencyFunction", "AlertNotifierFunction"}
+    assert invoked_by_aws == {"ScaleConcurrencyFunction", "AlertNotifierFunction", "WakeDispatcherFunction"}
     assert allowed(resources["RedriveFunctionRole"], "lambda:InvokeFunction") == invoked_by_aws
 
 
@@ -825,8 +827,11 @@ def test_ingest_rule_sends_to_the_queue_with_its_own_dlq_and_the_queue_admits_on
     resources: dict,
 ) -> None:
     rule = props(resources, "IngestRule")
-    (target,) = rule["Targets"]
-    assert target["Arn"] == {"Fn::GetAtt": ["IngestQueue", "Arn"]}
+    (target,) = [t for t in rule["Targets"] if t["Arn"] == {"Fn::GetAtt": ["IngestQueue", "Arn"]}]
+    # The other target only wakes the dispatcher: a lost wake is the schedule's, so no DLQ there.
+    (wake,) = [t for t in rule["Targets"] if t is not target]
+    assert wake["Arn"] == {"Fn::GetAtt": ["WakeDispatcherFunction", "Arn"]}
+    assert "DeadLetterConfig" not in wake
     assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["IngestRuleDLQ", "Arn"]}}
     assert target["RetryPolicy"]["MaximumRetryAttempts"] > 0
     for queue in ("IngestQueue", "IngestRuleDLQ"):
@@ -881,7 +886,7 @@ def test_ingest_rule_matches_created_objects_by_bucket_prefix_and_suffix(  # noq
 # ------------------------------------------------------------------------------------------ state machine
 
 
-def test_dispatcher_is_a_logged_traced_standard_workflow_on_a_schedule(resources: dict) -> None:
+def test_dispatcher_is_a_logged_traced_standard_workflow_woken_by_arrivals(resources: dict) -> None:
     machine = props(resources, "DispatcherStateMachine")
     assert machine["StateMachineType"] == "STANDARD"
     assert machine["TracingConfiguration"] == {"Enabled": True}
@@ -891,9 +896,23 @@ def test_dispatcher_is_a_logged_traced_standard_workflow_on_a_schedule(resources
         "Fn::GetAtt": ["DispatcherLogGroup", "Arn"]
     }
     assert props(resources, "DispatcherLogGroup")["RetentionInDays"] == {"Ref": "LogRetentionDays"}
-    schedule = props(resources, "DispatcherStateMachineDispatchSchedule")
+    # Nothing starts it on a clock: a routed file's event wakes it (the IngestRule's second
+    # target), and the schedule wakes it only as a safety net, through the same function.
+    wake = {"Fn::GetAtt": ["WakeDispatcherFunction", "Arn"]}
+    assert not any(
+        target["Arn"] == {"Ref": "DispatcherStateMachine"}
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Events::Rule"
+        for target in resource["Properties"].get("Targets", [])
+    )
+    assert wake in [target["Arn"] for target in props(resources, "IngestRule")["Targets"]]
+    schedule = props(resources, "WakeDispatcherFunctionDispatchSchedule")
     assert schedule["ScheduleExpression"] == {"Ref": "DispatchSchedule"}
-    assert schedule["Targets"][0]["Arn"] == {"Ref": "DispatcherStateMachine"}
+    assert schedule["Targets"][0]["Arn"] == wake
+    permission = props(resources, "WakeDispatcherPermission")
+    assert permission["SourceArn"] == {"Fn::GetAtt": ["IngestRule", "Arn"]}
+    environment = props(resources, "WakeDispatcherFunction")["Environment"]["Variables"]
+    assert environment["DISPATCHER_STATE_MACHINE_ARN"] == {"Ref": "DispatcherStateMachine"}
 
 
 def test_every_placeholder_in_the_definition_is_substituted_and_every_substitution_used(

@@ -141,7 +141,7 @@ def test_every_table_has_point_in_time_recovery(resources: dict) -> None:
 
 def test_every_functions_environment_is_encrypted_with_the_stacks_key(resources: dict) -> None:
     functions = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Lambda::Function"]
-    assert len(functions) == 9
+    assert len(functions) == 10
     for props in functions:
         assert props["KmsKeyArn"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
 

@@ -46,6 +46,7 @@ FUNCTION_LOGICAL_IDS = (
     "AlertNotifierFunction",
     "RedriveFunction",
     "ScaleConcurrencyFunction",
+    "WakeDispatcherFunction",
 )
 EXECUTION_STATUS_CHANGE = "Step Functions Execution Status Change"
 FILE_ALERT_EVENTS = {"file.invalid": "file_invalid", "file.failed_for_good": "file_failed"}

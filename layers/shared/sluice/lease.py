@@ -201,6 +201,17 @@ class DispatcherLease:
                 return answer.model_copy(update={"budget_left": False})
         return answer
 
+    def holder(self) -> str | None:
+        """The execution holding an unexpired lease, or None: what a wake reads before starting one.
+
+        A consistent read (one read unit): an eventually consistent one could miss a lease taken
+        a moment ago and start an execution for nothing, or see one just released and start none.
+        """
+        item = self._table.get_item(Key={"pk": LEASE_KEY}, ConsistentRead=True).get("Item")
+        if not item or int(item.get("expires_at", 0)) <= int(self._clock()):
+            return None
+        return str(item.get("holder", ""))
+
     def release(self, execution: str) -> LeaseAnswer:
         """Give the lease up so the next scheduled execution need not wait for it to expire."""
         try:

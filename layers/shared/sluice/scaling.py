@@ -27,7 +27,10 @@ rule that matches wins (docs/scaling.md has the worked table):
 4. *errors*: errors/attempts ≥ `error_decrease_ratio` → multiply by `error_decrease_factor`. A
    downstream answering 5xx or timing out is sick, and less load is what helps it recover; but 5xx
    may have nothing to do with load, so the cut is gentler than for a 429.
-5. The target is ceil(backlog / `files_per_worker`) within min..max. Above the current setting:
+5. The target is ceil(backlog / `files_per_worker`) within min..max, and never above the useful
+   concurrency, ceil(`api_rate_limit` × the API's mean latency ÷ `api_concurrency`) invocations
+   (issue 14): that many, each with `api_concurrency` requests in flight, already use the whole
+   rate; another one would only wait for rate slots, billed. Above the current setting:
    *unhealthy* (any throttle, or errors ≥ `error_hold_ratio`) or *saturated* (attempts/s already at
    `saturation_ratio` of the stack's API rate limit, so more workers would only queue on the rate
    limiter) or *cooldown* (less than `step_cooldown_seconds` since the last change) → hold;
@@ -65,6 +68,15 @@ PERIOD_SECONDS = 60  # CloudWatch's standard resolution; SQS publishes its metri
 # SQS metrics reach CloudWatch a minute or two late; an older datapoint says nothing about now.
 AGE_LOOKBACK_SECONDS = 300
 QUEUE_DEPTH_ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+# The health of a stack with nothing queued or in flight, without asking CloudWatch.
+IDLE_HEALTH = {
+    "delivered": 0,
+    "retries": 0,
+    "throttles": 0,
+    "attempt_rate": 0.0,
+    "oldest_age_seconds": None,
+    "api_latency_seconds": None,
+}
 
 
 class Direction(StrEnum):
@@ -101,6 +113,7 @@ class Observation:
     retries: float = 0.0
     throttles: float = 0.0
     attempt_rate: float = 0.0  # API attempts per second over the same time
+    api_latency_seconds: float | None = None  # mean answer time over the same time; None: no data
     seconds_since_change: float | None = None  # None: unknown, as if long ago
     downstream_unhealthy: bool = False  # the breaker is open (health.breaker_open)
 
@@ -165,7 +178,9 @@ class Decision:
 def decide(seen: Observation, policy: ScaleSettings) -> Decision:
     """The new concurrency setting: a pure function of what was observed and the policy's knobs."""
     low, high = policy.concurrency_min, policy.concurrency_max
-    target = _clamp(math.ceil(seen.backlog / policy.files_per_worker), low, high)
+    wanted = math.ceil(seen.backlog / policy.files_per_worker)
+    cap = useful(seen, policy)
+    target = _clamp(wanted if cap is None else min(wanted, cap), low, high)
     if seen.current is None:
         detail = "the parameter is not an integer: reset to the minimum"
         return Decision(old=None, new=low, target=target, reason=Reason.UNREADABLE, detail=detail)
@@ -176,6 +191,13 @@ def decide(seen: Observation, policy: ScaleSettings) -> Decision:
         if decision is not None:
             return decision
     return case.hold(Reason.ON_TARGET, f"backlog {seen.backlog}, target {target}")
+
+
+def useful(seen: Observation, policy: ScaleSettings) -> int | None:
+    """Invocations the rate can use: rate × latency ÷ requests in flight per invocation (None: unknown)."""
+    if not policy.api_rate_limit or not seen.api_latency_seconds:
+        return None
+    return math.ceil(policy.api_rate_limit * seen.api_latency_seconds / policy.api_concurrency)
 
 
 @dataclass(frozen=True)
@@ -325,11 +347,15 @@ class ConcurrencyScaler:
         depth = self._sqs.get_queue_attributes(
             QueueUrl=self._settings.ingest_queue_url, AttributeNames=QUEUE_DEPTH_ATTRIBUTES
         )["Attributes"]
-        health = self._health(now, changed_at)
+        visible = int(depth.get("ApproximateNumberOfMessages", 0))
+        in_flight = int(depth.get("ApproximateNumberOfMessagesNotVisible", 0))
+        # Idle, no rule reads the health (rules 1 and 2 decide): no GetMetricData, which is what an
+        # idle minute would otherwise cost most (4 metrics; docs/performance.md, Fixed cost).
+        health = self._health(now, changed_at) if visible + in_flight else dict(IDLE_HEALTH)
         return Observation(
             current=_as_int(parameter["Value"]),
-            visible=int(depth.get("ApproximateNumberOfMessages", 0)),
-            in_flight=int(depth.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            visible=visible,
+            in_flight=in_flight,
             seconds_since_change=max(0.0, (now - changed_at).total_seconds()) if changed_at else None,
             downstream_unhealthy=breaker_open(self._control),
             **health,
@@ -338,7 +364,7 @@ class ConcurrencyScaler:
     def _health(self, now: datetime, changed_at: datetime | None) -> dict[str, Any]:
         """The Sluice metrics since the last change (within the window) and the queue's oldest age.
 
-        One GetMetricData call with four queries: CloudWatch bills per metric queried, and the
+        One GetMetricData call with five queries: CloudWatch bills per metric queried, and the
         oldest-message age comes from the same call instead of a GetMetricStatistics of its own.
         Only whole one-minute periods that began after the last change count: a period that
         straddles it mixes in the old setting's traffic. No datapoints (offline, or nothing ran)
@@ -374,6 +400,9 @@ class ConcurrencyScaler:
             "throttles": throttles,
             "attempt_rate": round((delivered + retries) / span, 3),
             "oldest_age_seconds": max(ages)[1] if ages else None,
+            "api_latency_seconds": _mean_seconds(counted_latency)
+            if (counted_latency := [value for stamp, value in series.get("latency", []) if stamp >= cut])
+            else None,
         }
 
     def _queries(self) -> list[dict[str, Any]]:
@@ -385,6 +414,7 @@ class ConcurrencyScaler:
             _query("retries", sluice, "ApiRetries", service, "Sum"),
             _query("delivered", sluice, "RowsDelivered", service, "Sum"),
             _query("age", "AWS/SQS", "ApproximateAgeOfOldestMessage", queue, "Maximum"),
+            _query("latency", sluice, "ApiLatency", service, "Average"),  # ms
         ]
 
 
@@ -405,6 +435,11 @@ def record(decision: Decision, seen: Observation) -> None:
 def _query(query_id: str, namespace: str, name: str, dimensions: list[dict[str, str]], stat: str) -> dict:
     metric = {"Namespace": namespace, "MetricName": name, "Dimensions": dimensions}
     return {"Id": query_id, "MetricStat": {"Metric": metric, "Period": PERIOD_SECONDS, "Stat": stat}}
+
+
+def _mean_seconds(minutes_ms: list[float]) -> float:
+    """One-minute averages in ms → one mean in seconds (each minute weighs the same)."""
+    return round(sum(minutes_ms) / len(minutes_ms) / 1000, 4)
 
 
 def _as_int(value: str) -> int | None:

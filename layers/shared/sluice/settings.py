@@ -148,6 +148,13 @@ class LeaseSettings(Settings):
     lease_margin_seconds: int = Field(default=300, ge=0)
 
 
+class WakeSettings(LeaseSettings):
+    """WakeDispatcher: the lease it reads (LeaseSettings) and the state machine it starts."""
+
+    dispatcher_state_machine_arn: str
+    ingest_queue_url: str  # a scheduled wake starts nothing while it is empty
+
+
 class PlanSettings(Settings):
     stagger_seconds: float = Field(default=2.0, ge=0)  # base gap between two items of a batch
     max_stagger_seconds: int = Field(default=60, ge=0)
@@ -331,6 +338,7 @@ class ScaleSettings(Settings):
     metrics_namespace: str = "Sluice"  # where ProcessObject's ApiThrottles, ApiRetries, RowsDelivered go
     powertools_service_name: str = "sluice"  # their `service` dimension (template Globals set it)
     api_rate_limit: float = Field(default=50.0, ge=0)  # ProcessObject's stack-wide limit; 0: never saturated
+    api_concurrency: int = Field(default=16, ge=1)  # requests in flight per ProcessObject invocation
     files_per_worker: float = Field(default=1.0, gt=0)  # target = ceil(backlog / files_per_worker)
     max_step_up: int = Field(default=4, ge=1)  # an increase adds max(max_step_up, step_up_ratio x current)
     step_up_ratio: float = Field(default=0.5, ge=0)

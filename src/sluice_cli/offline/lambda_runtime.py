@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -539,12 +539,16 @@ class LambdaRuntime:
 
     def invoke_async(self, function: str, payload: bytes) -> str:
         """InvocationType Event: queued, retried on error, then sent to the failure destination."""
+        return self.submit_async(function, payload)[0]
+
+    def submit_async(self, function: str, payload: bytes) -> tuple[str, Future[None]]:
+        """`invoke_async`, plus the future that is done once the invocation (and its retries) has
+        ended: for a local caller that must know its event was handled (the scheduler's pause)."""
         spec = self.find(function)
         if spec is None:
             raise FunctionNotFound(function)
         request_id = str(uuid.uuid4())
-        self._async_executor.submit(self._run_async, spec, payload, request_id)
-        return request_id
+        return request_id, self._async_executor.submit(self._run_async, spec, payload, request_id)
 
     def _run_async(self, spec: FunctionSpec, payload: bytes, request_id: str) -> None:
         config = self._async.get(spec.name, AsyncConfig())

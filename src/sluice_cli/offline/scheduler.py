@@ -4,7 +4,8 @@ Every schedule runs on one local period (a few seconds) whatever its rate expres
 locally nobody wants to wait a minute for the dispatcher. A state machine target gets a new
 execution with a unique name (moto refuses to start a second unnamed one) unless one is still
 RUNNING, as the state machine's own lease would end it at once anyway; a Lambda target gets an
-asynchronous invocation.
+asynchronous invocation. `paused()` also waits for the invocations the last ticks fired: a
+Lambda target (WakeDispatcher) may itself start an execution a moment after its tick.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +25,7 @@ from typing import Any
 from sluice_cli.offline.provision import ScheduleTarget
 
 DEFAULT_PERIOD_SECONDS = 3.0
+PAUSE_WAIT_SECONDS = 60.0  # the longest `paused()` waits for a fired invocation to end
 
 
 def scheduled_event(region: str, account: str, rule_arn: str) -> dict[str, Any]:
@@ -54,6 +58,8 @@ class LocalScheduler:
         *,
         period_seconds: float,
         stepfunctions: Any,
+        # (function ARN, payload) → a Future done when the invocation has ended (or anything else,
+        # for a caller that need not be waited for)
         invoke_async: Callable[[str, bytes], Any],
         source_arn: Callable[[str], str],
         region: str,
@@ -71,6 +77,7 @@ class LocalScheduler:
         self._thread: threading.Thread | None = None
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
+        self._fired: list[Future[Any]] = []  # Lambda invocations of recent ticks, until done
         self.stats = ScheduleStats()
 
     def start(self) -> None:
@@ -89,9 +96,11 @@ class LocalScheduler:
         """No tick starts anything inside the block (tests that drive executions themselves)."""
         self._paused.set()
         with self._lock:
-            # A tick already firing when the flag was set finishes first: otherwise the execution
-            # it starts could appear after the caller has checked that none is running.
-            pass
+            # A tick already firing when the flag was set finishes first, and so do the functions
+            # it invoked: otherwise the execution either starts could appear after the caller has
+            # checked that none is running.
+            fired, self._fired = self._fired, []
+        futures.wait(fired, timeout=PAUSE_WAIT_SECONDS)
         try:
             yield
         finally:
@@ -124,7 +133,9 @@ class LocalScheduler:
         )
         service = target.target_arn.split(":")[2]
         if service == "lambda":
-            self._invoke_async(target.target_arn, payload.encode())
+            fired = self._invoke_async(target.target_arn, payload.encode())
+            if isinstance(fired, Future):
+                self._fired = [f for f in self._fired if not f.done()] + [fired]
             return target.target_arn
         if service != "states":
             raise ValueError(f"schedule target {target.target_arn} is not a state machine or function")

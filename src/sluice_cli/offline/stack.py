@@ -6,7 +6,7 @@
 
 Start-up order matters: the downstream simulator and the SMTP sink first (their addresses are
 parameters), then the emulator's socket (its URL goes into every function's environment and
-moto's Step Functions interpreter), the Lambda runtime and the SNS → Lambda bridge, the
+moto's Step Functions interpreter), the Lambda runtime and the SNS and EventBridge → Lambda bridges, the
 resources in dependency order, the outputs file, and last the scheduler that starts dispatcher
 executions.
 """
@@ -25,6 +25,7 @@ from typing import Any, Protocol, Self
 from sluice_cli.apisim import ApiSimulator, ApiSimulatorConfig
 from sluice_cli.offline.clients import emulator_client
 from sluice_cli.offline.iam import Check, IamGate, RequestMapper, moto_lookups
+from sluice_cli.offline.events_bridge import EventsLambdaBridge
 from sluice_cli.offline.intrinsics import (
     ACCOUNT_ID,
     IntrinsicError,
@@ -139,6 +140,8 @@ class OfflineStack:
         # The SMTP sink alert emails go to; its messages stay readable after stop().
         self.smtp: SmtpSink | None = None
         self.sns_bridge: SnsLambdaBridge | None = None
+        # EventBridge rules' Lambda targets (the IngestRule's WakeDispatcher), which moto cannot invoke.
+        self.events_bridge: EventsLambdaBridge | None = None
         # AWS's Step Functions quotas on moto's interpreter (offline/quotas.py); a test may lower the
         # history limit, which takes tens of seconds to reach at AWS's 25,000.
         self.quotas = StepFunctionsQuotas(history_event_limit)
@@ -223,6 +226,7 @@ class OfflineStack:
         self.runtime.start()
         # Before any resource exists: SNS messages to lambda subscriptions go to the local runtime.
         self.sns_bridge = SnsLambdaBridge(self.runtime.invoke_async).install()
+        events_bridge = self.events_bridge = EventsLambdaBridge(self.runtime.invoke_async).install()
         self.quotas.install()
         self.server.start()
         self._create_secrets(source, overrides, secret_parameters)
@@ -243,6 +247,8 @@ class OfflineStack:
             iam=self.iam,
         )
         self._provision(context)
+        for rule_arn, targets in context.lambda_rule_targets.items():
+            events_bridge.route(rule_arn, targets)
         self.outputs = self._outputs()
         self.outputs_path.parent.mkdir(parents=True, exist_ok=True)
         self.outputs_path.write_text(json.dumps(self.outputs, indent=2) + "\n", encoding="utf-8")
@@ -255,11 +261,12 @@ class OfflineStack:
         if self.prewarm:
             for spec in self.runtime.functions():
                 self.runtime.prewarm(spec.name)
+        runtime = self.runtime
         self.scheduler = LocalScheduler(
             context.schedules,
             period_seconds=self.schedule_period,
             stepfunctions=self.client("stepfunctions"),
-            invoke_async=self.runtime.invoke_async,
+            invoke_async=lambda arn, payload: runtime.submit_async(arn, payload)[1],
             source_arn=lambda logical_id: str(self.resources[logical_id].attributes.get("Arn", logical_id)),
             region=self.region,
             account=ACCOUNT_ID,
@@ -334,6 +341,9 @@ class OfflineStack:
             if self.sns_bridge is not None:  # once nothing can publish through the server
                 self.sns_bridge.uninstall()
                 self.sns_bridge = None
+            if self.events_bridge is not None:
+                self.events_bridge.uninstall()
+                self.events_bridge = None
             if self.api is not None:
                 self.api.stop()
                 self.api = None

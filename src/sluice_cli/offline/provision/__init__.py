@@ -62,6 +62,8 @@ class ProvisionContext:
     resources: dict[str, Resource] = field(default_factory=dict)
     schedules: list[ScheduleTarget] = field(default_factory=list)
     iam: IamGate | None = None  # IAM enforced: roles registered, callers given their role's key
+    # rule ARN → its Lambda targets, which moto cannot invoke (offline/events_bridge.py does)
+    lambda_rule_targets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _clients: dict[str, Any] = field(default_factory=dict)
 
     @property

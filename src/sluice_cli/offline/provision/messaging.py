@@ -154,9 +154,10 @@ def sns_topic_policy(ctx: ProvisionContext, logical_id: str, props: dict[str, An
 
 # -- EventBridge --------------------------------------------------------------------------------------
 
-# Targets moto delivers to by itself; Lambda and Step Functions targets would need its Docker
-# Lambda, and a state machine target makes PutEvents fail.
+# Targets moto delivers to by itself; Lambda targets would need its Docker Lambda (the stack's
+# EventsLambdaBridge delivers them), and a state machine target makes PutEvents fail.
 _MOTO_TARGET_SERVICES = {"sqs", "sns", "logs", "events"}
+_BRIDGED_TARGET_SERVICES = {"lambda"}
 
 
 def _arn_service(arn: str) -> str:
@@ -209,7 +210,12 @@ def events_rule(ctx: ProvisionContext, logical_id: str, props: dict[str, Any]) -
     targets, skipped = rule_targets(props.get("Targets", []))
     if targets:
         events.put_targets(Rule=name, EventBusName=bus_name, Targets=targets)
-    return Resource(logical_id, "AWS::Events::Rule", ref, attributes, note="; ".join(skipped))
+    bridged = [t for t in props.get("Targets", []) if _arn_service(t["Arn"]) in _BRIDGED_TARGET_SERVICES]
+    if bridged:
+        ctx.lambda_rule_targets[attributes["Arn"]] = bridged
+    notes = [note for note in skipped if not note.endswith("(lambda) not emulated")]
+    notes += [f"target {t.get('Id')} (lambda) invoked by the local bridge" for t in bridged]
+    return Resource(logical_id, "AWS::Events::Rule", ref, attributes, note="; ".join(notes))
 
 
 @provisioner("AWS::Scheduler::Schedule")

@@ -24,8 +24,8 @@ from typing import Any, Protocol, Self
 
 from sluice_cli.apisim import ApiSimulator, ApiSimulatorConfig
 from sluice_cli.offline.clients import emulator_client
-from sluice_cli.offline.iam import Check, IamGate, RequestMapper, moto_lookups
 from sluice_cli.offline.events_bridge import EventsLambdaBridge
+from sluice_cli.offline.iam import Check, IamGate, RequestMapper, moto_lookups
 from sluice_cli.offline.intrinsics import (
     ACCOUNT_ID,
     IntrinsicError,

@@ -116,8 +116,8 @@ def test_validate_process_and_write_the_sample_with_rejects(monkeypatch: pytest.
     assert rejects == [
         "row,reason",
         "9,amount: must be >= 0",
-        "17,\"currency: must be one of 'USD', 'EUR', 'GBP', 'JPY', 'CAD', 'AUD' or 'CHF'\"",
-        "24,order_date: 2026-02-30 is not a calendar date",
+        '17,"currency: must be one of USD, EUR, GBP, JPY, CAD, AUD, CHF"',
+        "24,order_date: is not a calendar date",
         "31,customer_email: must be an email address like name@example.com",
         "38,amount: must have at most 2 decimal places; quantity: must be >= 1",
         '45,"expected 6 columns, found 5"',

@@ -638,6 +638,7 @@ def test_an_idle_run_reads_no_cloudwatch_and_a_busy_one_does(stack: Stack) -> No
         ssm=stack.ssm,
         sqs=stack.sqs,
         cloudwatch=NoCloudWatch(),
+        control=stack.control,
     )
 
     decision = idle.run(stack.created_at + timedelta(seconds=5))

@@ -132,6 +132,20 @@ def test_a_function_past_its_timeout_is_killed_and_answers_sandbox_timedout(
     assert answer["errorMessage"].endswith("Task timed out after 2.00 seconds")
     assert 2 <= elapsed < 6
     assert not psutil.pid_exists(before) or psutil.Process(before).status() == psutil.STATUS_ZOMBIE
+    # Offline only: the killed worker's stacks are in its log, saying where it waited
+    log = wait_for(
+        lambda: next(
+            (
+                text
+                for path in (engine_stack.state_dir / "logs").glob("Sleepy*.log")
+                if "most recent call first" in (text := path.read_text())
+            ),
+            None,
+        ),
+        timeout=10,
+        what="the timed-out worker's stacks in its log",
+    )
+    assert "app.py" in log.split("most recent call first", 1)[1]
     # The next invocation gets a fresh execution environment (a cold start).
     assert invoke(engine_stack, name, {"sleep": 0})[1]["pid"] != before
 

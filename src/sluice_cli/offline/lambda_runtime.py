@@ -20,6 +20,7 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -260,6 +261,15 @@ class _Worker:
 
     def fail_init(self, body: bytes) -> None:
         self.init_error = body
+
+    def dump_stacks(self) -> None:
+        """Offline only: every thread's stack into the function's log before a timeout's kill
+        (faulthandler, PYTHONFAULTHANDLER), so the log says where the invocation waited."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=2)
 
     def kill(self) -> None:
         if self.alive():
@@ -535,6 +545,7 @@ class LambdaRuntime:
             self.sink.platform(
                 spec.logical_id, f"{stamp} {invocation.request_id} {message}", invocation.request_id
             )
+            worker.dump_stacks()
         return False
 
     def invoke_async(self, function: str, payload: bytes) -> str:
@@ -620,6 +631,7 @@ class LambdaRuntime:
                 "TZ": ":UTC",
                 "LANG": environ.get("LANG", "en_US.UTF-8"),
                 "PYTHONUNBUFFERED": "1",
+                "PYTHONFAULTHANDLER": "1",  # a timed-out worker's stacks reach its log (dump_stacks)
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "PYTHONPATH": os.pathsep.join(str(path) for path in (spec.code_dir, *spec.layer_dirs)),
                 "LAMBDA_TASK_ROOT": str(spec.code_dir),

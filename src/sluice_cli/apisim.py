@@ -418,10 +418,12 @@ def _refusal(body: bytes, rules: Sequence[RejectRule]) -> tuple[int, dict[str, A
 
 
 def _per_second(times: Sequence[float], start: float) -> list[int]:
-    """Counts per whole second since `start` (index 0 = the first second), for charts."""
+    """Counts per whole second since `start` (index 0 = the first second), for charts. A time
+    before `start` (a request that arrived before a reset and was answered after it) counts in
+    the first second."""
     if not times:
         return []
-    counts = [0] * (int(max(times) - start) + 1)
+    counts = [0] * (max(0, int(max(times) - start)) + 1)
     for t in times:
         counts[max(0, int(t - start))] += 1
     return counts

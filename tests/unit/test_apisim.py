@@ -21,6 +21,7 @@ from sluice_cli.apisim import (
     ApiSimulatorConfig,
     RejectRule,
     SlidingWindowLimiter,
+    _per_second,
     main,
     max_in_window,
 )
@@ -283,3 +284,11 @@ def test_standalone_entry_serves_until_stopped(
     assert answer.status == 201
     assert stats["requests"] == 1
     assert stats["rate_limit"] == 7.0
+
+
+def test_a_request_answered_across_a_reset_does_not_break_the_stats() -> None:
+    # A request that arrived before a reset and was answered after it records its (earlier)
+    # arrival in the new records: the per-second chart counts it in the first second (it raised
+    # IndexError and failed a CI run's stats call)
+    assert _per_second([985.0], start=1000.0) == [1]
+    assert _per_second([985.0, 1000.5, 1002.2], start=1000.0) == [2, 0, 1]
